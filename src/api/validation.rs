@@ -1,0 +1,433 @@
+//! Validation of an object against a CRD's OpenAPI v3 schema, as the API server does it:
+//! structural checks (types, required, enums, bounds, patterns), pruning of unknown fields, then
+//! the `x-kubernetes-validations` CEL rules (through `kube::core::cel`). Used by the unit tests
+//! of the resource types and by `flywheel sim`, so both reject what a real server rejects.
+
+use std::fmt;
+
+use kube::core::cel::{ErrorKind, Validator};
+use serde_json::{Map, Value};
+
+/// Why a field failed, named as `metav1.StatusCause.reason` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldReason {
+    /// `FieldValueRequired`.
+    Required,
+    /// `FieldValueInvalid`.
+    Invalid,
+    /// `FieldValueNotSupported` (not one of an enum).
+    NotSupported,
+    /// `FieldValueTooLong`.
+    TooLong,
+    /// `FieldValueTooMany`.
+    TooMany,
+    /// `FieldValueTypeInvalid`.
+    TypeInvalid,
+    /// `FieldValueForbidden`.
+    Forbidden,
+    /// `FieldValueDuplicate`.
+    Duplicate,
+}
+
+impl FieldReason {
+    /// The reason as the API server spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Required => "FieldValueRequired",
+            Self::Invalid => "FieldValueInvalid",
+            Self::NotSupported => "FieldValueNotSupported",
+            Self::TooLong => "FieldValueTooLong",
+            Self::TooMany => "FieldValueTooMany",
+            Self::TypeInvalid => "FieldValueTypeInvalid",
+            Self::Forbidden => "FieldValueForbidden",
+            Self::Duplicate => "FieldValueDuplicate",
+        }
+    }
+
+    fn from_cel(reason: Option<&str>) -> Self {
+        match reason {
+            Some("FieldValueRequired") => Self::Required,
+            Some("FieldValueForbidden") => Self::Forbidden,
+            Some("FieldValueDuplicate") => Self::Duplicate,
+            _ => Self::Invalid,
+        }
+    }
+}
+
+/// One field that failed validation: a `StatusCause` of a 422 Invalid answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Why.
+    pub reason: FieldReason,
+    /// Path of the field, `spec.rollout.steps[1].weight`; `<nil>` when it is about the object.
+    pub field: String,
+    /// The message, as the API server words it.
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Validate `object` against `schema` (an `openAPIV3Schema`) as the API server does on a create
+/// (`old` = `None`) or an update: structural checks first; CEL rules only when those pass (else
+/// one extra cause says the rules were not checked). The object should already be pruned.
+pub fn validate(schema: &Value, object: &Value, old: Option<&Value>) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    check(schema, object, "", &mut errors);
+    if !errors.is_empty() {
+        if has_cel_rules(schema) {
+            errors.push(FieldError {
+                reason: FieldReason::Invalid,
+                field: "<nil>".into(),
+                message: "Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation".into(),
+            });
+        }
+        return errors;
+    }
+    validate_cel(schema, object, old)
+}
+
+/// Evaluate only the `x-kubernetes-validations` rules of `schema` on `object`.
+pub fn validate_cel(schema: &Value, object: &Value, old: Option<&Value>) -> Vec<FieldError> {
+    match Validator::new().validate(schema, object, old) {
+        Ok(()) => Vec::new(),
+        Err(errors) => errors
+            .into_vec()
+            .into_iter()
+            .map(|e| {
+                let field = if e.field_path.is_empty() { "<nil>".to_string() } else { e.field_path.clone() };
+                let message = match e.kind {
+                    ErrorKind::ValidationFailure => format!("Invalid value: \"object\": {}", e.message),
+                    _ => format!("Invalid value: \"object\": {} evaluating rule: {}", e.message, e.rule),
+                };
+                FieldError { reason: FieldReason::from_cel(e.reason.as_deref()), field, message }
+            })
+            .collect(),
+    }
+}
+
+fn has_cel_rules(schema: &Value) -> bool {
+    match schema {
+        Value::Object(map) => {
+            map.contains_key("x-kubernetes-validations") || map.values().any(has_cel_rules)
+        }
+        Value::Array(items) => items.iter().any(has_cel_rules),
+        _ => false,
+    }
+}
+
+/// Remove fields the schema does not declare (unless `x-kubernetes-preserve-unknown-fields`),
+/// returning the paths removed: what the API server prunes, and what `fieldValidation=Strict`
+/// reports as unknown. `metadata` at the root is left to the caller.
+pub fn prune(schema: &Value, object: &mut Value) -> Vec<String> {
+    let mut removed = Vec::new();
+    prune_at(schema, object, "", true, &mut removed);
+    removed
+}
+
+fn prune_at(schema: &Value, object: &mut Value, path: &str, root: bool, removed: &mut Vec<String>) {
+    if preserves_unknown(schema) && schema.get("properties").is_none() && schema.get("items").is_none() {
+        return;
+    }
+    match object {
+        Value::Object(map) => {
+            if let Some(additional) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+                for (key, value) in map.iter_mut() {
+                    prune_at(additional, value, &join(path, key), false, removed);
+                }
+                return;
+            }
+            let properties = schema.get("properties").and_then(Value::as_object);
+            let keep_unknown = preserves_unknown(schema) || is_embedded(schema);
+            let keys: Vec<String> = map.keys().cloned().collect();
+            for key in keys {
+                if root && (key == "apiVersion" || key == "kind" || key == "metadata") {
+                    continue;
+                }
+                match properties.and_then(|p| p.get(&key)) {
+                    Some(sub) => {
+                        if let Some(value) = map.get_mut(&key) {
+                            prune_at(sub, value, &join(path, &key), false, removed);
+                        }
+                    }
+                    None if keep_unknown || (is_embedded(schema) && is_embedded_meta_key(&key)) => {}
+                    None => {
+                        map.remove(&key);
+                        removed.push(join(path, &key));
+                    }
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for (i, item) in items.iter_mut().enumerate() {
+                    prune_at(item_schema, item, &format!("{path}[{i}]"), false, removed);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn preserves_unknown(schema: &Value) -> bool {
+    schema.get("x-kubernetes-preserve-unknown-fields").and_then(Value::as_bool) == Some(true)
+}
+
+fn is_embedded(schema: &Value) -> bool {
+    schema.get("x-kubernetes-embedded-resource").and_then(Value::as_bool) == Some(true)
+}
+
+fn is_embedded_meta_key(key: &str) -> bool {
+    matches!(key, "apiVersion" | "kind" | "metadata")
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// The value as the API server quotes it in a message: strings in quotes, numbers bare.
+fn quote(value: &Value) -> String {
+    match value {
+        Value::String(s) => format!("{s:?}"),
+        Value::Object(_) => "\"object\"".into(),
+        Value::Array(_) => "\"array\"".into(),
+        other => other.to_string(),
+    }
+}
+
+fn invalid(errors: &mut Vec<FieldError>, path: &str, value: &Value, detail: String) {
+    errors.push(FieldError {
+        reason: FieldReason::Invalid,
+        field: path.to_string(),
+        message: format!("Invalid value: {}: {path} in body {detail}", quote(value)),
+    });
+}
+
+fn type_matches(expected: &str, value: &Value, schema: &Value) -> bool {
+    let int_or_string = schema.get("x-kubernetes-int-or-string").and_then(Value::as_bool) == Some(true);
+    if int_or_string {
+        return matches!(value, Value::String(_)) || value.as_i64().is_some() || value.as_u64().is_some();
+    }
+    match expected {
+        "integer" => value.is_i64() || value.is_u64() || value.as_f64().is_some_and(|f| f.fract() == 0.0),
+        "number" => value.is_number(),
+        "string" => value.is_string(),
+        "boolean" => value.is_boolean(),
+        "array" => value.is_array(),
+        "object" => value.is_object(),
+        _ => true,
+    }
+}
+
+fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldError>) {
+    if value.is_null() {
+        let nullable = schema.get("nullable").and_then(Value::as_bool) == Some(true);
+        if !nullable && !path.is_empty() {
+            if let Some(expected) = schema.get("type").and_then(Value::as_str) {
+                errors.push(FieldError {
+                    reason: FieldReason::Invalid,
+                    field: path.to_string(),
+                    message: format!("Invalid value: \"null\": {path} in body must be of type {expected}: \"null\""),
+                });
+            }
+        }
+        return;
+    }
+    if let Some(expected) = schema.get("type").and_then(Value::as_str) {
+        if !type_matches(expected, value, schema) {
+            errors.push(FieldError {
+                reason: FieldReason::TypeInvalid,
+                field: path.to_string(),
+                message: format!(
+                    "Invalid value: {}: {path} in body must be of type {expected}: \"{}\"",
+                    quote(value),
+                    json_type(value)
+                ),
+            });
+            return;
+        }
+    }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
+        if !allowed.contains(value) {
+            let list: Vec<String> = allowed.iter().map(quote).collect();
+            errors.push(FieldError {
+                reason: FieldReason::NotSupported,
+                field: path.to_string(),
+                message: format!("Unsupported value: {}: supported values: {}", quote(value), list.join(", ")),
+            });
+        }
+    }
+    match value {
+        Value::String(s) => check_string(schema, s, value, path, errors),
+        Value::Number(_) => check_number(schema, value, path, errors),
+        Value::Array(items) => check_array(schema, items, value, path, errors),
+        Value::Object(map) => check_object(schema, map, value, path, errors),
+        _ => {}
+    }
+}
+
+fn check_string(schema: &Value, s: &str, value: &Value, path: &str, errors: &mut Vec<FieldError>) {
+    let len = s.chars().count() as u64;
+    if let Some(max) = schema.get("maxLength").and_then(Value::as_u64) {
+        if len > max {
+            errors.push(FieldError {
+                reason: FieldReason::TooLong,
+                field: path.to_string(),
+                message: format!("Too long: may not be more than {max} bytes"),
+            });
+        }
+    }
+    if let Some(min) = schema.get("minLength").and_then(Value::as_u64) {
+        if len < min {
+            invalid(errors, path, value, format!("should be at least {min} chars long"));
+        }
+    }
+    if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
+        match regex::Regex::new(pattern) {
+            Ok(re) if !re.is_match(s) => invalid(errors, path, value, format!("should match '{pattern}'")),
+            Ok(_) => {}
+            Err(_) => invalid(errors, path, value, format!("has an unusable pattern '{pattern}'")),
+        }
+    }
+}
+
+fn check_number(schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldError>) {
+    let Some(v) = value.as_f64() else { return };
+    if let Some(max) = schema.get("maximum").and_then(Value::as_f64) {
+        let exclusive = schema.get("exclusiveMaximum").and_then(Value::as_bool) == Some(true);
+        if v > max || (exclusive && v >= max) {
+            let rel = if exclusive { "less than" } else { "less than or equal to" };
+            invalid(errors, path, value, format!("should be {rel} {max}"));
+        }
+    }
+    if let Some(min) = schema.get("minimum").and_then(Value::as_f64) {
+        let exclusive = schema.get("exclusiveMinimum").and_then(Value::as_bool) == Some(true);
+        if v < min || (exclusive && v <= min) {
+            let rel = if exclusive { "greater than" } else { "greater than or equal to" };
+            invalid(errors, path, value, format!("should be {rel} {min}"));
+        }
+    }
+}
+
+fn check_array(schema: &Value, items: &[Value], value: &Value, path: &str, errors: &mut Vec<FieldError>) {
+    let len = items.len() as u64;
+    if let Some(max) = schema.get("maxItems").and_then(Value::as_u64) {
+        if len > max {
+            errors.push(FieldError {
+                reason: FieldReason::TooMany,
+                field: path.to_string(),
+                message: format!("Too many: {len}: must have at most {max} items"),
+            });
+        }
+    }
+    if let Some(min) = schema.get("minItems").and_then(Value::as_u64) {
+        if len < min {
+            invalid(errors, path, value, format!("should have at least {min} items"));
+        }
+    }
+    if let Some(item_schema) = schema.get("items") {
+        for (i, item) in items.iter().enumerate() {
+            check(item_schema, item, &format!("{path}[{i}]"), errors);
+        }
+    }
+    match schema.get("x-kubernetes-list-type").and_then(Value::as_str) {
+        Some("set") => {
+            for (i, item) in items.iter().enumerate() {
+                if items[..i].contains(item) {
+                    errors.push(FieldError {
+                        reason: FieldReason::Duplicate,
+                        field: format!("{path}[{i}]"),
+                        message: format!("Duplicate value: {}", quote(item)),
+                    });
+                }
+            }
+        }
+        Some("map") => {
+            let keys: Vec<&str> = schema
+                .get("x-kubernetes-list-map-keys")
+                .and_then(Value::as_array)
+                .map(|k| k.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let key_of = |item: &Value| -> Vec<Value> {
+                keys.iter().map(|k| item.get(*k).cloned().unwrap_or(Value::Null)).collect()
+            };
+            for (i, item) in items.iter().enumerate() {
+                let key = key_of(item);
+                if items[..i].iter().any(|earlier| key_of(earlier) == key) {
+                    let shown: Map<String, Value> =
+                        keys.iter().map(|k| (k.to_string(), item.get(*k).cloned().unwrap_or(Value::Null))).collect();
+                    errors.push(FieldError {
+                        reason: FieldReason::Duplicate,
+                        field: format!("{path}[{i}]"),
+                        message: format!("Duplicate value: {}", Value::Object(shown)),
+                    });
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn check_object(schema: &Value, map: &Map<String, Value>, value: &Value, path: &str, errors: &mut Vec<FieldError>) {
+    let len = map.len() as u64;
+    if let Some(max) = schema.get("maxProperties").and_then(Value::as_u64) {
+        if len > max {
+            errors.push(FieldError {
+                reason: FieldReason::TooMany,
+                field: path.to_string(),
+                message: format!("Too many: {len}: must have at most {max} items"),
+            });
+        }
+    }
+    if let Some(min) = schema.get("minProperties").and_then(Value::as_u64) {
+        if len < min {
+            invalid(errors, path, value, format!("should have at least {min} properties"));
+        }
+    }
+    if let Some(required) = schema.get("required").and_then(Value::as_array) {
+        for key in required.iter().filter_map(Value::as_str) {
+            if path.is_empty() && key == "metadata" {
+                continue;
+            }
+            if !map.contains_key(key) {
+                errors.push(FieldError {
+                    reason: FieldReason::Required,
+                    field: join(path, key),
+                    message: "Required value".into(),
+                });
+            }
+        }
+    }
+    let properties = schema.get("properties").and_then(Value::as_object);
+    let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+    for (key, sub_value) in map {
+        if path.is_empty() && (key == "metadata" || key == "apiVersion" || key == "kind") {
+            continue;
+        }
+        let sub_path = if additional.is_some() && properties.is_none() {
+            format!("{path}[{key}]")
+        } else {
+            join(path, key)
+        };
+        if let Some(sub) = properties.and_then(|p| p.get(key)) {
+            check(sub, sub_value, &sub_path, errors);
+        } else if let Some(sub) = additional {
+            check(sub, sub_value, &sub_path, errors);
+        }
+    }
+}

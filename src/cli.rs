@@ -1,0 +1,137 @@
+//! The command line: one subcommand per component.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Flywheel closes the feedback loop of small language models on Kubernetes.
+#[derive(Debug, Parser)]
+#[command(name = "flywheel", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format: `json` (the default, for clusters) or `text` (for a terminal).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Json, env = "FLYWHEEL_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// The component to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// The components of the one binary.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the controllers for ModelDeployment, FeedbackPolicy and RetrainJob.
+    Operator(OperatorArgs),
+    /// Run the feedback collector: ingestion, statistics, dataset snapshots.
+    Collector(CollectorArgs),
+    /// Run the inference sidecar: version stamps, interaction capture, in-flight metrics.
+    Agent(AgentArgs),
+    /// Run the simulated Kubernetes API server used by the tests and the demo.
+    Sim(SimArgs),
+    /// Run the whole loop on a simulated cluster, in one process.
+    Demo(DemoArgs),
+    /// Print the CustomResourceDefinitions (or write one file per CRD).
+    Crds(CrdsArgs),
+}
+
+/// `flywheel operator`.
+#[derive(Debug, Args)]
+pub struct OperatorArgs {
+    /// Base URL of the feedback collector.
+    #[arg(long, env = "FLYWHEEL_COLLECTOR_URL")]
+    pub collector_url: Option<String>,
+    /// Address of the health and metrics endpoints.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub metrics_listen: SocketAddr,
+}
+
+/// `flywheel collector`.
+#[derive(Debug, Args)]
+pub struct CollectorArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:8090")]
+    pub listen: SocketAddr,
+    /// Directory of the embedded store and dataset snapshots.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// File of bearer tokens, one per line.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// PostgreSQL URL, to run several collector replicas on one database.
+    #[arg(long, env = "FLYWHEEL_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+/// `flywheel agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Address to listen on (the pod's serving port).
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// URL of the runtime behind the agent.
+    #[arg(long)]
+    pub upstream: String,
+    /// Version of the model the runtime serves.
+    #[arg(long)]
+    pub model_version: String,
+    /// Base URL of the feedback collector.
+    #[arg(long)]
+    pub collector_url: Option<String>,
+}
+
+/// `flywheel sim`.
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Address to listen on; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// Where to write a kubeconfig for the simulated cluster.
+    #[arg(long)]
+    pub kubeconfig_out: Option<PathBuf>,
+}
+
+/// A demo scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// A quality dip, a retrain, a better version promoted.
+    Improve,
+    /// A worse candidate rolled back.
+    Regression,
+}
+
+/// `flywheel demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// The story to play.
+    #[arg(long, value_enum, default_value_t = Scenario::Improve)]
+    pub scenario: Scenario,
+    /// How many loops to run.
+    #[arg(long, default_value_t = 1)]
+    pub cycles: u32,
+    /// How much faster than real time simulated time runs.
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f64,
+    /// Print the summary as one JSON object on the last line.
+    #[arg(long)]
+    pub json: bool,
+    /// Where to write a kubeconfig for the simulated cluster.
+    #[arg(long)]
+    pub kubeconfig_out: Option<PathBuf>,
+}
+
+/// `flywheel crds`.
+#[derive(Debug, Args)]
+pub struct CrdsArgs {
+    /// Write one `<name>.yaml` per CRD into this directory instead of printing a stream.
+    #[arg(long)]
+    pub output_dir: Option<PathBuf>,
+}
