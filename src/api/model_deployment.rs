@@ -276,7 +276,6 @@ pub struct RolloutSpec {
     /// at most 100; after the last step passes, the canary is promoted.
     #[serde(default = "default_steps")]
     #[schemars(length(min = 1, max = 16))]
-    #[x_kube(validation = Rule::new("self.all(s, s.weight >= 1 && s.weight <= 100)").message("each step weight must lie within 1..100"))]
     #[x_kube(validation = Rule::new("self.map(s, s.weight).isSorted() && self.all(a, self.exists_one(b, b.weight == a.weight))").message("step weights must rise strictly from one step to the next"))]
     pub steps: Vec<CanaryStep>,
     /// The statistical test on live feedback that gates `Analysis` steps.

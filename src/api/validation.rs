@@ -5,7 +5,8 @@
 
 use std::fmt;
 
-use kube::core::cel::{ErrorKind, Validator};
+use kube::core::cel::{ErrorKind, Validator, apply_defaults};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde_json::{Map, Value};
 
 /// Why a field failed, named as `metav1.StatusCause.reason` names it.
@@ -71,6 +72,34 @@ impl fmt::Display for FieldError {
     }
 }
 
+/// The `openAPIV3Schema` of a CRD's storage version, as JSON.
+pub fn storage_schema(crd: &CustomResourceDefinition) -> Option<Value> {
+    let version = crd.spec.versions.iter().find(|v| v.storage).or_else(|| crd.spec.versions.first())?;
+    let schema = version.schema.as_ref()?.open_api_v3_schema.as_ref()?;
+    serde_json::to_value(schema).ok()
+}
+
+/// What the API server does with a custom resource body before storing it: prune unknown fields,
+/// apply schema defaults, then [`validate`]. Returns the object to store and the paths pruned,
+/// or the field errors of a 422 Invalid answer.
+pub fn admit(schema: &Value, object: &Value, old: Option<&Value>) -> Result<Admitted, Vec<FieldError>> {
+    let mut pruned = object.clone();
+    let removed = prune(schema, &mut pruned);
+    let defaulted = apply_defaults(schema, &pruned);
+    let old = old.map(|o| apply_defaults(schema, o));
+    let errors = validate(schema, &defaulted, old.as_ref());
+    if errors.is_empty() { Ok(Admitted { object: defaulted, pruned: removed }) } else { Err(errors) }
+}
+
+/// An object accepted by [`admit`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admitted {
+    /// The object as it would be stored: pruned and defaulted.
+    pub object: Value,
+    /// Paths of unknown fields that were removed.
+    pub pruned: Vec<String>,
+}
+
 /// Validate `object` against `schema` (an `openAPIV3Schema`) as the API server does on a create
 /// (`old` = `None`) or an update: structural checks first; CEL rules only when those pass (else
 /// one extra cause says the rules were not checked). The object should already be pruned.
@@ -90,23 +119,101 @@ pub fn validate(schema: &Value, object: &Value, old: Option<&Value>) -> Vec<Fiel
     validate_cel(schema, object, old)
 }
 
-/// Evaluate only the `x-kubernetes-validations` rules of `schema` on `object`.
+/// Evaluate only the `x-kubernetes-validations` rules of `schema` on `object`, wording the
+/// failures as the API server does.
 pub fn validate_cel(schema: &Value, object: &Value, old: Option<&Value>) -> Vec<FieldError> {
-    match Validator::new().validate(schema, object, old) {
-        Ok(()) => Vec::new(),
-        Err(errors) => errors
-            .into_vec()
-            .into_iter()
-            .map(|e| {
+    let Err(errors) = Validator::new().validate(schema, object, old) else {
+        return Vec::new();
+    };
+    let mut rules = Vec::new();
+    collect_rules(schema, &mut rules);
+    errors
+        .into_vec()
+        .into_iter()
+        .map(|e| {
+            let rule = rules.iter().find(|r| r.get("rule").and_then(Value::as_str) == Some(e.rule.as_str()));
+            let rule_message = rule.and_then(|r| r.get("message")).and_then(Value::as_str).unwrap_or(&e.rule);
+            let field_path = rule.and_then(|r| r.get("fieldPath")).and_then(Value::as_str).unwrap_or("");
+            let reason = FieldReason::from_cel(e.reason.as_deref());
+            if e.kind == ErrorKind::ValidationFailure {
                 let field = if e.field_path.is_empty() { "<nil>".to_string() } else { e.field_path.clone() };
-                let message = match e.kind {
-                    ErrorKind::ValidationFailure => format!("Invalid value: \"object\": {}", e.message),
-                    _ => format!("Invalid value: \"object\": {} evaluating rule: {}", e.message, e.rule),
+                // The failing node's value is quoted when it is a scalar, omitted for an object or array.
+                let node_path = e.field_path.strip_suffix(field_path.trim_start_matches('.')).unwrap_or(&e.field_path);
+                let node_path = node_path.trim_end_matches('.');
+                let shown = match lookup(object, node_path) {
+                    Some(v) if !v.is_object() && !v.is_array() => format!("{}: ", quote(v)),
+                    _ => String::new(),
                 };
-                FieldError { reason: FieldReason::from_cel(e.reason.as_deref()), field, message }
-            })
-            .collect(),
+                let message = match reason {
+                    FieldReason::Forbidden => format!("Forbidden: {}", e.message),
+                    FieldReason::Required => format!("Required value: {}", e.message),
+                    FieldReason::Duplicate => format!("Duplicate value: {shown}{}", e.message),
+                    _ => format!("Invalid value: {shown}{}", e.message),
+                };
+                FieldError { reason, field, message }
+            } else {
+                // An evaluation error is reported at the rule's node, not its fieldPath.
+                let node = e.field_path.strip_suffix(field_path.trim_start_matches('.')).unwrap_or(&e.field_path);
+                let node = node.trim_end_matches('.');
+                let field = if node.is_empty() { "<nil>".to_string() } else { node.to_string() };
+                let detail = e.message.strip_prefix("rule evaluation error: ").unwrap_or(&e.message);
+                let detail = lower_first(detail);
+                let node_type = lookup(object, node).map_or("object", json_type);
+                FieldError {
+                    reason: FieldReason::Invalid,
+                    field,
+                    message: format!("Invalid value: \"{node_type}\": {detail} evaluating rule: {rule_message}"),
+                }
+            }
+        })
+        .collect()
+}
+
+fn collect_rules<'a>(schema: &'a Value, out: &mut Vec<&'a Value>) {
+    match schema {
+        Value::Object(map) => {
+            if let Some(rules) = map.get("x-kubernetes-validations").and_then(Value::as_array) {
+                out.extend(rules.iter());
+            }
+            for value in map.values() {
+                collect_rules(value, out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_rules(v, out)),
+        _ => {}
     }
+}
+
+fn lower_first(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// The value at a dotted path with `[i]` indexes (`spec.steps[1].weight`).
+fn lookup<'a>(object: &'a Value, path: &str) -> Option<&'a Value> {
+    let mut current = object;
+    if path.is_empty() {
+        return Some(current);
+    }
+    for part in path.split('.') {
+        let (name, rest) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        if !name.is_empty() {
+            current = current.get(name)?;
+        }
+        for index in rest.split(['[', ']']).filter(|s| !s.is_empty()) {
+            current = match index.parse::<usize>() {
+                Ok(i) => current.get(i)?,
+                Err(_) => current.get(index)?,
+            };
+        }
+    }
+    Some(current)
 }
 
 fn has_cel_rules(schema: &Value) -> bool {
@@ -429,5 +536,129 @@ fn check_object(schema: &Value, map: &Map<String, Value>, value: &Value, path: &
         } else if let Some(sub) = additional {
             check(sub, sub_value, &sub_path, errors);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The sample CRD of `shared/reference/` (a real API server's answers were captured with it).
+    fn widget_schema() -> Value {
+        let crd: CustomResourceDefinition =
+            serde_yaml::from_str(include_str!("../../tests/fixtures/widget-crd.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        storage_schema(&crd).unwrap_or_else(|| panic!("widget CRD has a schema"))
+    }
+
+    fn widget(spec: Value) -> Value {
+        json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "bad"}, "spec": spec})
+    }
+
+    #[test]
+    fn bounds_enum_and_length_answer_as_the_real_server() {
+        // Reference: errors-validation-apply.md, "Invalid (schema bounds, enum, maxLength and a CEL rule together)".
+        let obj = widget(json!({"replicas": 200, "minReplicas": 300, "mode": "sometimes", "name": "seventeen-chars-x"}));
+        let errors = validate(&widget_schema(), &obj, None);
+        let got: Vec<(&str, &str, &str)> =
+            errors.iter().map(|e| (e.reason.as_str(), e.field.as_str(), e.message.as_str())).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("FieldValueNotSupported", "spec.mode", "Unsupported value: \"sometimes\": supported values: \"auto\", \"suggest\""),
+                ("FieldValueTooLong", "spec.name", "Too long: may not be more than 10 bytes"),
+                ("FieldValueInvalid", "spec.replicas", "Invalid value: 200: spec.replicas in body should be less than or equal to 100"),
+                ("FieldValueInvalid", "<nil>", "Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation"),
+            ]
+        );
+    }
+
+    #[test]
+    fn cel_rule_with_field_path() {
+        let obj = widget(json!({"replicas": 2, "minReplicas": 3}));
+        let errors = validate(&widget_schema(), &obj, None);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].field, "spec.minReplicas");
+        assert_eq!(errors[0].reason, FieldReason::Invalid);
+        // Reference: errors-validation-apply.md, "Invalid (CEL rule alone)".
+        assert_eq!(errors[0].message, "Invalid value: minReplicas must not exceed replicas");
+        assert!(validate(&widget_schema(), &widget(json!({"replicas": 3, "minReplicas": 3})), None).is_empty());
+    }
+
+    #[test]
+    fn cel_rule_reading_an_absent_field_rejects() {
+        // Reference: errors-validation-apply.md, "A CEL rule that reads an absent optional field".
+        let errors = validate(&widget_schema(), &widget(json!({"replicas": 1})), None);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].field, "spec");
+        assert_eq!(
+            errors[0].message,
+            "Invalid value: \"object\": no such key: minReplicas evaluating rule: minReplicas must not exceed replicas"
+        );
+    }
+
+    #[test]
+    fn types_required_items_and_sets() {
+        let schema = json!({
+            "type": "object",
+            "required": ["a"],
+            "properties": {
+                "a": {"type": "integer"},
+                "tags": {"type": "array", "maxItems": 2, "x-kubernetes-list-type": "set", "items": {"type": "string", "pattern": "^[a-z]+$"}},
+                "labels": {"type": "object", "maxProperties": 1, "additionalProperties": {"type": "string", "minLength": 2}}
+            }
+        });
+        let errors = validate(&schema, &json!({"tags": ["x", "x", "Y"], "labels": {"k": "v", "l": "vv"}}), None);
+        let got: Vec<(&str, &str)> = errors.iter().map(|e| (e.reason.as_str(), e.field.as_str())).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("FieldValueRequired", "a"),
+                ("FieldValueTooMany", "labels"),
+                ("FieldValueInvalid", "labels[k]"),
+                ("FieldValueTooMany", "tags"),
+                ("FieldValueInvalid", "tags[2]"),
+                ("FieldValueDuplicate", "tags[1]"),
+            ]
+        );
+        let errors = validate(&schema, &json!({"a": "three"}), None);
+        assert_eq!(errors[0].reason, FieldReason::TypeInvalid);
+        assert_eq!(errors[0].message, "Invalid value: \"three\": a in body must be of type integer: \"string\"");
+    }
+
+    #[test]
+    fn prune_removes_unknown_fields_but_keeps_preserved_ones() {
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "spec": {"type": "object", "properties": {
+                    "known": {"type": "string"},
+                    "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                    "list": {"type": "array", "items": {"type": "object", "properties": {"k": {"type": "string"}}}}
+                }}
+            }
+        });
+        let mut obj = json!({"apiVersion": "v", "kind": "K", "metadata": {"name": "n"}, "spec": {
+            "known": "x", "bogus": 1, "free": {"anything": {"goes": true}}, "list": [{"k": "a", "z": 1}]
+        }});
+        let removed = prune(&schema, &mut obj);
+        assert_eq!(removed, vec!["spec.bogus".to_string(), "spec.list[0].z".to_string()]);
+        assert_eq!(obj["spec"]["free"]["anything"]["goes"], json!(true));
+        assert_eq!(obj["metadata"]["name"], json!("n"));
+    }
+
+    #[test]
+    fn admit_defaults_before_cel() {
+        let schema = json!({
+            "type": "object",
+            "properties": {"spec": {"type": "object",
+                "x-kubernetes-validations": [{"rule": "self.min <= self.max", "message": "min above max"}],
+                "properties": {"min": {"type": "integer", "default": 1}, "max": {"type": "integer", "default": 1}}}}
+        });
+        let ok = admit(&schema, &json!({"spec": {"max": 3}}), None).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(ok.object["spec"]["min"], json!(1));
+        let errors = admit(&schema, &json!({"spec": {"min": 5}}), None).err().unwrap_or_default();
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].message.contains("min above max"));
     }
 }
