@@ -165,7 +165,9 @@ fn cases() -> Vec<Case> {
         Case {
             kind: "FeedbackPolicy",
             rule: "!has(self.positiveLabels) || !has(self.negativeLabels) || self.positiveLabels.all(l, !(l in self.negativeLabels))",
-            breaks: |o| set(o, "/spec/signals", json!({"positiveLabels": ["helpful"], "negativeLabels": ["helpful", "rude"]})),
+            breaks: |o| {
+                set(o, "/spec/signals", json!({"positiveLabels": ["helpful"], "negativeLabels": ["helpful", "rude"]}))
+            },
             field: "spec.signals",
             message: "a label cannot be both positive and negative",
             update: false,
@@ -335,7 +337,11 @@ fn schema_bounds_reject_before_cel() {
     let mut missing = sample("RetrainJob");
     remove(&mut missing, "/spec/dataset/sha256");
     let errors = admit(&schema("RetrainJob"), &missing, None).err().unwrap_or_default();
-    assert!(errors.iter().any(|e| e.field == "spec.dataset.sha256" && e.message == "Required value"), "{}", describe(&errors));
+    assert!(
+        errors.iter().any(|e| e.field == "spec.dataset.sha256" && e.message == "Required value"),
+        "{}",
+        describe(&errors)
+    );
 }
 
 fn rules_in(schema: &Value, out: &mut BTreeSet<String>) {

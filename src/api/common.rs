@@ -22,8 +22,7 @@ pub const SUPPORTED_URI_SCHEMES: [&str; 6] = ["pvc://", "s3://", "gs://", "https
 /// CEL rule shared by every URI field: the scheme must be one Flywheel can fetch from.
 pub(crate) const URI_SCHEME_RULE: &str = "self.startsWith('pvc://') || self.startsWith('s3://') || self.startsWith('gs://') || self.startsWith('https://') || self.startsWith('hf://') || self.startsWith('file://')";
 /// Message of [`URI_SCHEME_RULE`].
-pub(crate) const URI_SCHEME_MESSAGE: &str =
-    "must start with one of pvc://, s3://, gs://, https://, hf://, file://";
+pub(crate) const URI_SCHEME_MESSAGE: &str = "must start with one of pvc://, s3://, gs://, https://, hf://, file://";
 
 /// Pattern of a Kubernetes object name (RFC 1123 subdomain).
 pub(crate) const DNS_SUBDOMAIN_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
@@ -55,7 +54,12 @@ pub struct Condition {
     /// Type of the condition in CamelCase: `Ready`, `Reconciling`, `Stalled`, or one specific to
     /// the kind (for example `Progressing` or `TriggerSuggested`).
     #[serde(rename = "type")]
-    #[schemars(length(min = 1, max = 316), regex(pattern = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"))]
+    #[schemars(
+        length(min = 1, max = 316),
+        regex(
+            pattern = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$"
+        )
+    )]
     pub type_: String,
     /// Status of the condition: `True`, `False` or `Unknown`.
     pub status: ConditionStatus,

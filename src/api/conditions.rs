@@ -20,7 +20,12 @@ pub struct Desired {
 
 impl Desired {
     /// A desired condition.
-    pub fn new(type_: &'static str, status: ConditionStatus, reason: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(
+        type_: &'static str,
+        status: ConditionStatus,
+        reason: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Self { type_, status, reason: reason.into(), message: message.into() }
     }
 }

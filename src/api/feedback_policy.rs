@@ -5,10 +5,16 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Condition, LocalRef, Promotion, TrainerTemplate, TriggerReason, URI_SCHEME_MESSAGE, URI_SCHEME_RULE};
+use super::common::{
+    Condition, LocalRef, Promotion, TrainerTemplate, TriggerReason, URI_SCHEME_MESSAGE, URI_SCHEME_RULE,
+};
 
 /// When to retrain a ModelDeployment from the feedback its users give, what dataset to build,
 /// and how to run the trainer.
+#[allow(
+    clippy::duplicated_attributes,
+    reason = "kube-derive takes one printcolumn(...) per column, each with the same keys"
+)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "flywheel.dev",
@@ -22,11 +28,37 @@ use super::common::{Condition, LocalRef, Promotion, TrainerTemplate, TriggerReas
     derive = "PartialEq",
     cel,
     doc = "When and how to retrain a ModelDeployment from its users' feedback.",
-    printcolumn(name = "Target", type_ = "string", json_path = ".spec.targetRef.name", description = "The ModelDeployment retrained"),
-    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode", priority = 1),
-    printcolumn(name = "Signals", type_ = "integer", json_path = ".status.signalsSinceLastRetrain", description = "Signals since the last retrain"),
-    printcolumn(name = "Quality", type_ = "number", json_path = ".status.stats.positiveRate", description = "Positive rate of the stable version over the window"),
-    printcolumn(name = "Last Trigger", type_ = "string", json_path = ".status.lastTrigger.reason", description = "Why the policy last fired"),
+    printcolumn(
+        name = "Target",
+        type_ = "string",
+        json_path = ".spec.targetRef.name",
+        description = "The ModelDeployment retrained"
+    ),
+    printcolumn(
+        name = "Mode",
+        type_ = "string",
+        json_path = ".spec.mode",
+        description = "auto or suggest",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Signals",
+        type_ = "integer",
+        json_path = ".status.signalsSinceLastRetrain",
+        description = "Signals since the last retrain"
+    ),
+    printcolumn(
+        name = "Quality",
+        type_ = "number",
+        json_path = ".status.stats.positiveRate",
+        description = "Positive rate of the stable version over the window"
+    ),
+    printcolumn(
+        name = "Last Trigger",
+        type_ = "string",
+        json_path = ".status.lastTrigger.reason",
+        description = "Why the policy last fired"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]

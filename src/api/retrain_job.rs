@@ -8,13 +8,17 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    Condition, DatasetCounts, Lineage, LocalRef, Promotion, TrainerTemplate, TriggerReason, URI_SCHEME_MESSAGE, URI_SCHEME_RULE,
-    VERSION_PATTERN,
+    Condition, DatasetCounts, Lineage, LocalRef, Promotion, TrainerTemplate, TriggerReason, URI_SCHEME_MESSAGE,
+    URI_SCHEME_RULE, VERSION_PATTERN,
 };
 use super::feedback_policy::DatasetFormat;
 
 /// One fine-tuning run of a ModelDeployment's model on a dataset snapshot. Created by a
 /// FeedbackPolicy when it fires, or by hand. Its spec is immutable.
+#[allow(
+    clippy::duplicated_attributes,
+    reason = "kube-derive takes one printcolumn(...) per column, each with the same keys"
+)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "flywheel.dev",
@@ -28,10 +32,31 @@ use super::feedback_policy::DatasetFormat;
     derive = "PartialEq",
     cel,
     doc = "One fine-tuning run that produces a new version of a ModelDeployment's model.",
-    printcolumn(name = "Target", type_ = "string", json_path = ".spec.targetRef.name", description = "The ModelDeployment retrained"),
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Version", type_ = "string", json_path = ".status.result.version", description = "The version produced"),
-    printcolumn(name = "Attempts", type_ = "integer", json_path = ".status.attemptCount", priority = 1),
+    printcolumn(
+        name = "Target",
+        type_ = "string",
+        json_path = ".spec.targetRef.name",
+        description = "The ModelDeployment retrained"
+    ),
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Pending, Running, Succeeded or Failed"
+    ),
+    printcolumn(
+        name = "Version",
+        type_ = "string",
+        json_path = ".status.result.version",
+        description = "The version produced"
+    ),
+    printcolumn(
+        name = "Attempts",
+        type_ = "integer",
+        json_path = ".status.attemptCount",
+        description = "Attempts made",
+        priority = 1
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(cel)]

@@ -5,8 +5,8 @@
 
 use std::fmt;
 
-use kube::core::cel::{ErrorKind, Validator, apply_defaults};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::core::cel::{ErrorKind, Validator, apply_defaults};
 use serde_json::{Map, Value};
 
 /// Why a field failed, named as `metav1.StatusCause.reason` names it.
@@ -218,9 +218,7 @@ fn lookup<'a>(object: &'a Value, path: &str) -> Option<&'a Value> {
 
 fn has_cel_rules(schema: &Value) -> bool {
     match schema {
-        Value::Object(map) => {
-            map.contains_key("x-kubernetes-validations") || map.values().any(has_cel_rules)
-        }
+        Value::Object(map) => map.contains_key("x-kubernetes-validations") || map.values().any(has_cel_rules),
         Value::Array(items) => items.iter().any(has_cel_rules),
         _ => false,
     }
@@ -344,40 +342,41 @@ fn type_matches(expected: &str, value: &Value, schema: &Value) -> bool {
 fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldError>) {
     if value.is_null() {
         let nullable = schema.get("nullable").and_then(Value::as_bool) == Some(true);
-        if !nullable && !path.is_empty() {
-            if let Some(expected) = schema.get("type").and_then(Value::as_str) {
-                errors.push(FieldError {
-                    reason: FieldReason::Invalid,
-                    field: path.to_string(),
-                    message: format!("Invalid value: \"null\": {path} in body must be of type {expected}: \"null\""),
-                });
-            }
+        if !nullable
+            && !path.is_empty()
+            && let Some(expected) = schema.get("type").and_then(Value::as_str)
+        {
+            errors.push(FieldError {
+                reason: FieldReason::Invalid,
+                field: path.to_string(),
+                message: format!("Invalid value: \"null\": {path} in body must be of type {expected}: \"null\""),
+            });
         }
         return;
     }
-    if let Some(expected) = schema.get("type").and_then(Value::as_str) {
-        if !type_matches(expected, value, schema) {
-            errors.push(FieldError {
-                reason: FieldReason::TypeInvalid,
-                field: path.to_string(),
-                message: format!(
-                    "Invalid value: {}: {path} in body must be of type {expected}: \"{}\"",
-                    quote(value),
-                    json_type(value)
-                ),
-            });
-            return;
-        }
+    if let Some(expected) = schema.get("type").and_then(Value::as_str)
+        && !type_matches(expected, value, schema)
+    {
+        errors.push(FieldError {
+            reason: FieldReason::TypeInvalid,
+            field: path.to_string(),
+            message: format!(
+                "Invalid value: {}: {path} in body must be of type {expected}: \"{}\"",
+                quote(value),
+                json_type(value)
+            ),
+        });
+        return;
     }
-    if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
-        if !allowed.contains(value) {
-            let list: Vec<String> = allowed.iter().map(quote).collect();
-            errors.push(FieldError {
-                reason: FieldReason::NotSupported,
-                field: path.to_string(),
-                message: format!("Unsupported value: {}: supported values: {}", quote(value), list.join(", ")),
-            });
-        }
+    if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
+        && !allowed.contains(value)
+    {
+        let list: Vec<String> = allowed.iter().map(quote).collect();
+        errors.push(FieldError {
+            reason: FieldReason::NotSupported,
+            field: path.to_string(),
+            message: format!("Unsupported value: {}: supported values: {}", quote(value), list.join(", ")),
+        });
     }
     match value {
         Value::String(s) => check_string(schema, s, value, path, errors),
@@ -390,19 +389,19 @@ fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldError>
 
 fn check_string(schema: &Value, s: &str, value: &Value, path: &str, errors: &mut Vec<FieldError>) {
     let len = s.chars().count() as u64;
-    if let Some(max) = schema.get("maxLength").and_then(Value::as_u64) {
-        if len > max {
-            errors.push(FieldError {
-                reason: FieldReason::TooLong,
-                field: path.to_string(),
-                message: format!("Too long: may not be more than {max} bytes"),
-            });
-        }
+    if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
+        && len > max
+    {
+        errors.push(FieldError {
+            reason: FieldReason::TooLong,
+            field: path.to_string(),
+            message: format!("Too long: may not be more than {max} bytes"),
+        });
     }
-    if let Some(min) = schema.get("minLength").and_then(Value::as_u64) {
-        if len < min {
-            invalid(errors, path, value, format!("should be at least {min} chars long"));
-        }
+    if let Some(min) = schema.get("minLength").and_then(Value::as_u64)
+        && len < min
+    {
+        invalid(errors, path, value, format!("should be at least {min} chars long"));
     }
     if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
         match regex::Regex::new(pattern) {
@@ -433,19 +432,19 @@ fn check_number(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Fiel
 
 fn check_array(schema: &Value, items: &[Value], value: &Value, path: &str, errors: &mut Vec<FieldError>) {
     let len = items.len() as u64;
-    if let Some(max) = schema.get("maxItems").and_then(Value::as_u64) {
-        if len > max {
-            errors.push(FieldError {
-                reason: FieldReason::TooMany,
-                field: path.to_string(),
-                message: format!("Too many: {len}: must have at most {max} items"),
-            });
-        }
+    if let Some(max) = schema.get("maxItems").and_then(Value::as_u64)
+        && len > max
+    {
+        errors.push(FieldError {
+            reason: FieldReason::TooMany,
+            field: path.to_string(),
+            message: format!("Too many: {len}: must have at most {max} items"),
+        });
     }
-    if let Some(min) = schema.get("minItems").and_then(Value::as_u64) {
-        if len < min {
-            invalid(errors, path, value, format!("should have at least {min} items"));
-        }
+    if let Some(min) = schema.get("minItems").and_then(Value::as_u64)
+        && len < min
+    {
+        invalid(errors, path, value, format!("should have at least {min} items"));
     }
     if let Some(item_schema) = schema.get("items") {
         for (i, item) in items.iter().enumerate() {
@@ -492,19 +491,19 @@ fn check_array(schema: &Value, items: &[Value], value: &Value, path: &str, error
 
 fn check_object(schema: &Value, map: &Map<String, Value>, value: &Value, path: &str, errors: &mut Vec<FieldError>) {
     let len = map.len() as u64;
-    if let Some(max) = schema.get("maxProperties").and_then(Value::as_u64) {
-        if len > max {
-            errors.push(FieldError {
-                reason: FieldReason::TooMany,
-                field: path.to_string(),
-                message: format!("Too many: {len}: must have at most {max} items"),
-            });
-        }
+    if let Some(max) = schema.get("maxProperties").and_then(Value::as_u64)
+        && len > max
+    {
+        errors.push(FieldError {
+            reason: FieldReason::TooMany,
+            field: path.to_string(),
+            message: format!("Too many: {len}: must have at most {max} items"),
+        });
     }
-    if let Some(min) = schema.get("minProperties").and_then(Value::as_u64) {
-        if len < min {
-            invalid(errors, path, value, format!("should have at least {min} properties"));
-        }
+    if let Some(min) = schema.get("minProperties").and_then(Value::as_u64)
+        && len < min
+    {
+        invalid(errors, path, value, format!("should have at least {min} properties"));
     }
     if let Some(required) = schema.get("required").and_then(Value::as_array) {
         for key in required.iter().filter_map(Value::as_str) {
@@ -526,11 +525,8 @@ fn check_object(schema: &Value, map: &Map<String, Value>, value: &Value, path: &
         if path.is_empty() && (key == "metadata" || key == "apiVersion" || key == "kind") {
             continue;
         }
-        let sub_path = if additional.is_some() && properties.is_none() {
-            format!("{path}[{key}]")
-        } else {
-            join(path, key)
-        };
+        let sub_path =
+            if additional.is_some() && properties.is_none() { format!("{path}[{key}]") } else { join(path, key) };
         if let Some(sub) = properties.and_then(|p| p.get(key)) {
             check(sub, sub_value, &sub_path, errors);
         } else if let Some(sub) = additional {
@@ -546,8 +542,8 @@ mod tests {
 
     /// The sample CRD of `shared/reference/` (a real API server's answers were captured with it).
     fn widget_schema() -> Value {
-        let crd: CustomResourceDefinition =
-            serde_yaml::from_str(include_str!("../../tests/fixtures/widget-crd.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        let crd: CustomResourceDefinition = serde_yaml::from_str(include_str!("../../tests/fixtures/widget-crd.yaml"))
+            .unwrap_or_else(|e| panic!("{e}"));
         storage_schema(&crd).unwrap_or_else(|| panic!("widget CRD has a schema"))
     }
 
@@ -558,17 +554,30 @@ mod tests {
     #[test]
     fn bounds_enum_and_length_answer_as_the_real_server() {
         // Reference: errors-validation-apply.md, "Invalid (schema bounds, enum, maxLength and a CEL rule together)".
-        let obj = widget(json!({"replicas": 200, "minReplicas": 300, "mode": "sometimes", "name": "seventeen-chars-x"}));
+        let obj =
+            widget(json!({"replicas": 200, "minReplicas": 300, "mode": "sometimes", "name": "seventeen-chars-x"}));
         let errors = validate(&widget_schema(), &obj, None);
         let got: Vec<(&str, &str, &str)> =
             errors.iter().map(|e| (e.reason.as_str(), e.field.as_str(), e.message.as_str())).collect();
         assert_eq!(
             got,
             vec![
-                ("FieldValueNotSupported", "spec.mode", "Unsupported value: \"sometimes\": supported values: \"auto\", \"suggest\""),
+                (
+                    "FieldValueNotSupported",
+                    "spec.mode",
+                    "Unsupported value: \"sometimes\": supported values: \"auto\", \"suggest\""
+                ),
                 ("FieldValueTooLong", "spec.name", "Too long: may not be more than 10 bytes"),
-                ("FieldValueInvalid", "spec.replicas", "Invalid value: 200: spec.replicas in body should be less than or equal to 100"),
-                ("FieldValueInvalid", "<nil>", "Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation"),
+                (
+                    "FieldValueInvalid",
+                    "spec.replicas",
+                    "Invalid value: 200: spec.replicas in body should be less than or equal to 100"
+                ),
+                (
+                    "FieldValueInvalid",
+                    "<nil>",
+                    "Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation"
+                ),
             ]
         );
     }
