@@ -4,4 +4,5 @@
 
 pub mod api;
 pub mod cli;
+pub mod sim;
 pub mod telemetry;

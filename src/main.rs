@@ -19,9 +19,67 @@ fn main() -> ExitCode {
         Command::Operator(_) => not_implemented("operator"),
         Command::Collector(_) => not_implemented("collector"),
         Command::Agent(_) => not_implemented("agent"),
-        Command::Sim(_) => not_implemented("sim"),
+        Command::Sim(args) => run_async(run_sim(args)),
         Command::Demo(_) => not_implemented("demo"),
     }
+}
+
+fn run_async(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime.block_on(fut),
+        Err(e) => {
+            eprintln!("flywheel: starting the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; stopping on Ctrl-C only");
+                let _ctrl_c = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ctrl_c = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn run_sim(args: flywheel::cli::SimArgs) -> ExitCode {
+    let config = flywheel::sim::SimConfig { listen: args.listen, ..flywheel::sim::SimConfig::default() };
+    let sim = match flywheel::sim::Sim::start(config).await {
+        Ok(sim) => sim,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the simulated cluster");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(path) = &args.kubeconfig_out {
+        if let Err(e) = sim.write_kubeconfig(path) {
+            tracing::error!(error = %e, "cannot write the kubeconfig");
+            sim.shutdown().await;
+            return ExitCode::FAILURE;
+        }
+        tracing::info!(kubeconfig = %path.display(), server = %sim.url(), "kubeconfig written");
+    }
+    println!("{}", sim.url());
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    sim.shutdown().await;
+    ExitCode::SUCCESS
 }
 
 fn not_implemented(component: &str) -> ExitCode {

@@ -1,0 +1,191 @@
+//! `flywheel sim`: a simulated Kubernetes API server, in memory, over real HTTP on loopback,
+//! with a simulated control plane (garbage collector, namespace, Deployment and Job controllers,
+//! a kubelet scripted by pod annotations). The real `kube::Client`, kube-runtime and `kubectl`
+//! work against it unchanged. See `docs/ARCHITECTURE.md` for what it models and what it does not.
+
+pub mod core;
+pub mod error;
+pub mod faults;
+pub mod http;
+pub mod patch;
+pub mod registry;
+pub mod select;
+pub mod table;
+pub mod workloads;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use self::core::Core;
+pub use self::faults::{FaultConfig, Faults};
+pub use self::workloads::{Outcome, PodBehavior, PodScript, WorkloadConfig};
+
+/// Errors starting or reaching the simulated cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// The listen address could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The kubeconfig could not be written.
+    #[error("writing kubeconfig {path}: {source}")]
+    WriteKubeconfig {
+        /// Where.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A client for the simulated cluster could not be built.
+    #[error("building a client for the simulated cluster: {0}")]
+    Client(String),
+}
+
+/// How to run the simulated cluster.
+#[derive(Clone)]
+pub struct SimConfig {
+    /// Where to listen; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// The bearer token; a random one when `None`.
+    pub token: Option<String>,
+    /// The simulated control plane.
+    pub workloads: WorkloadConfig,
+    /// Events kept for watches to resume from; older resourceVersions get 410 Gone.
+    pub history: usize,
+    /// How often a watch that allows bookmarks gets one.
+    pub bookmark_interval: Duration,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            token: None,
+            workloads: WorkloadConfig::default(),
+            history: 100_000,
+            bookmark_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A running simulated cluster.
+pub struct Sim {
+    addr: SocketAddr,
+    token: String,
+    core: Arc<Core>,
+    faults: Arc<Faults>,
+    requests: Arc<Mutex<HashMap<String, u64>>>,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Sim {
+    /// Start the server and the simulated control plane.
+    pub async fn start(config: SimConfig) -> Result<Self, SimError> {
+        let listener =
+            TcpListener::bind(config.listen).await.map_err(|source| SimError::Bind { addr: config.listen, source })?;
+        let addr = listener.local_addr().map_err(|source| SimError::Bind { addr: config.listen, source })?;
+        let token = config.token.clone().unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        let core = Arc::new(Core::new(config.history));
+        let faults = Arc::new(Faults::default());
+        let requests = Arc::new(Mutex::new(HashMap::new()));
+        let stop = CancellationToken::new();
+        let state = http::AppState {
+            core: core.clone(),
+            token: Arc::new(token.clone()),
+            faults: faults.clone(),
+            bookmark_interval: config.bookmark_interval,
+            requests: requests.clone(),
+        };
+        let app = http::router(state);
+        let server_stop = stop.clone();
+        let server = tokio::spawn(async move {
+            let shutdown = async move { server_stop.cancelled().await };
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+                tracing::error!(error = %e, "simulated API server stopped");
+            }
+        });
+        let controllers = tokio::spawn(workloads::run(core.clone(), config.workloads.clone(), stop.clone()));
+        tracing::info!(%addr, "simulated API server listening");
+        Ok(Self { addr, token, core, faults, requests, stop, tasks: vec![server, controllers] })
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The server's URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The bearer token.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The store, for in-process scripting and inspection.
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
+    /// Fault injection.
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// Write requests (POST, PUT, PATCH, DELETE) received, by field manager (or user agent).
+    pub fn write_requests(&self) -> HashMap<String, u64> {
+        self.requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// A kubeconfig for the simulated cluster (bearer-token auth).
+    pub fn kubeconfig_yaml(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: flywheel-sim\n  cluster:\n    server: {url}\ncontexts:\n- name: flywheel-sim\n  context:\n    cluster: flywheel-sim\n    user: flywheel-sim\n    namespace: default\ncurrent-context: flywheel-sim\nusers:\n- name: flywheel-sim\n  user:\n    token: {token}\n",
+            url = self.url(),
+            token = self.token
+        )
+    }
+
+    /// Write [`Self::kubeconfig_yaml`] to `path` (mode 0600).
+    pub fn write_kubeconfig(&self, path: &Path) -> Result<(), SimError> {
+        let err = |source| SimError::WriteKubeconfig { path: path.display().to_string(), source };
+        std::fs::write(path, self.kubeconfig_yaml()).map_err(err)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// A `kube::Client` for the simulated cluster, built from its kubeconfig as any client would.
+    pub async fn client(&self) -> Result<kube::Client, SimError> {
+        let kubeconfig = kube::config::Kubeconfig::from_yaml(&self.kubeconfig_yaml())
+            .map_err(|e| SimError::Client(e.to_string()))?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+            .await
+            .map_err(|e| SimError::Client(e.to_string()))?;
+        kube::Client::try_from(config).map_err(|e| SimError::Client(e.to_string()))
+    }
+
+    /// Stop the server and the controllers, and wait for them.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        for task in self.tasks {
+            let _joined = task.await;
+        }
+    }
+}
