@@ -441,7 +441,7 @@ async fn server_side_apply_ownership_conflicts_and_removal() {
         pp
     };
     let w = |spec: Value| json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w2"}, "spec": spec});
-    api.patch("w2", &apply("alice", false), &Patch::Apply(w(json!({"replicas": 2, "minReplicas": 1}))))
+    api.patch("w2", &apply("alice", false), &Patch::Apply(w(json!({"replicas": 2, "minReplicas": 1, "mode": "auto"}))))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     // bob changes a field alice owns: 409 with the field, unless forced.
@@ -469,7 +469,7 @@ async fn server_side_apply_ownership_conflicts_and_removal() {
     assert_eq!(
         owners(&forced),
         vec![
-            ("alice".to_string(), json!({"f:spec": {"f:minReplicas": {}}})),
+            ("alice".to_string(), json!({"f:spec": {"f:minReplicas": {}, "f:mode": {}}})),
             ("bob".to_string(), json!({"f:spec": {"f:minReplicas": {}, "f:replicas": {}}})),
         ]
     );
@@ -479,11 +479,14 @@ async fn server_side_apply_ownership_conflicts_and_removal() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(kept.data["spec"]["minReplicas"], json!(1));
-    // alice stops applying minReplicas too: no owner is left, so it is removed.
-    let removed =
-        api.patch("w2", &apply("alice", false), &Patch::Apply(w(json!({})))).await.unwrap_or_else(|e| panic!("{e}"));
-    assert!(removed.data["spec"].get("minReplicas").is_none(), "{:?}", removed.data);
+    // alice stops applying mode, which she alone owns: it is removed; minReplicas stays hers.
+    let removed = api
+        .patch("w2", &apply("alice", false), &Patch::Apply(w(json!({"minReplicas": 1}))))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(removed.data["spec"].get("mode").is_none(), "{:?}", removed.data);
     assert_eq!(removed.data["spec"]["replicas"], json!(5));
+    assert_eq!(removed.data["spec"]["minReplicas"], json!(1));
     ns.cleanup().await;
     cluster.stop().await;
 }

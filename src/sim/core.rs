@@ -824,19 +824,12 @@ impl Core {
             }
             PatchKind::Json => {
                 let mut v = base.clone();
-                patch::json_patch(&mut v, body).map_err(|e| {
-                    ApiError::invalid(
-                        &t,
-                        name,
-                        &[FieldError { reason: FieldReason::Invalid, field: "<nil>".into(), message: e.to_string() }],
-                    )
-                })?;
+                patch::json_patch(&mut v, body).map_err(|e| patch_error(&t, name, &e))?;
                 v
             }
             PatchKind::Strategic => {
                 let mut v = base.clone();
-                patch::strategic_merge_patch(&mut v, body, types.as_ref())
-                    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+                patch::strategic_merge_patch(&mut v, body, types.as_ref()).map_err(|e| patch_error(&t, name, &e))?;
                 v
             }
             PatchKind::Apply => {
@@ -1170,10 +1163,22 @@ fn strip_for_apply(body: &Value, status_subresource: bool) -> Value {
     v
 }
 
+fn patch_error(t: &ResourceType, name: &str, e: &patch::PatchError) -> ApiError {
+    match e.status_code() {
+        400 => ApiError::bad_request(e.to_string()),
+        422 => ApiError::invalid(
+            t,
+            name,
+            &[FieldError { reason: FieldReason::Invalid, field: "<nil>".into(), message: e.to_string() }],
+        ),
+        _ => ApiError::internal(e.to_string()),
+    }
+}
+
 fn conflict_error(conflicts: &[patch::Conflict]) -> ApiError {
     let causes = conflicts
         .iter()
-        .map(|c| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{}\"", c.manager), "field": c.field}))
+        .map(|c| json!({"reason": "FieldManagerConflict", "message": c.cause_message(), "field": c.field}))
         .collect();
     ApiError::apply_conflict(patch::conflict_message(conflicts), causes)
 }
