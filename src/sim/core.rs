@@ -80,6 +80,9 @@ pub struct Event {
     pub object: Arc<Value>,
 }
 
+/// Receives every change after a point.
+pub type EventReceiver = broadcast::Receiver<Arc<Event>>;
+
 /// How a subresource is addressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sub {
@@ -494,16 +497,14 @@ impl Core {
             if key.group != t.group || key.plural != t.plural {
                 continue;
             }
-            if let Some(ns) = namespace.filter(|_| t.namespaced) {
-                if key.namespace != ns {
+            if let Some(ns) = namespace.filter(|_| t.namespaced)
+                && key.namespace != ns {
                     continue;
                 }
-            }
-            if let Some(after) = &start_after {
-                if (&key.namespace, &key.name) <= (&after.0, &after.1) {
+            if let Some(after) = &start_after
+                && (&key.namespace, &key.name) <= (&after.0, &after.1) {
                     continue;
                 }
-            }
             if opts.label_selector.as_ref().is_some_and(|s| !s.matches(&labels_of(obj))) {
                 continue;
             }
@@ -520,12 +521,11 @@ impl Core {
             items.push(o);
         }
         let mut metadata = json!({"resourceVersion": state.rv.to_string()});
-        if remaining > 0 {
-            if let Some((ns, name)) = last_key {
+        if remaining > 0
+            && let Some((ns, name)) = last_key {
                 metadata["continue"] = json!(encode_continue(state.rv, &ns, &name));
                 metadata["remainingItemCount"] = json!(remaining);
             }
-        }
         Ok(json!({
             "apiVersion": t.api_version(),
             "kind": format!("{}List", t.kind),
@@ -536,7 +536,7 @@ impl Core {
 
     /// The events a watch from `since` must replay, and a receiver for what follows; 410 when
     /// `since` is older than the kept history.
-    pub fn watch_from(&self, since: u64) -> Result<(Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>), ApiError> {
+    pub fn watch_from(&self, since: u64) -> Result<(Vec<Arc<Event>>, EventReceiver), ApiError> {
         let state = self.lock();
         if since < state.oldest_rv {
             return Err(ApiError::expired(since, state.oldest_rv));
@@ -551,7 +551,7 @@ impl Core {
         &self,
         gvr: &Gvr,
         namespace: Option<&str>,
-    ) -> Result<(Vec<Value>, u64, broadcast::Receiver<Arc<Event>>), ApiError> {
+    ) -> Result<(Vec<Value>, u64, EventReceiver), ApiError> {
         let state = self.lock();
         let t = Self::resolve(&state, gvr)?;
         let objects = state
@@ -619,13 +619,12 @@ impl Core {
         Self::check_namespace(state, t, namespace)?;
         {
             let meta = metadata_mut(&mut obj);
-            if let (Some(ns), Some(body_ns)) = (namespace, meta.get("namespace").and_then(Value::as_str)) {
-                if t.namespaced && ns != body_ns {
+            if let (Some(ns), Some(body_ns)) = (namespace, meta.get("namespace").and_then(Value::as_str))
+                && t.namespaced && ns != body_ns {
                     return Err(ApiError::bad_request(
                         "the namespace of the provided object does not match the namespace sent on the request",
                     ));
                 }
-            }
             let name = match meta.get("name").and_then(Value::as_str) {
                 Some(n) if !n.is_empty() => n.to_string(),
                 _ => match meta.get("generateName").and_then(Value::as_str) {
@@ -678,11 +677,10 @@ impl Core {
         }
         obj["apiVersion"] = json!(t.api_version());
         obj["kind"] = json!(t.kind);
-        if t.status {
-            if let Some(m) = obj.as_object_mut() {
+        if t.status
+            && let Some(m) = obj.as_object_mut() {
                 m.remove("status");
             }
-        }
         let mut obj = self.admit(t, obj, None, opts)?;
         defaults_on_create(t, &mut obj);
         let manager = opts.field_manager.clone().unwrap_or_else(|| "unknown".into());
@@ -742,11 +740,10 @@ impl Core {
         state.counters.writes += 1;
         let key = Self::key(&t, namespace, name);
         let current = state.objects.get(&key).cloned().ok_or_else(|| ApiError::not_found(&t, name))?;
-        if let Some(rv) = body.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
-            if Some(rv) != meta_str(&current, "resourceVersion") {
+        if let Some(rv) = body.pointer("/metadata/resourceVersion").and_then(Value::as_str)
+            && Some(rv) != meta_str(&current, "resourceVersion") {
                 return Err(ApiError::stale(&t, name));
             }
-        }
         let desired = match sub {
             Some(Sub::Scale) => scale_into(&t, &current, &body)?,
             _ => body,
@@ -1014,8 +1011,8 @@ impl Core {
         state.counters.writes += 1;
         let key = Self::key(&t, namespace, name);
         let current = state.objects.get(&key).cloned().ok_or_else(|| ApiError::not_found(&t, name))?;
-        if let Some(uid) = &opts.uid {
-            if meta_str(&current, "uid") != Some(uid.as_str()) {
+        if let Some(uid) = &opts.uid
+            && meta_str(&current, "uid") != Some(uid.as_str()) {
                 return Err(ApiError::conflict(
                     &t,
                     name,
@@ -1025,9 +1022,8 @@ impl Core {
                     ),
                 ));
             }
-        }
-        if let Some(rv) = &opts.resource_version {
-            if meta_str(&current, "resourceVersion") != Some(rv.as_str()) {
+        if let Some(rv) = &opts.resource_version
+            && meta_str(&current, "resourceVersion") != Some(rv.as_str()) {
                 return Err(ApiError::conflict(
                     &t,
                     name,
@@ -1037,7 +1033,6 @@ impl Core {
                     ),
                 ));
             }
-        }
         let mut obj = current.clone();
         let mut finalizers: Vec<Value> =
             obj.pointer("/metadata/finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
@@ -1135,14 +1130,13 @@ impl Core {
 }
 
 fn check_kind(t: &ResourceType, obj: &Value) -> Result<(), ApiError> {
-    if let Some(kind) = obj.get("kind").and_then(Value::as_str) {
-        if kind != t.kind {
+    if let Some(kind) = obj.get("kind").and_then(Value::as_str)
+        && kind != t.kind {
             return Err(ApiError::bad_request(format!(
                 "the kind of the object ({kind}) does not match the kind of the URL ({})",
                 t.kind
             )));
         }
-    }
     Ok(())
 }
 
@@ -1205,11 +1199,10 @@ fn defaults_on_create(t: &ResourceType, obj: &mut Value) {
             }
             obj["status"] = json!({"loadBalancer": {}});
         }
-        ("apps", "Deployment") => {
-            if obj.pointer("/spec/replicas").is_none() {
+        ("apps", "Deployment")
+            if obj.pointer("/spec/replicas").is_none() => {
                 obj["spec"]["replicas"] = json!(1);
             }
-        }
         ("batch", "Job") => {
             super::workloads::default_job(obj);
             let spec = &mut obj["spec"];

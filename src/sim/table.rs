@@ -121,7 +121,6 @@ pub fn json_path(obj: &Value, path: &str) -> Option<Value> {
                         .unwrap_or_default()
                         .into_iter()
                         .enumerate()
-                        .map(|(i, x)| (i, x))
                         .collect::<Vec<_>>()
                         .into_iter()
                         .filter(|(i, x)| selects(inner, *i, x))
