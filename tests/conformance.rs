@@ -882,9 +882,10 @@ async fn watcher_streams_through_kube_runtime() {
     let seen = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(event) = stream.try_next().await.unwrap_or_else(|e| panic!("{e}")) {
             if let kube::runtime::watcher::Event::Apply(o) | kube::runtime::watcher::Event::InitApply(o) = event
-                && o.metadata.name.as_deref() == Some("x") {
-                    return true;
-                }
+                && o.metadata.name.as_deref() == Some("x")
+            {
+                return true;
+            }
         }
         false
     })

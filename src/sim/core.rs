@@ -498,13 +498,15 @@ impl Core {
                 continue;
             }
             if let Some(ns) = namespace.filter(|_| t.namespaced)
-                && key.namespace != ns {
-                    continue;
-                }
+                && key.namespace != ns
+            {
+                continue;
+            }
             if let Some(after) = &start_after
-                && (&key.namespace, &key.name) <= (&after.0, &after.1) {
-                    continue;
-                }
+                && (&key.namespace, &key.name) <= (&after.0, &after.1)
+            {
+                continue;
+            }
             if opts.label_selector.as_ref().is_some_and(|s| !s.matches(&labels_of(obj))) {
                 continue;
             }
@@ -522,10 +524,11 @@ impl Core {
         }
         let mut metadata = json!({"resourceVersion": state.rv.to_string()});
         if remaining > 0
-            && let Some((ns, name)) = last_key {
-                metadata["continue"] = json!(encode_continue(state.rv, &ns, &name));
-                metadata["remainingItemCount"] = json!(remaining);
-            }
+            && let Some((ns, name)) = last_key
+        {
+            metadata["continue"] = json!(encode_continue(state.rv, &ns, &name));
+            metadata["remainingItemCount"] = json!(remaining);
+        }
         Ok(json!({
             "apiVersion": t.api_version(),
             "kind": format!("{}List", t.kind),
@@ -620,11 +623,13 @@ impl Core {
         {
             let meta = metadata_mut(&mut obj);
             if let (Some(ns), Some(body_ns)) = (namespace, meta.get("namespace").and_then(Value::as_str))
-                && t.namespaced && ns != body_ns {
-                    return Err(ApiError::bad_request(
-                        "the namespace of the provided object does not match the namespace sent on the request",
-                    ));
-                }
+                && t.namespaced
+                && ns != body_ns
+            {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
             let name = match meta.get("name").and_then(Value::as_str) {
                 Some(n) if !n.is_empty() => n.to_string(),
                 _ => match meta.get("generateName").and_then(Value::as_str) {
@@ -678,9 +683,10 @@ impl Core {
         obj["apiVersion"] = json!(t.api_version());
         obj["kind"] = json!(t.kind);
         if t.status
-            && let Some(m) = obj.as_object_mut() {
-                m.remove("status");
-            }
+            && let Some(m) = obj.as_object_mut()
+        {
+            m.remove("status");
+        }
         let mut obj = self.admit(t, obj, None, opts)?;
         defaults_on_create(t, &mut obj);
         let manager = opts.field_manager.clone().unwrap_or_else(|| "unknown".into());
@@ -741,9 +747,10 @@ impl Core {
         let key = Self::key(&t, namespace, name);
         let current = state.objects.get(&key).cloned().ok_or_else(|| ApiError::not_found(&t, name))?;
         if let Some(rv) = body.pointer("/metadata/resourceVersion").and_then(Value::as_str)
-            && Some(rv) != meta_str(&current, "resourceVersion") {
-                return Err(ApiError::stale(&t, name));
-            }
+            && Some(rv) != meta_str(&current, "resourceVersion")
+        {
+            return Err(ApiError::stale(&t, name));
+        }
         let desired = match sub {
             Some(Sub::Scale) => scale_into(&t, &current, &body)?,
             _ => body,
@@ -1012,27 +1019,29 @@ impl Core {
         let key = Self::key(&t, namespace, name);
         let current = state.objects.get(&key).cloned().ok_or_else(|| ApiError::not_found(&t, name))?;
         if let Some(uid) = &opts.uid
-            && meta_str(&current, "uid") != Some(uid.as_str()) {
-                return Err(ApiError::conflict(
-                    &t,
-                    name,
-                    &format!(
-                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                        meta_str(&current, "uid").unwrap_or_default()
-                    ),
-                ));
-            }
+            && meta_str(&current, "uid") != Some(uid.as_str())
+        {
+            return Err(ApiError::conflict(
+                &t,
+                name,
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    meta_str(&current, "uid").unwrap_or_default()
+                ),
+            ));
+        }
         if let Some(rv) = &opts.resource_version
-            && meta_str(&current, "resourceVersion") != Some(rv.as_str()) {
-                return Err(ApiError::conflict(
-                    &t,
-                    name,
-                    &format!(
-                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                        meta_str(&current, "resourceVersion").unwrap_or_default()
-                    ),
-                ));
-            }
+            && meta_str(&current, "resourceVersion") != Some(rv.as_str())
+        {
+            return Err(ApiError::conflict(
+                &t,
+                name,
+                &format!(
+                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                    meta_str(&current, "resourceVersion").unwrap_or_default()
+                ),
+            ));
+        }
         let mut obj = current.clone();
         let mut finalizers: Vec<Value> =
             obj.pointer("/metadata/finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
@@ -1131,12 +1140,13 @@ impl Core {
 
 fn check_kind(t: &ResourceType, obj: &Value) -> Result<(), ApiError> {
     if let Some(kind) = obj.get("kind").and_then(Value::as_str)
-        && kind != t.kind {
-            return Err(ApiError::bad_request(format!(
-                "the kind of the object ({kind}) does not match the kind of the URL ({})",
-                t.kind
-            )));
-        }
+        && kind != t.kind
+    {
+        return Err(ApiError::bad_request(format!(
+            "the kind of the object ({kind}) does not match the kind of the URL ({})",
+            t.kind
+        )));
+    }
     Ok(())
 }
 
@@ -1199,10 +1209,9 @@ fn defaults_on_create(t: &ResourceType, obj: &mut Value) {
             }
             obj["status"] = json!({"loadBalancer": {}});
         }
-        ("apps", "Deployment")
-            if obj.pointer("/spec/replicas").is_none() => {
-                obj["spec"]["replicas"] = json!(1);
-            }
+        ("apps", "Deployment") if obj.pointer("/spec/replicas").is_none() => {
+            obj["spec"]["replicas"] = json!(1);
+        }
         ("batch", "Job") => {
             super::workloads::default_job(obj);
             let spec = &mut obj["spec"];

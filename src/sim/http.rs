@@ -244,8 +244,12 @@ async fn route(state: &AppState, request: Request) -> Result<Response, ApiError>
     match path.trim_end_matches('/') {
         "/api" => return Ok(discovery_core_root(state, &headers)),
         "/apis" => return Ok(discovery_groups(state, &headers)),
-        "/openapi/v2" | "/openapi/v3" => return Err(ApiError::no_route(&path)),
+        "/openapi/v3" => return Ok(json_response(StatusCode::OK, &openapi_root(state))),
+        "/openapi/v2" => return Err(ApiError::no_route(&path)),
         _ => {}
+    }
+    if let Some(gv) = path.strip_prefix("/openapi/v3/") {
+        return openapi_group_version(state, gv);
     }
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     if let ["api", version] = parts.as_slice() {
@@ -517,6 +521,84 @@ fn stream_response(body: Body) -> Response {
         .header(header::CACHE_CONTROL, "no-cache, private")
         .body(body)
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// `/openapi/v3`: one entry per group-version, as kubectl reads it before `apply`.
+fn openapi_root(state: &AppState) -> Value {
+    let registry = state.core.registry();
+    let mut paths = serde_json::Map::new();
+    for (group, versions) in registry.groups() {
+        for version in versions {
+            let key = if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") };
+            let hash = openapi_hash(&openapi_document(state, &group, &version));
+            paths.insert(key.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash={hash}")}));
+        }
+    }
+    json!({"paths": paths})
+}
+
+fn openapi_hash(doc: &Value) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in doc.to_string().bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016X}")
+}
+
+fn openapi_group_version(state: &AppState, gv: &str) -> Result<Response, ApiError> {
+    let parts: Vec<&str> = gv.split('/').collect();
+    let (group, version) = match parts.as_slice() {
+        ["api", v] => ("", *v),
+        ["apis", g, v] => (*g, *v),
+        _ => return Err(ApiError::no_route(gv)),
+    };
+    let doc = openapi_document(state, group, version);
+    if doc["paths"].as_object().is_none_or(serde_json::Map::is_empty) {
+        return Err(ApiError::no_route(gv));
+    }
+    Ok(json_response(StatusCode::OK, &doc))
+}
+
+/// An OpenAPI v3 document for one group-version: the write operations of every resource with
+/// their `fieldValidation` parameter (kubectl checks for it to use server-side validation), and
+/// the schemas of custom resources (for `kubectl explain`).
+fn openapi_document(state: &AppState, group: &str, version: &str) -> Value {
+    let registry = state.core.registry();
+    let mut paths = serde_json::Map::new();
+    let mut schemas = serde_json::Map::new();
+    let params = json!([
+        {"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+        {"name": "fieldManager", "in": "query", "schema": {"type": "string", "uniqueItems": true}},
+        {"name": "dryRun", "in": "query", "schema": {"type": "string", "uniqueItems": true}}
+    ]);
+    for t in registry.all().filter(|t| t.group == group && t.version == version) {
+        let gvk = json!({"group": t.group, "version": t.version, "kind": t.kind});
+        let prefix = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
+        let collection = if t.namespaced {
+            format!("{prefix}/namespaces/{{namespace}}/{}", t.plural)
+        } else {
+            format!("{prefix}/{}", t.plural)
+        };
+        let op = |verb: &str| json!({"operationId": format!("{verb}{}", t.kind), "x-kubernetes-action": verb, "x-kubernetes-group-version-kind": gvk, "parameters": params, "responses": {"200": {"description": "OK"}}});
+        paths.insert(collection.clone(), json!({"post": op("post"), "get": op("list")}));
+        paths.insert(
+            format!("{collection}/{{name}}"),
+            json!({"get": op("get"), "put": op("put"), "patch": op("patch"), "delete": op("delete")}),
+        );
+        let schema_name =
+            format!("{}.{}.{}", t.group.split('.').rev().collect::<Vec<_>>().join("."), t.version, t.kind);
+        let mut schema =
+            t.schema.clone().unwrap_or_else(|| json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}));
+        schema["x-kubernetes-group-version-kind"] = json!([gvk]);
+        schemas.insert(schema_name, schema);
+    }
+    json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": "v1.36.0-flywheel-sim"},
+        "paths": paths,
+        "components": {"schemas": schemas}
+    })
 }
 
 fn discovery_core_root(state: &AppState, headers: &HeaderMap) -> Response {

@@ -11,6 +11,7 @@ pub mod patch;
 pub mod registry;
 pub mod select;
 pub mod table;
+pub mod tls;
 pub mod workloads;
 
 use std::collections::HashMap;
@@ -46,6 +47,9 @@ pub enum SimError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The certificates could not be made.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// A client for the simulated cluster could not be built.
     #[error("building a client for the simulated cluster: {0}")]
     Client(String),
@@ -78,6 +82,47 @@ impl Default for SimConfig {
     }
 }
 
+/// Accept TLS connections and serve the API on each until `stop`.
+async fn serve(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, app: axum::Router, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a connection");
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(tls) => tls,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let io = hyper_util::rt::TokioIo::new(tls);
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let connection = builder.serve_connection(io, service);
+            tokio::select! {
+                () = stop.cancelled() => {}
+                result = connection => {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+            }
+        });
+    }
+}
+
 /// A running simulated cluster.
 pub struct Sim {
     addr: SocketAddr,
@@ -85,6 +130,7 @@ pub struct Sim {
     core: Arc<Core>,
     faults: Arc<Faults>,
     requests: Arc<Mutex<HashMap<String, u64>>>,
+    ca_pem: String,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -108,16 +154,12 @@ impl Sim {
             requests: requests.clone(),
         };
         let app = http::router(state);
-        let server_stop = stop.clone();
-        let server = tokio::spawn(async move {
-            let shutdown = async move { server_stop.cancelled().await };
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
-                tracing::error!(error = %e, "simulated API server stopped");
-            }
-        });
+        let tls = tls::generate()?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config.clone());
+        let server = tokio::spawn(serve(listener, acceptor, app, stop.clone()));
         let controllers = tokio::spawn(workloads::run(core.clone(), config.workloads.clone(), stop.clone()));
         tracing::info!(%addr, "simulated API server listening");
-        Ok(Self { addr, token, core, faults, requests, stop, tasks: vec![server, controllers] })
+        Ok(Self { addr, token, core, faults, requests, ca_pem: tls.ca_pem, stop, tasks: vec![server, controllers] })
     }
 
     /// The server's address.
@@ -127,7 +169,7 @@ impl Sim {
 
     /// The server's URL.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("https://{}", self.addr)
     }
 
     /// The bearer token.
@@ -153,8 +195,9 @@ impl Sim {
     /// A kubeconfig for the simulated cluster (bearer-token auth).
     pub fn kubeconfig_yaml(&self) -> String {
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: flywheel-sim\n  cluster:\n    server: {url}\ncontexts:\n- name: flywheel-sim\n  context:\n    cluster: flywheel-sim\n    user: flywheel-sim\n    namespace: default\ncurrent-context: flywheel-sim\nusers:\n- name: flywheel-sim\n  user:\n    token: {token}\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: flywheel-sim\n  cluster:\n    server: {url}\n    certificate-authority-data: {ca}\ncontexts:\n- name: flywheel-sim\n  context:\n    cluster: flywheel-sim\n    user: flywheel-sim\n    namespace: default\ncurrent-context: flywheel-sim\nusers:\n- name: flywheel-sim\n  user:\n    token: {token}\n",
             url = self.url(),
+            ca = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &self.ca_pem),
             token = self.token
         )
     }

@@ -414,10 +414,11 @@ fn deployment(core: &Core, d: &Value) {
         status["unavailableReplicas"] = json!(total - ready);
     }
     if ready == 0
-        && let Some(m) = status.as_object_mut() {
-            m.remove("readyReplicas");
-            m.remove("availableReplicas");
-        }
+        && let Some(m) = status.as_object_mut()
+    {
+        m.remove("readyReplicas");
+        m.remove("availableReplicas");
+    }
     set_status(core, &gvr_deployments(), d, status);
 }
 
@@ -532,13 +533,15 @@ fn job(core: &Core, j: &Value) {
     status["terminating"] = json!(0);
     status["uncountedTerminatedPods"] = json!({});
     if status["failed"] == json!(0)
-        && let Some(m) = status.as_object_mut() {
-            m.remove("failed");
-        }
+        && let Some(m) = status.as_object_mut()
+    {
+        m.remove("failed");
+    }
     if status["succeeded"] == json!(0)
-        && let Some(m) = status.as_object_mut() {
-            m.remove("succeeded");
-        }
+        && let Some(m) = status.as_object_mut()
+    {
+        m.remove("succeeded");
+    }
     let terminal = if succeeded >= 1 {
         let msg = "Reached expected number of succeeded pods";
         status["completionTime"] = json!(now_rfc3339());
