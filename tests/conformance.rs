@@ -894,3 +894,49 @@ async fn watcher_streams_through_kube_runtime() {
     ns.cleanup().await;
     cluster.stop().await;
 }
+
+#[tokio::test]
+async fn pods_can_be_scripted_in_process() {
+    use flywheel::sim::{Outcome, PodBehavior, SimConfig, WorkloadConfig};
+    let script: flywheel::sim::PodScript = std::sync::Arc::new(|pod: &Value| {
+        let scripted = pod.pointer("/metadata/labels/scripted").is_some();
+        scripted.then(|| PodBehavior {
+            ready_after: Duration::from_millis(10),
+            finish: Some((Duration::from_millis(50), Outcome::Disrupted, String::new())),
+        })
+    });
+    let config = SimConfig { workloads: WorkloadConfig { script: Some(script), ..WorkloadConfig::default() }, ..SimConfig::default() };
+    let cluster = Cluster::start_with(config).await;
+    if cluster.sim_only("in-process pod scripting").is_none() {
+        return;
+    }
+    let ns = cluster.namespace("script").await;
+    let api: Api<Job> = Api::namespaced(cluster.client.clone(), &ns.name);
+    // A preempted pod does not count against backoffLimit 0 when the policy ignores disruptions;
+    // the script preempts every attempt, so the Job keeps retrying without failing.
+    let policy = json!({"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]});
+    let mut j = job("preempted", json!({}), policy, 0);
+    if let Some(t) = j.spec.as_mut().and_then(|s| s.template.metadata.as_mut()) {
+        t.labels = Some([("scripted".to_string(), "yes".to_string())].into());
+    }
+    api.create(&PostParams::default(), &j).await.unwrap_or_else(|e| panic!("{e}"));
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let retried = eventually(Duration::from_secs(20), || {
+        let pods = pods.clone();
+        async move {
+            let list = pods.list(&ListParams::default().labels("job-name=preempted")).await.ok()?;
+            let disrupted = list
+                .items
+                .iter()
+                .filter(|p| p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "DisruptionTarget")))
+                .count();
+            (disrupted >= 2).then_some(())
+        }
+    })
+    .await;
+    assert!(retried.is_some(), "a disrupted attempt is retried without counting");
+    let status = api.get("preempted").await.unwrap_or_else(|e| panic!("{e}")).status.unwrap_or_default();
+    assert!(status.conditions.unwrap_or_default().iter().all(|c| c.type_ != "Failed"), "backoffLimit 0 not spent by preemption");
+    ns.cleanup().await;
+    cluster.stop().await;
+}
