@@ -13,7 +13,12 @@ use serde_json::json;
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -69,9 +74,16 @@ async fn main() {
         }
         let list_rate = (lists * objects) as f64 / start.elapsed().as_secs_f64();
 
-        let rv = api.list(&ListParams::default().limit(1)).await.unwrap_or_else(|e| panic!("{e}")).metadata.resource_version.unwrap_or_default();
+        let rv = api
+            .list(&ListParams::default().limit(1))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .metadata
+            .resource_version
+            .unwrap_or_default();
         let updates = objects.min(5_000);
-        let mut watch = api.watch(&WatchParams::default().timeout(300), &rv).await.unwrap_or_else(|e| panic!("{e}")).boxed();
+        let mut watch =
+            api.watch(&WatchParams::default().timeout(300), &rv).await.unwrap_or_else(|e| panic!("{e}")).boxed();
         let start = Instant::now();
         let writer = {
             let api = api.clone();
@@ -80,7 +92,13 @@ async fn main() {
                     .map(|i| {
                         let api = api.clone();
                         async move {
-                            api.patch(&format!("cm-{i:05}"), &PatchParams::default(), &Patch::Merge(json!({"data": {"n": i.to_string()}}))).await.map(|_| ())
+                            api.patch(
+                                &format!("cm-{i:05}"),
+                                &PatchParams::default(),
+                                &Patch::Merge(json!({"data": {"n": i.to_string()}})),
+                            )
+                            .await
+                            .map(|_| ())
                         }
                     })
                     .buffer_unordered(concurrency)

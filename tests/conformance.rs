@@ -905,7 +905,10 @@ async fn pods_can_be_scripted_in_process() {
             finish: Some((Duration::from_millis(50), Outcome::Disrupted, String::new())),
         })
     });
-    let config = SimConfig { workloads: WorkloadConfig { script: Some(script), ..WorkloadConfig::default() }, ..SimConfig::default() };
+    let config = SimConfig {
+        workloads: WorkloadConfig { script: Some(script), ..WorkloadConfig::default() },
+        ..SimConfig::default()
+    };
     let cluster = Cluster::start_with(config).await;
     if cluster.sim_only("in-process pod scripting").is_none() {
         return;
@@ -914,7 +917,8 @@ async fn pods_can_be_scripted_in_process() {
     let api: Api<Job> = Api::namespaced(cluster.client.clone(), &ns.name);
     // A preempted pod does not count against backoffLimit 0 when the policy ignores disruptions;
     // the script preempts every attempt, so the Job keeps retrying without failing.
-    let policy = json!({"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]});
+    let policy =
+        json!({"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]});
     let mut j = job("preempted", json!({}), policy, 0);
     if let Some(t) = j.spec.as_mut().and_then(|s| s.template.metadata.as_mut()) {
         t.labels = Some([("scripted".to_string(), "yes".to_string())].into());
@@ -928,7 +932,12 @@ async fn pods_can_be_scripted_in_process() {
             let disrupted = list
                 .items
                 .iter()
-                .filter(|p| p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "DisruptionTarget")))
+                .filter(|p| {
+                    p.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| c.iter().any(|c| c.type_ == "DisruptionTarget"))
+                })
                 .count();
             (disrupted >= 2).then_some(())
         }
@@ -936,7 +945,50 @@ async fn pods_can_be_scripted_in_process() {
     .await;
     assert!(retried.is_some(), "a disrupted attempt is retried without counting");
     let status = api.get("preempted").await.unwrap_or_else(|e| panic!("{e}")).status.unwrap_or_default();
-    assert!(status.conditions.unwrap_or_default().iter().all(|c| c.type_ != "Failed"), "backoffLimit 0 not spent by preemption");
+    assert!(
+        status.conditions.unwrap_or_default().iter().all(|c| c.type_ != "Failed"),
+        "backoffLimit 0 not spent by preemption"
+    );
+    ns.cleanup().await;
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn watch_with_a_selector_sees_objects_enter_and_leave_it() {
+    let cluster = Cluster::start().await;
+    let ns = cluster.namespace("wsel").await;
+    let api: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "m", "labels": {"track": "canary"}}}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let created = api.create(&PostParams::default(), &cm).await.unwrap_or_else(|e| panic!("{e}"));
+    let from = created.metadata.resource_version.clone().unwrap_or_default();
+    let mut stream = api
+        .watch(&WatchParams::default().labels("track=stable").timeout(10), &from)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .boxed();
+    let pp = PatchParams::default();
+    api.patch("m", &pp, &Patch::Merge(json!({"metadata": {"labels": {"track": "stable"}}})))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    api.patch("m", &pp, &Patch::Merge(json!({"data": {"k": "v"}}))).await.unwrap_or_else(|e| panic!("{e}"));
+    api.patch("m", &pp, &Patch::Merge(json!({"metadata": {"labels": {"track": "canary"}}})))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("stalled after {seen:?}"))
+        {
+            Some(Ok(WatchEvent::Added(_))) => seen.push("ADDED"),
+            Some(Ok(WatchEvent::Modified(_))) => seen.push("MODIFIED"),
+            Some(Ok(WatchEvent::Deleted(_))) => seen.push("DELETED"),
+            Some(Ok(WatchEvent::Bookmark(_))) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seen, vec!["ADDED", "MODIFIED", "DELETED"]);
     ns.cleanup().await;
     cluster.stop().await;
 }

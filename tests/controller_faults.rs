@@ -38,10 +38,12 @@ async fn reconcile(parent: Arc<ConfigMap>, ctx: Arc<Ctx>) -> Result<Action, Reco
         "metadata": {"name": format!("{}-child", parent.name_any()), "labels": {"app": "child"}, "ownerReferences": [owner]},
         "data": {"from": parent.data.as_ref().and_then(|d| d.get("value")).cloned().unwrap_or_default()}
     });
-    api.patch(&format!("{}-child", parent.name_any()), &PatchParams::apply("fault-test").force(), &Patch::Apply(child)).await.map_err(|e| {
-        ctx.errors.fetch_add(1, Ordering::Relaxed);
-        e
-    })?;
+    api.patch(&format!("{}-child", parent.name_any()), &PatchParams::apply("fault-test").force(), &Patch::Apply(child))
+        .await
+        .map_err(|e| {
+            ctx.errors.fetch_add(1, Ordering::Relaxed);
+            e
+        })?;
     Ok(Action::await_change())
 }
 
@@ -50,8 +52,10 @@ fn error_policy(_parent: Arc<ConfigMap>, _error: &ReconcileError, _ctx: Arc<Ctx>
 }
 
 async fn create_with_retry(api: &Api<ConfigMap>, name: &str, value: &str) {
-    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": name, "labels": {"app": "parent"}}, "data": {"value": value}}))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let cm: ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": name, "labels": {"app": "parent"}}, "data": {"value": value}}),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     for _ in 0..100 {
         match api.create(&PostParams::default(), &cm).await {
             Ok(_) => return,
@@ -68,7 +72,8 @@ async fn controller_survives_injected_faults() {
     let Some(sim) = cluster.sim_only("fault injection") else { return };
     let ns = cluster.namespace("faults").await;
     let parents: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), &ns.name);
-    let ctx = Arc::new(Ctx { client: cluster.client.clone(), reconciles: AtomicU64::new(0), errors: AtomicU64::new(0) });
+    let ctx =
+        Arc::new(Ctx { client: cluster.client.clone(), reconciles: AtomicU64::new(0), errors: AtomicU64::new(0) });
     for i in 0..10 {
         create_with_retry(&parents, &format!("p{i}"), &format!("v{i}")).await;
     }

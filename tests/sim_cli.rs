@@ -29,7 +29,11 @@ fn sim_serves_kubectl_and_stops_on_sigterm() {
         let mode = std::fs::metadata(&kubeconfig).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
         assert_eq!(mode, 0o600, "the kubeconfig holds a token: only its owner may read it");
     }
-    let out = Command::new("kubectl").env("KUBECONFIG", &kubeconfig).args(["get", "namespaces", "-o", "name"]).output().unwrap_or_else(|e| panic!("kubectl: {e}"));
+    let out = Command::new("kubectl")
+        .env("KUBECONFIG", &kubeconfig)
+        .args(["get", "namespaces", "-o", "name"])
+        .output()
+        .unwrap_or_else(|e| panic!("kubectl: {e}"));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("namespace/default"));
     let pid = child.id().to_string();
@@ -50,8 +54,18 @@ fn sim_serves_kubectl_and_stops_on_sigterm() {
         let _read = stderr.read_to_string(&mut logs);
     }
     let first = logs.lines().next().unwrap_or_default();
-    let parsed: serde_json::Value = serde_json::from_str(first).unwrap_or_else(|e| panic!("logs are JSON lines: {e}: {first}"));
+    let parsed: serde_json::Value =
+        serde_json::from_str(first).unwrap_or_else(|e| panic!("logs are JSON lines: {e}: {first}"));
     assert!(parsed.get("level").is_some() && parsed.get("message").is_some(), "{first}");
-    assert!(!logs.contains(text.lines().find(|l| l.contains("token:")).unwrap_or("token: x").trim_start_matches(|c: char| c != ':').trim_start_matches(": ")), "the token never appears in logs");
+    assert!(
+        !logs.contains(
+            text.lines()
+                .find(|l| l.contains("token:"))
+                .unwrap_or("token: x")
+                .trim_start_matches(|c: char| c != ':')
+                .trim_start_matches(": ")
+        ),
+        "the token never appears in logs"
+    );
     let _removed = std::fs::remove_dir_all(&dir);
 }

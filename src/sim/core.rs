@@ -78,6 +78,9 @@ pub struct Event {
     pub namespace: String,
     /// The object after the change (before, for a deletion, with the deletion's resourceVersion).
     pub object: Arc<Value>,
+    /// The object before a modification, so a watch with a selector can tell an object that
+    /// stopped (or started) matching.
+    pub previous: Option<Arc<Value>>,
 }
 
 /// Receives every change after a point.
@@ -188,7 +191,7 @@ pub struct Counters {
 struct State {
     registry: Registry,
     rv: u64,
-    objects: BTreeMap<Key, Value>,
+    objects: BTreeMap<Key, Arc<Value>>,
     uids: HashMap<String, Key>,
     log: VecDeque<Arc<Event>>,
     oldest_rv: u64,
@@ -423,6 +426,8 @@ impl Core {
         };
         metadata_mut(&mut stored).insert("resourceVersion".into(), Value::String(rv.to_string()));
         let uid = meta_str(&stored, "uid").map(str::to_string);
+        let stored = Arc::new(stored);
+        let mut replaced = None;
         match type_ {
             EventType::Deleted => {
                 state.objects.remove(&key);
@@ -434,7 +439,7 @@ impl Core {
                 if let Some(uid) = uid {
                     state.uids.insert(uid, key.clone());
                 }
-                state.objects.insert(key.clone(), stored.clone());
+                replaced = state.objects.insert(key.clone(), stored.clone());
             }
         }
         let event = Arc::new(Event {
@@ -443,7 +448,8 @@ impl Core {
             group: t.group.clone(),
             plural: t.plural.clone(),
             namespace: key.namespace.clone(),
-            object: Arc::new(stored.clone()),
+            object: stored.clone(),
+            previous: replaced,
         });
         state.log.push_back(event.clone());
         while state.log.len() > state.log_capacity {
@@ -456,7 +462,7 @@ impl Core {
         if t.group == "apiextensions.k8s.io" && t.plural == "customresourcedefinitions" {
             Self::sync_crd(state, &stored, type_ == EventType::Deleted);
         }
-        stored
+        Value::clone(&stored)
     }
 
     fn sync_crd(state: &mut State, crd: &Value, deleted: bool) {
@@ -477,7 +483,7 @@ impl Core {
         let state = self.lock();
         let t = Self::resolve(&state, gvr)?;
         let key = Self::key(&t, namespace, name);
-        let mut obj = state.objects.get(&key).cloned().ok_or_else(|| ApiError::not_found(&t, name))?;
+        let mut obj = state.objects.get(&key).map(|o| Value::clone(o)).ok_or_else(|| ApiError::not_found(&t, name))?;
         obj["apiVersion"] = json!(t.api_version());
         Ok(obj)
     }
@@ -517,7 +523,7 @@ impl Core {
                 remaining += 1;
                 continue;
             }
-            let mut o = obj.clone();
+            let mut o = Value::clone(obj);
             o["apiVersion"] = json!(t.api_version());
             last_key = Some((key.namespace.clone(), key.name.clone()));
             items.push(o);
@@ -562,7 +568,7 @@ impl Core {
             .iter()
             .filter(|(k, _)| k.group == t.group && k.plural == t.plural)
             .filter(|(k, _)| namespace.is_none_or(|ns| !t.namespaced || k.namespace == ns))
-            .map(|(_, o)| o.clone())
+            .map(|(_, o)| Value::clone(o))
             .collect();
         Ok((objects, state.rv, self.events.subscribe()))
     }
@@ -745,7 +751,7 @@ impl Core {
         let t = Self::resolve(&state, gvr)?;
         state.counters.writes += 1;
         let key = Self::key(&t, namespace, name);
-        let current = state.objects.get(&key).cloned().ok_or_else(|| ApiError::not_found(&t, name))?;
+        let current = state.objects.get(&key).map(|o| Value::clone(o)).ok_or_else(|| ApiError::not_found(&t, name))?;
         if let Some(rv) = body.pointer("/metadata/resourceVersion").and_then(Value::as_str)
             && Some(rv) != meta_str(&current, "resourceVersion")
         {
@@ -779,7 +785,7 @@ impl Core {
             return Err(ApiError::unsupported_media_type("application/strategic-merge-patch+json"));
         }
         let key = Self::key(&t, namespace, name);
-        let Some(current) = state.objects.get(&key).cloned() else {
+        let Some(current) = state.objects.get(&key).map(|o| Value::clone(o)) else {
             if kind != PatchKind::Apply || sub.is_some() {
                 return Err(ApiError::not_found(&t, name));
             }
@@ -1017,7 +1023,7 @@ impl Core {
         let t = Self::resolve(&state, gvr)?;
         state.counters.writes += 1;
         let key = Self::key(&t, namespace, name);
-        let current = state.objects.get(&key).cloned().ok_or_else(|| ApiError::not_found(&t, name))?;
+        let current = state.objects.get(&key).map(|o| Value::clone(o)).ok_or_else(|| ApiError::not_found(&t, name))?;
         if let Some(uid) = &opts.uid
             && meta_str(&current, "uid") != Some(uid.as_str())
         {
@@ -1093,7 +1099,7 @@ impl Core {
             .iter()
             .filter_map(|(k, v)| {
                 let t = state.registry.all().find(|t| t.group == k.group && t.plural == k.plural)?;
-                Some((t.clone(), v.clone()))
+                Some((t.clone(), Value::clone(v)))
             })
             .collect()
     }
@@ -1128,7 +1134,7 @@ impl Core {
         let mut state = self.lock();
         let Ok(t) = Self::resolve(&state, &Gvr::new("", "v1", "namespaces")) else { return };
         let key = Self::key(&t, None, name);
-        if let Some(current) = state.objects.get(&key).cloned() {
+        if let Some(current) = state.objects.get(&key).map(|o| Value::clone(o)) {
             let finalizers_left =
                 current.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
             if !finalizers_left {

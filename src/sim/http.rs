@@ -14,7 +14,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use super::core::{
-    Core, DeleteOptions, Event, FieldValidation, Gvr, ListOptions, PatchKind, Propagation, Sub, WriteOptions,
+    Core, DeleteOptions, Event, EventType, FieldValidation, Gvr, ListOptions, PatchKind, Propagation, Sub, WriteOptions,
 };
 use super::error::ApiError;
 use super::faults::Faults;
@@ -475,12 +475,22 @@ fn watch(
         let plural = plural.clone();
         let api_version = api_version.clone();
         move |e: &Event| -> Option<Bytes> {
-            if e.group != group || e.plural != plural || !matches(&e.object) {
+            if e.group != group || e.plural != plural {
                 return None;
             }
+            let now = matches(&e.object);
+            let before = e.previous.as_deref().is_some_and(|p| matches(p));
+            // As the real server: an object that starts matching a selector is ADDED, one that
+            // stops matching is DELETED.
+            let type_ = match (e.type_, before, now) {
+                (EventType::Modified, false, true) => "ADDED",
+                (EventType::Modified, true, false) => "DELETED",
+                (_, _, true) => e.type_.as_str(),
+                _ => return None,
+            };
             let mut obj = (*e.object).clone();
             obj["apiVersion"] = json!(api_version);
-            Some(watch_line(e.type_.as_str(), &obj))
+            Some(watch_line(type_, &obj))
         }
     };
     let backlog_lines: Vec<Bytes> = backlog.iter().filter_map(|e| relevant(e)).collect();
