@@ -479,7 +479,7 @@ fn watch(
                 return None;
             }
             let now = matches(&e.object);
-            let before = e.previous.as_deref().is_some_and(|p| matches(p));
+            let before = e.previous.as_deref().is_some_and(&matches);
             // As the real server: an object that starts matching a selector is ADDED, one that
             // stops matching is DELETED.
             let type_ = match (e.type_, before, now) {
