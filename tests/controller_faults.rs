@@ -40,9 +40,8 @@ async fn reconcile(parent: Arc<ConfigMap>, ctx: Arc<Ctx>) -> Result<Action, Reco
     });
     api.patch(&format!("{}-child", parent.name_any()), &PatchParams::apply("fault-test").force(), &Patch::Apply(child))
         .await
-        .map_err(|e| {
+        .inspect_err(|e| {
             ctx.errors.fetch_add(1, Ordering::Relaxed);
-            e
         })?;
     Ok(Action::await_change())
 }

@@ -15,10 +15,10 @@ fn kubectl(cluster: &Cluster, ns: &str, args: &[&str], stdin: Option<&str>) -> O
     cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
     let mut child =
         cmd.spawn().unwrap_or_else(|e| panic!("running kubectl (is it installed? .ci/run installs it): {e}"));
-    if let Some(input) = stdin {
-        if let Some(mut pipe) = child.stdin.take() {
-            pipe.write_all(input.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
-        }
+    if let Some(input) = stdin
+        && let Some(mut pipe) = child.stdin.take()
+    {
+        pipe.write_all(input.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
     }
     drop(child.stdin.take());
     child.wait_with_output().unwrap_or_else(|e| panic!("{e}"))
