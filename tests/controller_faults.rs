@@ -40,7 +40,7 @@ async fn reconcile(parent: Arc<ConfigMap>, ctx: Arc<Ctx>) -> Result<Action, Reco
     });
     api.patch(&format!("{}-child", parent.name_any()), &PatchParams::apply("fault-test").force(), &Patch::Apply(child))
         .await
-        .inspect_err(|e| {
+        .inspect_err(|_| {
             ctx.errors.fetch_add(1, Ordering::Relaxed);
         })?;
     Ok(Action::await_change())
