@@ -39,8 +39,10 @@ fn config_map(i: usize) -> ConfigMap {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let objects = arg("--objects", 10_000);
-    let rounds = arg("--rounds", 3);
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this as a quick smoke test.
+    let benching = std::env::args().any(|a| a == "--bench");
+    let objects = arg("--objects", if benching { 10_000 } else { 200 });
+    let rounds = arg("--rounds", if benching { 3 } else { 1 });
     let concurrency = 16;
     let mut create_rates = Vec::new();
     let mut list_rates = Vec::new();

@@ -992,3 +992,44 @@ async fn watch_with_a_selector_sees_objects_enter_and_leave_it() {
     ns.cleanup().await;
     cluster.stop().await;
 }
+
+#[tokio::test]
+async fn gateway_api_httproutes_work_once_their_crd_is_applied() {
+    let cluster = Cluster::start().await;
+    let ns = cluster.namespace("route").await;
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"),
+        "httproutes",
+    );
+    let routes: Api<DynamicObject> = Api::namespaced_with(cluster.client.clone(), &ns.name, &ar);
+    if cluster.is_sim() {
+        let before = routes.list(&ListParams::default()).await;
+        assert!(before.is_err(), "HTTPRoutes are not served before their CRD exists");
+        let crds: Api<CustomResourceDefinition> = Api::all(cluster.client.clone());
+        let crd: CustomResourceDefinition =
+            serde_yaml::from_str(include_str!("fixtures/httproute-crd.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        crds.patch(
+            "httproutes.gateway.networking.k8s.io",
+            &PatchParams::apply("conformance").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let route: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "chat"},
+        "spec": {"parentRefs": [{"name": "gw"}], "rules": [{"backendRefs": [{"name": "chat-stable", "port": 80, "weight": 90}, {"name": "chat-canary", "port": 80}]}]}
+    })).unwrap_or_else(|e| panic!("{e}"));
+    let created = routes.create(&PostParams::default(), &route).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(created.data["spec"]["rules"][0]["backendRefs"][1]["weight"], json!(1), "schema default applied");
+    let patched = routes
+        .patch("chat", &PatchParams::apply("flywheel").force(), &Patch::Apply(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "chat"},
+            "spec": {"parentRefs": [{"name": "gw"}], "rules": [{"backendRefs": [{"name": "chat-stable", "port": 80, "weight": 50}, {"name": "chat-canary", "port": 80, "weight": 50}]}]}
+        })))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(patched.data["spec"]["rules"][0]["backendRefs"][0]["weight"], json!(50));
+    ns.cleanup().await;
+    cluster.stop().await;
+}
