@@ -4,5 +4,6 @@
 
 pub mod api;
 pub mod cli;
+pub mod rollout;
 pub mod sim;
 pub mod telemetry;

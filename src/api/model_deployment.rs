@@ -528,6 +528,11 @@ pub struct ModelDeploymentStatus {
     /// A version handed over by a RetrainJob, waiting for its canary to start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub candidate: Option<Candidate>,
+    /// The `spec.model` (version and URI) the controller last acted on: a spec whose model
+    /// differs from it starts a canary of the new version; a promoted retrained version does not
+    /// count as a spec change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_model: Option<ModelRef>,
     /// A manual rollout action requested with `flywheel rollout promote|abort`, written to the
     /// status subresource so that spec stays owned by Git. Cleared once carried out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -574,6 +579,18 @@ pub struct TrackStatus {
     /// Where the version came from, when a RetrainJob produced it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lineage: Option<Lineage>,
+}
+
+/// A model version and where its weights are.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelRef {
+    /// Version label.
+    #[schemars(length(max = 63))]
+    pub version: String,
+    /// Where its weights are.
+    #[schemars(length(max = 2048))]
+    pub uri: String,
 }
 
 /// The canary track of a running rollout.

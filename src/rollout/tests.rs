@@ -1,0 +1,193 @@
+use super::*;
+use crate::api::model_deployment::{AnalysisSpec, Candidate, ModelSpec, RequestedAction, RuntimeSpec};
+use crate::api::{Lineage, TriggerReason};
+
+fn at(s: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + s).unwrap_or_default()
+}
+
+fn spec(version: &str, steps: Vec<CanaryStep>, approval: Approval) -> ModelDeploymentSpec {
+    ModelDeploymentSpec {
+        model: ModelSpec { name: "m".into(), version: version.into(), uri: format!("pvc://models/{version}") },
+        runtime: RuntimeSpec {
+            image: "runtime".into(),
+            image_pull_policy: None,
+            command: vec![],
+            args: vec![],
+            port: 8000,
+            env: vec![],
+            resources: None,
+            node_selector: Default::default(),
+            tolerations: vec![],
+            readiness_probe: None,
+            liveness_probe: None,
+            startup_probe: None,
+            service_account_name: None,
+            pod_labels: Default::default(),
+            pod_annotations: Default::default(),
+        },
+        replicas: Some(4),
+        scaling: None,
+        rollout: Some(RolloutSpec { steps, analysis: Some(AnalysisSpec::default()), approval, history_limit: 3 }),
+        traffic: None,
+        agent: None,
+    }
+}
+
+fn pause(weight: i32, seconds: i64) -> CanaryStep {
+    CanaryStep { weight, gate: Gate::Pause, pause_seconds: Some(seconds), deadline_seconds: 3600 }
+}
+
+fn analysis(weight: i32, deadline: i64) -> CanaryStep {
+    CanaryStep { weight, gate: Gate::Analysis, pause_seconds: None, deadline_seconds: deadline }
+}
+
+fn ready() -> Observations {
+    Observations { canary_ready: true, analysis: None }
+}
+
+fn with_verdict(verdict: Verdict) -> Observations {
+    Observations { canary_ready: true, analysis: Some(Evidence { verdict, message: format!("{verdict:?}"), ..Evidence::default() }) }
+}
+
+/// Deploy v1, then change the spec to v2.
+fn rolling(spec_v2: &ModelDeploymentSpec) -> ModelDeploymentStatus {
+    let mut v1 = spec_v2.clone();
+    v1.model = ModelSpec { name: "m".into(), version: "v1".into(), uri: "pvc://models/v1".into() };
+    let first = plan(&v1, &ModelDeploymentStatus::default(), &Observations::default(), at(0));
+    assert_eq!(first.transitions, vec![Transition::Deployed { version: "v1".into() }]);
+    let started = plan(spec_v2, &first.status, &Observations::default(), at(1));
+    assert_eq!(started.transitions, vec![Transition::CanaryStarted { version: "v2".into(), weight: spec_v2.rollout.as_ref().map_or(0, |r| r.steps[0].weight) }]);
+    started.status
+}
+
+#[test]
+fn pause_steps_walk_to_promotion() {
+    let s = spec("v2", vec![pause(10, 60), pause(50, 60)], Approval::Auto);
+    let status = rolling(&s);
+    // Not ready: the step's clock has not started.
+    let waiting = plan(&s, &status, &Observations::default(), at(100));
+    assert!(waiting.status.canary.as_ref().is_some_and(|c| c.step_started_at.is_none()));
+    let clock = plan(&s, &waiting.status, &ready(), at(200));
+    assert_eq!(clock.requeue_after, Some(std::time::Duration::from_secs(60)));
+    let held = plan(&s, &clock.status, &ready(), at(259));
+    assert!(held.transitions.is_empty());
+    let step1 = plan(&s, &held.status, &ready(), at(260));
+    assert_eq!(step1.transitions, vec![Transition::StepAdvanced { version: "v2".into(), step: 1, weight: 50 }]);
+    let done = plan(&s, &step1.status, &ready(), at(320));
+    assert_eq!(done.transitions, vec![Transition::Promoted { version: "v2".into(), previous: "v1".into() }]);
+    assert_eq!(done.status.stable.as_ref().map(|s| s.version.as_str()), Some("v2"));
+    assert!(done.status.canary.is_none());
+    assert_eq!(done.status.history.last().map(|h| h.type_), Some(HistoryType::Promoted));
+    // Settled: another look changes nothing.
+    let again = plan(&s, &done.status, &ready(), at(400));
+    assert!(again.transitions.is_empty());
+    assert_eq!(again.status, done.status);
+}
+
+#[test]
+fn thin_evidence_waits_then_aborts_at_the_deadline() {
+    let s = spec("v2", vec![analysis(10, 600)], Approval::Auto);
+    let status = plan(&s, &rolling(&s), &ready(), at(10)).status;
+    let waiting = plan(&s, &status, &with_verdict(Verdict::Inconclusive), at(300));
+    assert!(waiting.transitions.is_empty(), "inconclusive never promotes");
+    assert!(waiting.status.canary.as_ref().and_then(|c| c.evidence.as_ref()).is_some(), "evidence recorded in status");
+    let aborted = plan(&s, &waiting.status, &with_verdict(Verdict::Inconclusive), at(610));
+    assert!(matches!(aborted.transitions.as_slice(), [Transition::Aborted { reason, rolled_back: false, .. }] if reason == "StepDeadlineExceeded"));
+    assert_eq!(aborted.status.stable.as_ref().map(|s| s.version.as_str()), Some("v1"));
+    assert!(aborted.status.canary.is_none());
+}
+
+#[test]
+fn a_failing_analysis_rolls_back() {
+    let s = spec("v2", vec![analysis(10, 600), analysis(50, 600)], Approval::Auto);
+    let status = plan(&s, &rolling(&s), &ready(), at(10)).status;
+    let failed = plan(&s, &status, &with_verdict(Verdict::Fail), at(20));
+    assert!(matches!(failed.transitions.as_slice(), [Transition::Aborted { rolled_back: true, .. }]));
+    let entry = failed.status.history.last().cloned().unwrap_or_else(|| panic!("no history"));
+    assert_eq!((entry.type_, entry.reason.as_str()), (HistoryType::RolledBack, "AnalysisFailed"));
+    assert_eq!(entry.evidence.map(|e| e.verdict), Some(Verdict::Fail));
+    let passing = plan(&s, &status, &with_verdict(Verdict::Pass), at(20));
+    assert_eq!(passing.transitions, vec![Transition::StepAdvanced { version: "v2".into(), step: 1, weight: 50 }]);
+}
+
+#[test]
+fn manual_actions_promote_and_abort() {
+    let s = spec("v2", vec![CanaryStep { weight: 20, gate: Gate::Manual, pause_seconds: None, deadline_seconds: 3600 }], Approval::Manual);
+    let status = plan(&s, &rolling(&s), &ready(), at(10)).status;
+    let waiting = plan(&s, &status, &ready(), at(100));
+    assert!(waiting.transitions.is_empty(), "a Manual gate waits");
+    let mut asked = waiting.status.clone();
+    asked.requested_action = Some(RequestedAction { action: RolloutAction::Promote, version: "v2".into(), requested_at: None, requested_by: None });
+    let past_gate = plan(&s, &asked, &ready(), at(101));
+    // approval Manual: the last step passed, promotion waits for a second promote.
+    assert!(past_gate.transitions.is_empty() && past_gate.status.canary.is_some());
+    assert!(past_gate.status.requested_action.is_none(), "the action is consumed");
+    let mut again = past_gate.status.clone();
+    again.requested_action = Some(RequestedAction { action: RolloutAction::Promote, version: "v2".into(), requested_at: None, requested_by: None });
+    let promoted = plan(&s, &again, &ready(), at(102));
+    assert!(matches!(promoted.transitions.as_slice(), [Transition::Promoted { .. }]));
+
+    let mut abort = waiting.status.clone();
+    abort.requested_action = Some(RequestedAction { action: RolloutAction::Abort, version: "v2".into(), requested_at: None, requested_by: Some("alice".into()) });
+    let aborted = plan(&s, &abort, &ready(), at(103));
+    assert!(matches!(aborted.transitions.as_slice(), [Transition::Aborted { reason, .. }] if reason == "ManualAbort"));
+    // An action for another version is ignored.
+    let mut stray = waiting.status.clone();
+    stray.requested_action = Some(RequestedAction { action: RolloutAction::Abort, version: "v9".into(), requested_at: None, requested_by: None });
+    assert!(plan(&s, &stray, &ready(), at(104)).transitions.is_empty());
+}
+
+#[test]
+fn a_retrained_candidate_canaries_and_stays_stable_after_promotion() {
+    let s = spec("v1", vec![pause(10, 0)], Approval::Auto);
+    let mut status = plan(&s, &ModelDeploymentStatus::default(), &Observations::default(), at(0)).status;
+    let lineage = Lineage { retrain_job: Some("rtj-1".into()), trigger_reason: Some(TriggerReason::Quality), ..Lineage::default() };
+    status.candidate = Some(Candidate { version: "v1-ft1".into(), uri: "s3://m/ft1".into(), handed_over_at: None, lineage: Some(lineage.clone()) });
+    let started = plan(&s, &status, &Observations::default(), at(1));
+    assert_eq!(started.transitions, vec![Transition::CanaryStarted { version: "v1-ft1".into(), weight: 10 }]);
+    assert!(started.status.candidate.is_none());
+    // A zero pause passes at the first look once the canary is ready.
+    let promoted = plan(&s, &started.status, &ready(), at(2));
+    assert!(matches!(promoted.transitions.as_slice(), [Transition::Promoted { .. }]));
+    assert_eq!(promoted.status.stable.as_ref().and_then(|s| s.lineage.clone()), Some(lineage.clone()));
+    assert_eq!(promoted.status.history.last().and_then(|h| h.lineage.clone()), Some(lineage));
+    // The spec still says v1, but it has not changed: the retrained version stays.
+    let settled = plan(&s, &promoted.status, &ready(), at(10));
+    assert!(settled.transitions.is_empty());
+    assert_eq!(settled.status.stable.as_ref().map(|s| s.version.as_str()), Some("v1-ft1"));
+}
+
+#[test]
+fn a_spec_change_supersedes_a_running_canary() {
+    let s2 = spec("v2", vec![pause(10, 600)], Approval::Auto);
+    let status = plan(&s2, &rolling(&s2), &ready(), at(10)).status;
+    let s3 = spec("v3", vec![pause(10, 600)], Approval::Auto);
+    let next = plan(&s3, &status, &ready(), at(20));
+    assert!(matches!(next.transitions.as_slice(), [Transition::Aborted { reason, .. }, Transition::CanaryStarted { version, .. }] if reason == "Superseded" && version == "v3"));
+}
+
+#[test]
+fn history_is_bounded() {
+    let mut s = spec("v2", vec![pause(10, 0)], Approval::Auto);
+    let mut status = rolling(&s);
+    for i in 0..6 {
+        status = plan(&s, &status, &ready(), at(100 + i * 10)).status;
+        status = plan(&s, &status, &ready(), at(101 + i * 10)).status;
+        s.model.version = format!("v{}", i + 3);
+        s.model.uri = format!("pvc://models/v{}", i + 3);
+        status = plan(&s, &status, &ready(), at(102 + i * 10)).status;
+    }
+    assert_eq!(status.history.len(), 3, "historyLimit 3");
+}
+
+#[test]
+fn replicas_split_by_weight() {
+    assert_eq!(split_replicas(4, None), (4, 0));
+    assert_eq!(split_replicas(4, Some(10)), (3, 1), "at least one canary");
+    assert_eq!(split_replicas(4, Some(50)), (2, 2));
+    assert_eq!(split_replicas(10, Some(25)), (7, 3));
+    assert_eq!(split_replicas(1, Some(50)), (1, 1), "stable keeps one below 100%");
+    assert_eq!(split_replicas(4, Some(100)), (0, 4));
+    assert_eq!(split_replicas(0, None), (0, 0));
+}
