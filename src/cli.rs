@@ -41,6 +41,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Print the CustomResourceDefinitions (or write one file per CRD).
     Crds(CrdsArgs),
+    /// Show, promote or abort a ModelDeployment's rollout.
+    Rollout(RolloutArgs),
 }
 
 /// `flywheel operator`.
@@ -49,9 +51,65 @@ pub struct OperatorArgs {
     /// Base URL of the feedback collector.
     #[arg(long, env = "FLYWHEEL_COLLECTOR_URL")]
     pub collector_url: Option<String>,
-    /// Address of the health and metrics endpoints.
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub metrics_listen: SocketAddr,
+    /// Elect a leader among replicas on a Lease; `--leader-elect=false` reconciles at once.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Name of the Lease.
+    #[arg(long, default_value = "flywheel-operator")]
+    pub lease_name: String,
+    /// Namespace of the Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "flywheel-system")]
+    pub lease_namespace: String,
+    /// This replica's identity in the Lease (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Seconds a lease is valid without renewal.
+    #[arg(long, default_value_t = 15)]
+    pub lease_duration: u64,
+    /// Seconds a leader keeps trying to renew before it steps down.
+    #[arg(long, default_value_t = 10)]
+    pub renew_deadline: u64,
+    /// Seconds between attempts to acquire or renew.
+    #[arg(long, default_value_t = 2)]
+    pub retry_period: u64,
+    /// Reconciles running at once per controller.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: u16,
+    /// Image that runs `flywheel fetch-model` in inference pods (the operator's own).
+    #[arg(long, env = "FLYWHEEL_IMAGE")]
+    pub image: Option<String>,
+}
+
+/// `flywheel rollout`.
+#[derive(Debug, Args)]
+pub struct RolloutArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: RolloutCommand,
+}
+
+/// Manual control of a ModelDeployment's rollout, through its status subresource.
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Show the stable and canary versions, the step, the evidence and the history.
+    Status(RolloutTarget),
+    /// Pass the current step's gate (or give the final approval).
+    Promote(RolloutTarget),
+    /// Remove the canary and return all traffic to stable.
+    Abort(RolloutTarget),
+}
+
+/// The ModelDeployment a rollout command acts on.
+#[derive(Debug, Args)]
+pub struct RolloutTarget {
+    /// Name of the ModelDeployment.
+    pub name: String,
+    /// Its namespace (the kubeconfig's by default).
+    #[arg(short, long)]
+    pub namespace: Option<String>,
 }
 
 /// `flywheel collector`.

@@ -4,6 +4,8 @@
 
 pub mod api;
 pub mod cli;
+pub mod operator;
 pub mod rollout;
+pub mod rollout_cli;
 pub mod sim;
 pub mod telemetry;

@@ -16,7 +16,8 @@ fn main() -> ExitCode {
             Some(dir) => write_crds(&dir),
             None => print_crds(),
         },
-        Command::Operator(_) => not_implemented("operator"),
+        Command::Operator(args) => run_async(run_operator(args)),
+        Command::Rollout(args) => run_async(run_rollout(args)),
         Command::Collector(_) => not_implemented("collector"),
         Command::Agent(_) => not_implemented("agent"),
         Command::Sim(args) => run_async(run_sim(args)),
@@ -80,6 +81,96 @@ async fn run_sim(args: flywheel::cli::SimArgs) -> ExitCode {
     tracing::info!("shutting down");
     sim.shutdown().await;
     ExitCode::SUCCESS
+}
+
+async fn run_operator(args: flywheel::cli::OperatorArgs) -> ExitCode {
+    use std::time::Duration;
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "no Kubernetes client: set KUBECONFIG or run in a cluster");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.leader_elect && (args.renew_deadline >= args.lease_duration || args.retry_period >= args.renew_deadline) {
+        tracing::error!(
+            lease = args.lease_duration,
+            renew = args.renew_deadline,
+            retry = args.retry_period,
+            "need retry-period < renew-deadline < lease-duration"
+        );
+        return ExitCode::from(2);
+    }
+    let identity = args.identity.clone().unwrap_or_else(|| format!("flywheel-{}", uuid::Uuid::new_v4().simple()));
+    let leader_election = args.leader_elect.then(|| flywheel::operator::leader::LeaseConfig {
+        name: args.lease_name.clone(),
+        namespace: args.lease_namespace.clone(),
+        identity,
+        lease_duration: Duration::from_secs(args.lease_duration),
+        renew_deadline: Duration::from_secs(args.renew_deadline),
+        retry_period: Duration::from_secs(args.retry_period),
+    });
+    let config = flywheel::operator::OperatorConfig {
+        collector_url: args.collector_url.clone(),
+        metrics_listen: args.metrics_listen,
+        leader_election,
+        concurrency: args.concurrency.max(1),
+        operator_image: args.image.clone().unwrap_or_else(flywheel::operator::default_image),
+        ..flywheel::operator::OperatorConfig::local()
+    };
+    let operator = match flywheel::operator::start(client, config).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the operator");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(metrics = %operator.metrics_addr, "operator started");
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing reconciles, releasing the lease");
+    operator.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+async fn run_rollout(args: flywheel::cli::RolloutArgs) -> ExitCode {
+    use flywheel::api::model_deployment::RolloutAction;
+    use flywheel::cli::RolloutCommand;
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("flywheel rollout: no Kubernetes client: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (target, action) = match &args.action {
+        RolloutCommand::Status(t) => (t, None),
+        RolloutCommand::Promote(t) => (t, Some(RolloutAction::Promote)),
+        RolloutCommand::Abort(t) => (t, Some(RolloutAction::Abort)),
+    };
+    let namespace = target.namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
+    let result = match action {
+        None => kube::Api::<flywheel::api::ModelDeployment>::namespaced(client, &namespace)
+            .get(&target.name)
+            .await
+            .map_err(flywheel::rollout_cli::RolloutCliError::from),
+        Some(a) => {
+            let who = std::env::var("USER").unwrap_or_else(|_| "flywheel-cli".into());
+            flywheel::rollout_cli::request(client, &namespace, &target.name, a, &who).await
+        }
+    };
+    match result {
+        Ok(md) => {
+            if let Some(a) = action {
+                println!("{a:?} requested for {}/{}", namespace, target.name);
+            }
+            print!("{}", flywheel::rollout_cli::describe(&md));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("flywheel rollout: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn not_implemented(component: &str) -> ExitCode {

@@ -44,7 +44,9 @@ impl Transition {
         match self {
             Self::Deployed { version } => format!("serving {version}"),
             Self::CanaryStarted { version, weight } => format!("canary of {version} started at {weight}%"),
-            Self::StepAdvanced { version, step, weight } => format!("canary of {version} advanced to step {step} ({weight}%)"),
+            Self::StepAdvanced { version, step, weight } => {
+                format!("canary of {version} advanced to step {step} ({weight}%)")
+            }
             Self::Promoted { version, previous } => format!("{version} promoted to stable (was {previous})"),
             Self::Aborted { version, message, .. } => format!("canary of {version} removed: {message}"),
         }
@@ -98,7 +100,12 @@ pub fn steps(spec: &ModelDeploymentSpec) -> Vec<CanaryStep> {
 }
 
 /// Decide the rollout state for `now`.
-pub fn plan(spec: &ModelDeploymentSpec, current: &ModelDeploymentStatus, observed: &Observations, now: Timestamp) -> Plan {
+pub fn plan(
+    spec: &ModelDeploymentSpec,
+    current: &ModelDeploymentStatus,
+    observed: &Observations,
+    now: Timestamp,
+) -> Plan {
     let rollout: RolloutSpec = spec.rollout.clone().unwrap_or_default();
     let mut status = current.clone();
     let mut transitions = Vec::new();
@@ -124,8 +131,24 @@ pub fn plan(spec: &ModelDeploymentSpec, current: &ModelDeploymentStatus, observe
         status.observed_model = Some(wanted.clone());
         if let Some(canary) = status.canary.take() {
             if canary.version != wanted.version {
-                record(&mut status, &rollout, HistoryType::Aborted, &canary.version, &stable.version, "Superseded", "spec.model changed during the rollout", None, canary.lineage.clone(), now);
-                transitions.push(Transition::Aborted { version: canary.version.clone(), reason: "Superseded".into(), message: format!("superseded by {}", wanted.version), rolled_back: false });
+                record(
+                    &mut status,
+                    &rollout,
+                    HistoryType::Aborted,
+                    &canary.version,
+                    &stable.version,
+                    "Superseded",
+                    "spec.model changed during the rollout",
+                    None,
+                    canary.lineage.clone(),
+                    now,
+                );
+                transitions.push(Transition::Aborted {
+                    version: canary.version.clone(),
+                    reason: "Superseded".into(),
+                    message: format!("superseded by {}", wanted.version),
+                    rolled_back: false,
+                });
             } else {
                 status.canary = Some(canary);
             }
@@ -160,7 +183,17 @@ pub fn plan(spec: &ModelDeploymentSpec, current: &ModelDeploymentStatus, observe
     // Manual actions aimed at this canary.
     let action = status.requested_action.take().filter(|a| a.version == canary.version).map(|a| a.action);
     if action == Some(RolloutAction::Abort) {
-        abort(&mut status, &rollout, &canary, &stable.version, "ManualAbort", "aborted by flywheel rollout abort", false, now, &mut transitions);
+        abort(
+            &mut status,
+            &rollout,
+            &canary,
+            &stable.version,
+            "ManualAbort",
+            "aborted by flywheel rollout abort",
+            false,
+            now,
+            &mut transitions,
+        );
         return Plan { status, transitions, requeue_after: None };
     }
 
@@ -214,9 +247,20 @@ pub fn plan(spec: &ModelDeploymentSpec, current: &ModelDeploymentStatus, observe
 
     match decision {
         Verdict::Fail => {
-            let message = canary.evidence.as_ref().map_or_else(|| "the analysis failed".to_string(), |e| e.message.clone());
+            let message =
+                canary.evidence.as_ref().map_or_else(|| "the analysis failed".to_string(), |e| e.message.clone());
             status.canary = Some(canary.clone());
-            abort(&mut status, &rollout, &canary, &stable.version, "AnalysisFailed", &message, true, now, &mut transitions);
+            abort(
+                &mut status,
+                &rollout,
+                &canary,
+                &stable.version,
+                "AnalysisFailed",
+                &message,
+                true,
+                now,
+                &mut transitions,
+            );
             return Plan { status, transitions, requeue_after: None };
         }
         Verdict::Pass => {
@@ -227,7 +271,11 @@ pub fn plan(spec: &ModelDeploymentSpec, current: &ModelDeploymentStatus, observe
                     canary.weight = next_step.weight;
                     canary.step_started_at = Some(time(now));
                     canary.evidence = None;
-                    transitions.push(Transition::StepAdvanced { version: canary.version.clone(), step: canary.step, weight: canary.weight });
+                    transitions.push(Transition::StepAdvanced {
+                        version: canary.version.clone(),
+                        step: canary.step,
+                        weight: canary.weight,
+                    });
                     status.canary = Some(canary);
                     return Plan { status, transitions, requeue_after: Some(std_duration(secs(1))) };
                 }
@@ -249,9 +297,22 @@ pub fn plan(spec: &ModelDeploymentSpec, current: &ModelDeploymentStatus, observe
     // Missing or thin evidence never promotes: it waits, and aborts at the step's deadline.
     let deadline = secs(step.deadline_seconds);
     if age >= deadline {
-        let message = format!("step {} ({}%) found no passing gate within {}s", canary.step, canary.weight, step.deadline_seconds);
+        let message = format!(
+            "step {} ({}%) found no passing gate within {}s",
+            canary.step, canary.weight, step.deadline_seconds
+        );
         status.canary = Some(canary.clone());
-        abort(&mut status, &rollout, &canary, &stable.version, "StepDeadlineExceeded", &message, false, now, &mut transitions);
+        abort(
+            &mut status,
+            &rollout,
+            &canary,
+            &stable.version,
+            "StepDeadlineExceeded",
+            &message,
+            false,
+            now,
+            &mut transitions,
+        );
         return Plan { status, transitions, requeue_after: None };
     }
     let until_deadline = deadline - age;
@@ -260,7 +321,14 @@ pub fn plan(spec: &ModelDeploymentSpec, current: &ModelDeploymentStatus, observe
     Plan { status, transitions, requeue_after: Some(std_duration(next)) }
 }
 
-fn start_canary(status: &mut ModelDeploymentStatus, rollout: &RolloutSpec, model: &ModelRef, lineage: Option<crate::api::Lineage>, now: Timestamp, transitions: &mut Vec<Transition>) {
+fn start_canary(
+    status: &mut ModelDeploymentStatus,
+    rollout: &RolloutSpec,
+    model: &ModelRef,
+    lineage: Option<crate::api::Lineage>,
+    now: Timestamp,
+    transitions: &mut Vec<Transition>,
+) {
     let weight = rollout.steps.first().map_or(100, |s| s.weight);
     status.canary = Some(CanaryStatus {
         version: model.version.clone(),
@@ -275,7 +343,14 @@ fn start_canary(status: &mut ModelDeploymentStatus, rollout: &RolloutSpec, model
     transitions.push(Transition::CanaryStarted { version: model.version.clone(), weight });
 }
 
-fn promote(status: &mut ModelDeploymentStatus, rollout: &RolloutSpec, canary: &CanaryStatus, previous: &str, now: Timestamp, transitions: &mut Vec<Transition>) {
+fn promote(
+    status: &mut ModelDeploymentStatus,
+    rollout: &RolloutSpec,
+    canary: &CanaryStatus,
+    previous: &str,
+    now: Timestamp,
+    transitions: &mut Vec<Transition>,
+) {
     status.stable = Some(TrackStatus {
         version: canary.version.clone(),
         uri: canary.uri.clone(),
@@ -284,20 +359,68 @@ fn promote(status: &mut ModelDeploymentStatus, rollout: &RolloutSpec, canary: &C
         ..TrackStatus::default()
     });
     status.canary = None;
-    record(status, rollout, HistoryType::Promoted, &canary.version, previous, "Promoted", "all canary steps passed", canary.evidence.clone(), canary.lineage.clone(), now);
+    record(
+        status,
+        rollout,
+        HistoryType::Promoted,
+        &canary.version,
+        previous,
+        "Promoted",
+        "all canary steps passed",
+        canary.evidence.clone(),
+        canary.lineage.clone(),
+        now,
+    );
     transitions.push(Transition::Promoted { version: canary.version.clone(), previous: previous.to_string() });
 }
 
 #[allow(clippy::too_many_arguments, reason = "one history entry's parts")]
-fn abort(status: &mut ModelDeploymentStatus, rollout: &RolloutSpec, canary: &CanaryStatus, stable: &str, reason: &str, message: &str, rolled_back: bool, now: Timestamp, transitions: &mut Vec<Transition>) {
+fn abort(
+    status: &mut ModelDeploymentStatus,
+    rollout: &RolloutSpec,
+    canary: &CanaryStatus,
+    stable: &str,
+    reason: &str,
+    message: &str,
+    rolled_back: bool,
+    now: Timestamp,
+    transitions: &mut Vec<Transition>,
+) {
     status.canary = None;
     let type_ = if rolled_back { HistoryType::RolledBack } else { HistoryType::Aborted };
-    record(status, rollout, type_, &canary.version, stable, reason, message, canary.evidence.clone(), canary.lineage.clone(), now);
-    transitions.push(Transition::Aborted { version: canary.version.clone(), reason: reason.into(), message: message.into(), rolled_back });
+    record(
+        status,
+        rollout,
+        type_,
+        &canary.version,
+        stable,
+        reason,
+        message,
+        canary.evidence.clone(),
+        canary.lineage.clone(),
+        now,
+    );
+    transitions.push(Transition::Aborted {
+        version: canary.version.clone(),
+        reason: reason.into(),
+        message: message.into(),
+        rolled_back,
+    });
 }
 
 #[allow(clippy::too_many_arguments, reason = "one history entry's parts")]
-fn record(status: &mut ModelDeploymentStatus, rollout: &RolloutSpec, type_: HistoryType, version: &str, previous: &str, reason: &str, message: &str, evidence: Option<Evidence>, lineage: Option<crate::api::Lineage>, now: Timestamp) {
+fn record(
+    status: &mut ModelDeploymentStatus,
+    rollout: &RolloutSpec,
+    type_: HistoryType,
+    version: &str,
+    previous: &str,
+    reason: &str,
+    message: &str,
+    evidence: Option<Evidence>,
+    lineage: Option<crate::api::Lineage>,
+    now: Timestamp,
+) {
     status.history.push(HistoryEntry {
         type_,
         version: version.to_string(),

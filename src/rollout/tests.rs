@@ -47,7 +47,10 @@ fn ready() -> Observations {
 }
 
 fn with_verdict(verdict: Verdict) -> Observations {
-    Observations { canary_ready: true, analysis: Some(Evidence { verdict, message: format!("{verdict:?}"), ..Evidence::default() }) }
+    Observations {
+        canary_ready: true,
+        analysis: Some(Evidence { verdict, message: format!("{verdict:?}"), ..Evidence::default() }),
+    }
 }
 
 /// Deploy v1, then change the spec to v2.
@@ -57,7 +60,13 @@ fn rolling(spec_v2: &ModelDeploymentSpec) -> ModelDeploymentStatus {
     let first = plan(&v1, &ModelDeploymentStatus::default(), &Observations::default(), at(0));
     assert_eq!(first.transitions, vec![Transition::Deployed { version: "v1".into() }]);
     let started = plan(spec_v2, &first.status, &Observations::default(), at(1));
-    assert_eq!(started.transitions, vec![Transition::CanaryStarted { version: "v2".into(), weight: spec_v2.rollout.as_ref().map_or(0, |r| r.steps[0].weight) }]);
+    assert_eq!(
+        started.transitions,
+        vec![Transition::CanaryStarted {
+            version: "v2".into(),
+            weight: spec_v2.rollout.as_ref().map_or(0, |r| r.steps[0].weight)
+        }]
+    );
     started.status
 }
 
@@ -93,7 +102,9 @@ fn thin_evidence_waits_then_aborts_at_the_deadline() {
     assert!(waiting.transitions.is_empty(), "inconclusive never promotes");
     assert!(waiting.status.canary.as_ref().and_then(|c| c.evidence.as_ref()).is_some(), "evidence recorded in status");
     let aborted = plan(&s, &waiting.status, &with_verdict(Verdict::Inconclusive), at(610));
-    assert!(matches!(aborted.transitions.as_slice(), [Transition::Aborted { reason, rolled_back: false, .. }] if reason == "StepDeadlineExceeded"));
+    assert!(
+        matches!(aborted.transitions.as_slice(), [Transition::Aborted { reason, rolled_back: false, .. }] if reason == "StepDeadlineExceeded")
+    );
     assert_eq!(aborted.status.stable.as_ref().map(|s| s.version.as_str()), Some("v1"));
     assert!(aborted.status.canary.is_none());
 }
@@ -113,28 +124,52 @@ fn a_failing_analysis_rolls_back() {
 
 #[test]
 fn manual_actions_promote_and_abort() {
-    let s = spec("v2", vec![CanaryStep { weight: 20, gate: Gate::Manual, pause_seconds: None, deadline_seconds: 3600 }], Approval::Manual);
+    let s = spec(
+        "v2",
+        vec![CanaryStep { weight: 20, gate: Gate::Manual, pause_seconds: None, deadline_seconds: 3600 }],
+        Approval::Manual,
+    );
     let status = plan(&s, &rolling(&s), &ready(), at(10)).status;
     let waiting = plan(&s, &status, &ready(), at(100));
     assert!(waiting.transitions.is_empty(), "a Manual gate waits");
     let mut asked = waiting.status.clone();
-    asked.requested_action = Some(RequestedAction { action: RolloutAction::Promote, version: "v2".into(), requested_at: None, requested_by: None });
+    asked.requested_action = Some(RequestedAction {
+        action: RolloutAction::Promote,
+        version: "v2".into(),
+        requested_at: None,
+        requested_by: None,
+    });
     let past_gate = plan(&s, &asked, &ready(), at(101));
     // approval Manual: the last step passed, promotion waits for a second promote.
     assert!(past_gate.transitions.is_empty() && past_gate.status.canary.is_some());
     assert!(past_gate.status.requested_action.is_none(), "the action is consumed");
     let mut again = past_gate.status.clone();
-    again.requested_action = Some(RequestedAction { action: RolloutAction::Promote, version: "v2".into(), requested_at: None, requested_by: None });
+    again.requested_action = Some(RequestedAction {
+        action: RolloutAction::Promote,
+        version: "v2".into(),
+        requested_at: None,
+        requested_by: None,
+    });
     let promoted = plan(&s, &again, &ready(), at(102));
     assert!(matches!(promoted.transitions.as_slice(), [Transition::Promoted { .. }]));
 
     let mut abort = waiting.status.clone();
-    abort.requested_action = Some(RequestedAction { action: RolloutAction::Abort, version: "v2".into(), requested_at: None, requested_by: Some("alice".into()) });
+    abort.requested_action = Some(RequestedAction {
+        action: RolloutAction::Abort,
+        version: "v2".into(),
+        requested_at: None,
+        requested_by: Some("alice".into()),
+    });
     let aborted = plan(&s, &abort, &ready(), at(103));
     assert!(matches!(aborted.transitions.as_slice(), [Transition::Aborted { reason, .. }] if reason == "ManualAbort"));
     // An action for another version is ignored.
     let mut stray = waiting.status.clone();
-    stray.requested_action = Some(RequestedAction { action: RolloutAction::Abort, version: "v9".into(), requested_at: None, requested_by: None });
+    stray.requested_action = Some(RequestedAction {
+        action: RolloutAction::Abort,
+        version: "v9".into(),
+        requested_at: None,
+        requested_by: None,
+    });
     assert!(plan(&s, &stray, &ready(), at(104)).transitions.is_empty());
 }
 
@@ -142,8 +177,17 @@ fn manual_actions_promote_and_abort() {
 fn a_retrained_candidate_canaries_and_stays_stable_after_promotion() {
     let s = spec("v1", vec![pause(10, 0)], Approval::Auto);
     let mut status = plan(&s, &ModelDeploymentStatus::default(), &Observations::default(), at(0)).status;
-    let lineage = Lineage { retrain_job: Some("rtj-1".into()), trigger_reason: Some(TriggerReason::Quality), ..Lineage::default() };
-    status.candidate = Some(Candidate { version: "v1-ft1".into(), uri: "s3://m/ft1".into(), handed_over_at: None, lineage: Some(lineage.clone()) });
+    let lineage = Lineage {
+        retrain_job: Some("rtj-1".into()),
+        trigger_reason: Some(TriggerReason::Quality),
+        ..Lineage::default()
+    };
+    status.candidate = Some(Candidate {
+        version: "v1-ft1".into(),
+        uri: "s3://m/ft1".into(),
+        handed_over_at: None,
+        lineage: Some(lineage.clone()),
+    });
     let started = plan(&s, &status, &Observations::default(), at(1));
     assert_eq!(started.transitions, vec![Transition::CanaryStarted { version: "v1-ft1".into(), weight: 10 }]);
     assert!(started.status.candidate.is_none());
@@ -164,7 +208,9 @@ fn a_spec_change_supersedes_a_running_canary() {
     let status = plan(&s2, &rolling(&s2), &ready(), at(10)).status;
     let s3 = spec("v3", vec![pause(10, 600)], Approval::Auto);
     let next = plan(&s3, &status, &ready(), at(20));
-    assert!(matches!(next.transitions.as_slice(), [Transition::Aborted { reason, .. }, Transition::CanaryStarted { version, .. }] if reason == "Superseded" && version == "v3"));
+    assert!(
+        matches!(next.transitions.as_slice(), [Transition::Aborted { reason, .. }, Transition::CanaryStarted { version, .. }] if reason == "Superseded" && version == "v3")
+    );
 }
 
 #[test]

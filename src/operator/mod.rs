@@ -1,0 +1,333 @@
+//! `flywheel operator`: the controllers, leader election, health and metrics endpoints, and
+//! graceful shutdown.
+
+pub mod leader;
+pub mod metrics;
+pub mod model_deployment;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Service;
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use rand::Rng;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use self::metrics::Metrics;
+use self::model_deployment::children::ChildSettings;
+use self::model_deployment::{AnalysisSource, NoAnalysis, ReconcileError};
+use crate::api::ModelDeployment;
+
+/// How the operator runs.
+#[derive(Clone)]
+pub struct OperatorConfig {
+    /// Base URL of the feedback collector.
+    pub collector_url: Option<String>,
+    /// Address of `/healthz`, `/readyz` and `/metrics` (port 0 picks one).
+    pub metrics_listen: SocketAddr,
+    /// Leader election, or `None` to reconcile without it.
+    pub leader_election: Option<leader::LeaseConfig>,
+    /// Reconciles running at once per controller.
+    pub concurrency: u16,
+    /// Image that runs `flywheel fetch-model` in inference pods (the operator's own).
+    pub operator_image: String,
+    /// Where the feedback evidence of `Analysis` gates comes from.
+    pub analysis: Arc<dyn AnalysisSource>,
+}
+
+impl OperatorConfig {
+    /// Settings for tests and the demo: no leader election, metrics on a free port.
+    pub fn local() -> Self {
+        Self {
+            collector_url: None,
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            leader_election: None,
+            concurrency: 8,
+            operator_image: default_image(),
+            analysis: Arc::new(NoAnalysis),
+        }
+    }
+}
+
+/// The image of this build: `ghcr.io/flywheel-dev/flywheel:<version>`.
+pub fn default_image() -> String {
+    format!("ghcr.io/flywheel-dev/flywheel:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Errors that stop the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    /// The health and metrics endpoint could not listen.
+    #[error("binding the metrics endpoint {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    /// The client.
+    pub client: Client,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Settings that shape children.
+    pub settings: ChildSettings,
+    /// Feedback evidence for analysis gates.
+    pub analysis: Arc<dyn AnalysisSource>,
+    failures: Mutex<HashMap<String, u32>>,
+    scheduled: Mutex<HashMap<String, Instant>>,
+}
+
+fn key<K: Resource>(obj: &K) -> String {
+    format!("{}/{}", obj.meta().namespace.clone().unwrap_or_default(), obj.meta().name.clone().unwrap_or_default())
+}
+
+impl Context {
+    /// Publish an Event about `obj`; a failure to publish is logged, never fatal.
+    pub async fn publish<K: Resource<DynamicType = ()>>(&self, obj: &K, type_: EventType, reason: &str, note: &str) {
+        let reference = obj.object_ref(&());
+        if let Err(e) = self.recorder.publish(&model_deployment::event(type_, reason, note), &reference).await {
+            tracing::warn!(reason, error = %e, "could not publish an Event");
+        }
+    }
+
+    /// The action for a successful reconcile that wants another look after `after` (or only on
+    /// a change): records it for the queue depth metric and resets the failure count.
+    pub fn requeue<K: Resource>(&self, obj: &K, after: Option<Duration>) -> Action {
+        let k = key(obj);
+        self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&k);
+        let mut scheduled = self.scheduled.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match after {
+            Some(after) => {
+                scheduled.insert(k, Instant::now() + after);
+            }
+            None => {
+                scheduled.remove(&k);
+            }
+        }
+        let now = Instant::now();
+        scheduled.retain(|_, due| *due > now);
+        self.metrics.set_queued(model_deployment::CONTROLLER, i64::try_from(scheduled.len()).unwrap_or(i64::MAX));
+        after.map_or_else(Action::await_change, Action::requeue)
+    }
+
+    /// Backoff with jitter for an object whose reconcile failed: 1 s doubling to 5 min, ±20 %.
+    fn backoff<K: Resource>(&self, obj: &K) -> Duration {
+        let k = key(obj);
+        let mut failures = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = failures.entry(k).or_insert(0);
+        *n = n.saturating_add(1);
+        let base = Duration::from_secs(1).saturating_mul(1 << (*n - 1).min(9)).min(Duration::from_secs(300));
+        let jitter = rand::rng().random_range(0.8..1.2);
+        base.mul_f64(jitter)
+    }
+}
+
+fn error_policy(md: Arc<ModelDeployment>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
+    let wait = ctx.backoff(md.as_ref());
+    tracing::debug!(name = %md.name_any(), category = error.category(), retry_in = ?wait, "backing off");
+    Action::requeue(wait)
+}
+
+#[derive(Clone)]
+struct Health {
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+}
+
+async fn healthz() -> impl IntoResponse {
+    (StatusCode::OK, "ok")
+}
+
+async fn readyz(State(h): State<Health>) -> impl IntoResponse {
+    if h.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced")
+    }
+}
+
+async fn metrics_handler(State(h): State<Health>) -> impl IntoResponse {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        h.metrics.render(),
+    )
+}
+
+/// A running operator.
+pub struct Operator {
+    /// Where `/healthz`, `/readyz` and `/metrics` listen.
+    pub metrics_addr: SocketAddr,
+    /// Whether this replica leads.
+    pub leading: watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<()>,
+    stop: CancellationToken,
+}
+
+impl Operator {
+    /// Stop gracefully: finish reconciles in flight, release the lease, close the endpoints.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _joined = self.task.await;
+    }
+
+    /// Stop without releasing anything, as a crash would (for tests of fail-over).
+    pub fn kill(self) {
+        self.task.abort();
+    }
+}
+
+/// Start the operator; it runs until [`Operator::shutdown`].
+pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, OperatorError> {
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind(config.metrics_listen)
+        .await
+        .map_err(|source| OperatorError::Bind { addr: config.metrics_listen, source })?;
+    let metrics_addr =
+        listener.local_addr().map_err(|source| OperatorError::Bind { addr: config.metrics_listen, source })?;
+    let stop = CancellationToken::new();
+    let health = Health { metrics: metrics.clone(), ready: ready.clone() };
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_handler))
+        .with_state(health);
+    let server_stop = stop.clone();
+    let server = tokio::spawn(async move {
+        let shutdown = async move { server_stop.cancelled().await };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+            tracing::error!(error = %e, "metrics endpoint stopped");
+        }
+    });
+
+    let (leading_tx, leading_rx) = watch::channel(config.leader_election.is_none());
+    let election = match &config.leader_election {
+        Some(lease) => {
+            let api: Api<Lease> = Api::namespaced(client.clone(), &lease.namespace);
+            let election_stop = CancellationToken::new();
+            let task = tokio::spawn(leader::run(api, lease.clone(), leading_tx, election_stop.clone()));
+            Some((task, election_stop))
+        }
+        None => {
+            drop(leading_tx);
+            None
+        }
+    };
+    let reporter = Reporter {
+        controller: "flywheel".into(),
+        instance: config.leader_election.as_ref().map(|l| l.identity.clone()),
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        metrics: metrics.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        settings: ChildSettings { operator_image: config.operator_image.clone() },
+        analysis: config.analysis.clone(),
+        failures: Mutex::new(HashMap::new()),
+        scheduled: Mutex::new(HashMap::new()),
+    });
+    let mut leading = leading_rx.clone();
+    let run_stop = stop.clone();
+    let concurrency = config.concurrency;
+    let task = tokio::spawn(async move {
+        loop {
+            // Standby: ready, but reconciling nothing, until this replica leads.
+            ready.store(true, Ordering::Release);
+            metrics.set_leader(false);
+            while !*leading.borrow_and_update() {
+                tokio::select! {
+                    () = run_stop.cancelled() => break,
+                    changed = leading.changed() => if changed.is_err() { break },
+                }
+            }
+            if run_stop.is_cancelled() || !*leading.borrow() {
+                break;
+            }
+            metrics.set_leader(true);
+            ready.store(false, Ordering::Release);
+            tracing::info!("leading: starting controllers");
+            let controllers_stop = CancellationToken::new();
+            let controllers = tokio::spawn(run_controllers(
+                client.clone(),
+                ctx.clone(),
+                concurrency,
+                ready.clone(),
+                controllers_stop.clone(),
+            ));
+            loop {
+                tokio::select! {
+                    () = run_stop.cancelled() => break,
+                    changed = leading.changed() => if changed.is_err() || !*leading.borrow() { break },
+                }
+            }
+            controllers_stop.cancel();
+            let _finished = controllers.await;
+            tracing::info!("controllers stopped");
+            if run_stop.is_cancelled() {
+                break;
+            }
+        }
+        if let Some((task, election_stop)) = election {
+            election_stop.cancel();
+            let _released = task.await;
+        }
+        metrics.set_leader(false);
+        let _stopped = server.await;
+    });
+    Ok(Operator { metrics_addr, leading: leading_rx, task, stop })
+}
+
+async fn run_controllers(
+    client: Client,
+    ctx: Arc<Context>,
+    concurrency: u16,
+    ready: Arc<AtomicBool>,
+    stop: CancellationToken,
+) {
+    let mds: Api<ModelDeployment> = Api::all(client.clone());
+    let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=flywheel");
+    let controller = Controller::new(mds, watcher::Config::default())
+        .owns(Api::<Deployment>::all(client.clone()), managed.clone())
+        .owns(Api::<Service>::all(client.clone()), managed)
+        .with_config(ControllerConfig::default().concurrency(concurrency));
+    let store = controller.store();
+    let ready_flag = ready.clone();
+    tokio::spawn(async move {
+        if store.wait_until_ready().await.is_ok() {
+            ready_flag.store(true, Ordering::Release);
+            tracing::info!("caches synced");
+        }
+    });
+    let shutdown = stop.clone();
+    controller
+        .graceful_shutdown_on(async move { shutdown.cancelled().await })
+        .run(model_deployment::reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+}

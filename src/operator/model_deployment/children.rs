@@ -1,0 +1,321 @@
+//! The children of a ModelDeployment, as pure functions of its validated spec and the rollout
+//! plan: a Deployment per track, a Service selecting both tracks, a Service per track, and a
+//! PodDisruptionBudget. Applied by server-side apply with the `flywheel` field manager.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::Resource as _;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use serde_json::{Value, json};
+
+use crate::api::model_deployment::{ModelDeploymentSpec, Track};
+
+/// Label naming the ModelDeployment a child belongs to.
+pub const LABEL_MODEL_DEPLOYMENT: &str = "flywheel.dev/model-deployment";
+/// Label naming the track of a child.
+pub const LABEL_TRACK: &str = "flywheel.dev/track";
+/// Label carrying the model version a pod serves.
+pub const LABEL_VERSION: &str = "flywheel.dev/version";
+/// Where model weights are mounted or fetched to.
+pub const MODEL_ROOT: &str = "/models";
+
+/// Where a model's weights come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// `pvc://claim/path`: the claim mounted read-only.
+    Pvc {
+        /// Claim name.
+        claim: String,
+        /// Path inside the claim.
+        path: String,
+    },
+    /// `file:///path`: already in the image or on the node.
+    File {
+        /// Absolute path.
+        path: String,
+    },
+    /// `s3://`, `gs://`, `https://`, `hf://`: fetched by an init container.
+    Fetch {
+        /// The URI.
+        uri: String,
+    },
+}
+
+/// Errors of a spec that passed the schema but cannot be served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// The model URI's scheme is not one Flywheel can read.
+    #[error("model URI {0:?} has an unsupported scheme")]
+    UnsupportedUri(String),
+    /// A pvc:// URI without a claim.
+    #[error("model URI {0:?} names no claim (pvc://claim/path)")]
+    NoClaim(String),
+}
+
+impl ModelSource {
+    /// Parse a model URI.
+    pub fn parse(uri: &str) -> Result<Self, SpecError> {
+        if let Some(rest) = uri.strip_prefix("pvc://") {
+            let (claim, path) = rest.split_once('/').unwrap_or((rest, ""));
+            if claim.is_empty() {
+                return Err(SpecError::NoClaim(uri.to_string()));
+            }
+            return Ok(Self::Pvc { claim: claim.to_string(), path: path.trim_matches('/').to_string() });
+        }
+        if let Some(path) = uri.strip_prefix("file://") {
+            return Ok(Self::File { path: format!("/{}", path.trim_start_matches('/')) });
+        }
+        if ["s3://", "gs://", "https://", "hf://"].iter().any(|p| uri.starts_with(p)) {
+            return Ok(Self::Fetch { uri: uri.to_string() });
+        }
+        Err(SpecError::UnsupportedUri(uri.to_string()))
+    }
+
+    /// The directory the runtime reads the model from.
+    pub fn model_dir(&self) -> String {
+        match self {
+            Self::Pvc { path, .. } if path.is_empty() => MODEL_ROOT.to_string(),
+            Self::Pvc { path, .. } => format!("{MODEL_ROOT}/{path}"),
+            Self::File { path } => path.clone(),
+            Self::Fetch { .. } => MODEL_ROOT.to_string(),
+        }
+    }
+}
+
+/// What one track serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackPlan {
+    /// Which track.
+    pub track: Track,
+    /// Version served.
+    pub version: String,
+    /// Where its weights are.
+    pub uri: String,
+    /// Replicas.
+    pub replicas: i32,
+}
+
+/// Identity of the owner, for owner references and names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// ModelDeployment name.
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its uid.
+    pub uid: String,
+}
+
+/// Settings of the operator that shape children.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildSettings {
+    /// Image that runs `flywheel fetch-model` (the operator's own).
+    pub operator_image: String,
+}
+
+impl Owner {
+    fn reference(&self) -> Value {
+        json!({
+            "apiVersion": crate::api::ModelDeployment::api_version(&()),
+            "kind": crate::api::ModelDeployment::kind(&()),
+            "name": self.name,
+            "uid": self.uid,
+            "controller": true,
+            "blockOwnerDeletion": true,
+        })
+    }
+}
+
+use kube::Resource as _;
+
+/// Labels every child carries.
+pub fn common_labels(owner: &Owner) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_string(), owner.name.clone()),
+        ("app.kubernetes.io/instance".to_string(), owner.name.clone()),
+        ("app.kubernetes.io/component".to_string(), "inference".to_string()),
+        ("app.kubernetes.io/part-of".to_string(), "flywheel".to_string()),
+        ("app.kubernetes.io/managed-by".to_string(), "flywheel".to_string()),
+        (LABEL_MODEL_DEPLOYMENT.to_string(), owner.name.clone()),
+    ])
+}
+
+/// The selector of every inference pod of a ModelDeployment.
+pub fn pod_selector(owner: &Owner) -> BTreeMap<String, String> {
+    BTreeMap::from([(LABEL_MODEL_DEPLOYMENT.to_string(), owner.name.clone())])
+}
+
+/// The selector of one track's pods.
+pub fn track_selector(owner: &Owner, track: Track) -> BTreeMap<String, String> {
+    let mut s = pod_selector(owner);
+    s.insert(LABEL_TRACK.to_string(), track.as_str().to_string());
+    s
+}
+
+/// Name of a track's Deployment and Service.
+pub fn track_name(owner: &Owner, track: Track) -> String {
+    format!("{}-{}", owner.name, track.as_str())
+}
+
+fn metadata(owner: &Owner, name: &str, extra: &BTreeMap<String, String>) -> Value {
+    let mut labels = common_labels(owner);
+    labels.extend(extra.clone());
+    json!({"name": name, "namespace": owner.namespace, "labels": labels, "ownerReferences": [owner.reference()]})
+}
+
+/// The Deployment of one track.
+pub fn deployment(
+    owner: &Owner,
+    spec: &ModelDeploymentSpec,
+    plan: &TrackPlan,
+    source: &ModelSource,
+    settings: &ChildSettings,
+) -> Value {
+    let runtime = &spec.runtime;
+    let selector = track_selector(owner, plan.track);
+    let mut pod_labels = common_labels(owner);
+    pod_labels.extend(selector.clone());
+    pod_labels.insert(LABEL_VERSION.to_string(), plan.version.clone());
+    for (k, v) in &runtime.pod_labels {
+        pod_labels.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    let mut annotations = runtime.pod_annotations.clone();
+    annotations.insert("flywheel.dev/model-uri".to_string(), plan.uri.clone());
+
+    let mut env: Vec<Value> = vec![
+        json!({"name": "FLYWHEEL_MODEL_NAME", "value": spec.model.name}),
+        json!({"name": "FLYWHEEL_MODEL_VERSION", "value": plan.version}),
+        json!({"name": "FLYWHEEL_MODEL_URI", "value": plan.uri}),
+        json!({"name": "FLYWHEEL_MODEL_DIR", "value": source.model_dir()}),
+    ];
+    env.extend(runtime.env.iter().filter_map(|e| serde_json::to_value(e).ok()));
+
+    let default_probe =
+        json!({"httpGet": {"path": "/health", "port": runtime.port}, "periodSeconds": 5, "failureThreshold": 3});
+    let mut container = json!({
+        "name": "runtime",
+        "image": runtime.image,
+        "ports": [{"name": "http", "containerPort": runtime.port, "protocol": "TCP"}],
+        "env": env,
+        "readinessProbe": runtime.readiness_probe.as_ref().and_then(|p| serde_json::to_value(p).ok()).unwrap_or(default_probe),
+    });
+    if let Some(policy) = runtime.image_pull_policy {
+        container["imagePullPolicy"] = json!(policy.as_str());
+    }
+    if !runtime.command.is_empty() {
+        container["command"] = json!(runtime.command);
+    }
+    if !runtime.args.is_empty() {
+        container["args"] = json!(runtime.args);
+    }
+    if let Some(r) = runtime.resources.as_ref().and_then(|r| serde_json::to_value(r).ok()) {
+        container["resources"] = r;
+    }
+    if let Some(p) = runtime.liveness_probe.as_ref().and_then(|p| serde_json::to_value(p).ok()) {
+        container["livenessProbe"] = p;
+    }
+    if let Some(p) = runtime.startup_probe.as_ref().and_then(|p| serde_json::to_value(p).ok()) {
+        container["startupProbe"] = p;
+    }
+
+    let mut pod = json!({"containers": []});
+    match source {
+        ModelSource::Pvc { claim, .. } => {
+            container["volumeMounts"] = json!([{"name": "model", "mountPath": MODEL_ROOT, "readOnly": true}]);
+            pod["volumes"] =
+                json!([{"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": true}}]);
+        }
+        ModelSource::Fetch { uri } => {
+            container["volumeMounts"] = json!([{"name": "model", "mountPath": MODEL_ROOT, "readOnly": true}]);
+            pod["volumes"] = json!([{"name": "model", "emptyDir": {}}]);
+            pod["initContainers"] = json!([{
+                "name": "fetch-model",
+                "image": settings.operator_image,
+                "args": ["fetch-model", uri, MODEL_ROOT],
+                "volumeMounts": [{"name": "model", "mountPath": MODEL_ROOT}],
+                "securityContext": {
+                    "allowPrivilegeEscalation": false,
+                    "readOnlyRootFilesystem": true,
+                    "runAsNonRoot": true,
+                    "capabilities": {"drop": ["ALL"]},
+                    "seccompProfile": {"type": "RuntimeDefault"}
+                }
+            }]);
+        }
+        ModelSource::File { .. } => {}
+    }
+    pod["containers"] = json!([container]);
+    if !runtime.node_selector.is_empty() {
+        pod["nodeSelector"] = json!(runtime.node_selector);
+    }
+    if !runtime.tolerations.is_empty() {
+        pod["tolerations"] = serde_json::to_value(&runtime.tolerations).unwrap_or(Value::Null);
+    }
+    if let Some(sa) = &runtime.service_account_name {
+        pod["serviceAccountName"] = json!(sa);
+    }
+
+    let name = track_name(owner, plan.track);
+    json!({
+        "apiVersion": Deployment::API_VERSION,
+        "kind": Deployment::KIND,
+        "metadata": metadata(owner, &name, &BTreeMap::from([(LABEL_TRACK.to_string(), plan.track.as_str().to_string())])),
+        "spec": {
+            "replicas": plan.replicas,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": pod_labels, "annotations": annotations},
+                "spec": pod
+            }
+        }
+    })
+}
+
+/// The Service selecting both tracks (`<name>`), or one track (`<name>-<track>`).
+pub fn service(owner: &Owner, track: Option<Track>) -> Value {
+    let (name, selector, extra) = match track {
+        None => (owner.name.clone(), pod_selector(owner), BTreeMap::new()),
+        Some(t) => (
+            track_name(owner, t),
+            track_selector(owner, t),
+            BTreeMap::from([(LABEL_TRACK.to_string(), t.as_str().to_string())]),
+        ),
+    };
+    json!({
+        "apiVersion": Service::API_VERSION,
+        "kind": Service::KIND,
+        "metadata": metadata(owner, &name, &extra),
+        "spec": {
+            "selector": selector,
+            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+        }
+    })
+}
+
+/// The PodDisruptionBudget of all inference pods: one may be disrupted at a time.
+pub fn disruption_budget(owner: &Owner) -> Value {
+    json!({
+        "apiVersion": PodDisruptionBudget::API_VERSION,
+        "kind": PodDisruptionBudget::KIND,
+        "metadata": metadata(owner, &owner.name, &BTreeMap::new()),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": pod_selector(owner)}}
+    })
+}
+
+/// Whether `live` already holds every field `desired` sets (so applying it would change
+/// nothing): maps compare key by key, lists item by item, scalars by value. Fields the server or
+/// other managers added to `live` do not matter.
+pub fn is_subset(desired: &Value, live: &Value) -> bool {
+    match (desired, live) {
+        (Value::Object(d), Value::Object(l)) => d.iter().all(|(k, v)| l.get(k).is_some_and(|lv| is_subset(v, lv))),
+        (Value::Array(d), Value::Array(l)) => d.len() == l.len() && d.iter().zip(l).all(|(a, b)| is_subset(a, b)),
+        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+        (Value::String(a), Value::Number(b)) | (Value::Number(b), Value::String(a)) => a == &b.to_string(),
+        (a, b) => a == b,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,114 @@
+use super::*;
+use crate::api::model_deployment::ModelDeployment;
+
+fn sample() -> ModelDeploymentSpec {
+    let md: ModelDeployment = serde_yaml::from_str(include_str!("../../../config/samples/modeldeployment.yaml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    md.spec
+}
+
+fn owner() -> Owner {
+    Owner { name: "support-chat".into(), namespace: "team".into(), uid: "u-1".into() }
+}
+
+fn settings() -> ChildSettings {
+    ChildSettings { operator_image: "ghcr.io/flywheel-dev/flywheel:test".into() }
+}
+
+#[test]
+fn model_sources() {
+    assert_eq!(
+        ModelSource::parse("pvc://models/qwen/v1"),
+        Ok(ModelSource::Pvc { claim: "models".into(), path: "qwen/v1".into() })
+    );
+    assert_eq!(ModelSource::parse("pvc://models").map(|s| s.model_dir()), Ok("/models".into()));
+    assert_eq!(ModelSource::parse("file:///opt/model").map(|s| s.model_dir()), Ok("/opt/model".into()));
+    assert_eq!(
+        ModelSource::parse("hf://Qwen/Qwen2.5-0.5B"),
+        Ok(ModelSource::Fetch { uri: "hf://Qwen/Qwen2.5-0.5B".into() })
+    );
+    assert!(ModelSource::parse("ftp://x").is_err());
+    assert!(ModelSource::parse("pvc:///x").is_err());
+}
+
+#[test]
+fn deployment_carries_the_runtime_spec() {
+    let spec = sample();
+    let plan = TrackPlan { track: Track::Stable, version: "v1".into(), uri: spec.model.uri.clone(), replicas: 3 };
+    let source = ModelSource::parse(&spec.model.uri).unwrap_or_else(|e| panic!("{e}"));
+    let d = deployment(&owner(), &spec, &plan, &source, &settings());
+    assert_eq!(d["metadata"]["name"], "support-chat-stable");
+    assert_eq!(d["metadata"]["ownerReferences"][0]["kind"], "ModelDeployment");
+    assert_eq!(d["metadata"]["ownerReferences"][0]["controller"], true);
+    assert_eq!(d["spec"]["replicas"], 3);
+    assert_eq!(d["spec"]["selector"]["matchLabels"]["flywheel.dev/track"], "stable");
+    let pod = &d["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    assert_eq!(c["image"], "vllm/vllm-openai:v0.8.5");
+    assert_eq!(c["args"][0], "--model=$(FLYWHEEL_MODEL_DIR)");
+    assert_eq!(c["ports"][0]["containerPort"], 8000);
+    assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], "1");
+    assert_eq!(c["startupProbe"]["failureThreshold"], 60);
+    let env: Vec<(String, String)> = c["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (e["name"].as_str().unwrap_or_default().to_string(), e["value"].as_str().unwrap_or_default().to_string())
+        })
+        .collect();
+    assert!(env.contains(&("FLYWHEEL_MODEL_VERSION".into(), "v1".into())));
+    assert!(env.contains(&("FLYWHEEL_MODEL_URI".into(), "hf://Qwen/Qwen2.5-0.5B-Instruct".into())));
+    assert!(env.contains(&("FLYWHEEL_MODEL_DIR".into(), "/models".into())));
+    assert!(env.contains(&("VLLM_LOGGING_LEVEL".into(), "INFO".into())));
+    // hf:// is fetched by an init container running the operator image into a shared volume.
+    assert_eq!(
+        pod["initContainers"][0]["args"],
+        serde_json::json!(["fetch-model", "hf://Qwen/Qwen2.5-0.5B-Instruct", "/models"])
+    );
+    assert_eq!(pod["initContainers"][0]["image"], "ghcr.io/flywheel-dev/flywheel:test");
+    assert_eq!(pod["volumes"][0]["emptyDir"], serde_json::json!({}));
+    assert_eq!(pod["nodeSelector"]["nvidia.com/gpu.present"], "true");
+    assert_eq!(pod["tolerations"][0]["key"], "nvidia.com/gpu");
+    assert_eq!(d["spec"]["template"]["metadata"]["labels"]["flywheel.dev/version"], "v1");
+}
+
+#[test]
+fn pvc_models_mount_read_only() {
+    let mut spec = sample();
+    spec.model.uri = "pvc://models/qwen".into();
+    let source = ModelSource::parse(&spec.model.uri).unwrap_or_else(|e| panic!("{e}"));
+    let plan = TrackPlan { track: Track::Canary, version: "v2".into(), uri: spec.model.uri.clone(), replicas: 1 };
+    let d = deployment(&owner(), &spec, &plan, &source, &settings());
+    let pod = &d["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["volumes"][0]["persistentVolumeClaim"],
+        serde_json::json!({"claimName": "models", "readOnly": true})
+    );
+    assert_eq!(pod["containers"][0]["volumeMounts"][0]["readOnly"], true);
+    assert!(pod.get("initContainers").is_none());
+    assert_eq!(d["metadata"]["name"], "support-chat-canary");
+}
+
+#[test]
+fn services_and_budget() {
+    let all = service(&owner(), None);
+    assert_eq!(all["metadata"]["name"], "support-chat");
+    assert_eq!(all["spec"]["selector"], serde_json::json!({"flywheel.dev/model-deployment": "support-chat"}));
+    let canary = service(&owner(), Some(Track::Canary));
+    assert_eq!(canary["metadata"]["name"], "support-chat-canary");
+    assert_eq!(canary["spec"]["selector"]["flywheel.dev/track"], "canary");
+    let pdb = disruption_budget(&owner());
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+}
+
+#[test]
+fn subset_comparison() {
+    let desired = serde_json::json!({"spec": {"replicas": 2, "ports": [{"port": 80}]}});
+    let live = serde_json::json!({"spec": {"replicas": 2, "ports": [{"port": 80, "protocol": "TCP"}], "clusterIP": "10.0.0.1"}, "status": {}});
+    assert!(is_subset(&desired, &live));
+    let changed = serde_json::json!({"spec": {"replicas": 3, "ports": [{"port": 80}]}});
+    assert!(!is_subset(&changed, &live));
+    let more_ports = serde_json::json!({"spec": {"ports": [{"port": 80}, {"port": 81}]}});
+    assert!(!is_subset(&more_ports, &live));
+}
