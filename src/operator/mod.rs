@@ -98,6 +98,22 @@ pub struct Context {
     scheduled: Mutex<HashMap<String, Instant>>,
 }
 
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn merge_patch_nulls_removed_fields() {
+        let before = json!({"canary": {"version": "v2"}, "stable": {"version": "v1", "uri": "a"}, "history": [1]});
+        let after = json!({"stable": {"version": "v2", "uri": "a"}, "history": [1, 2]});
+        let patch = super::merge_patch_between(&before, &after);
+        assert_eq!(patch, json!({"canary": null, "stable": {"version": "v2"}, "history": [1, 2]}));
+        let mut applied = before.clone();
+        json_patch::merge(&mut applied, &patch);
+        assert_eq!(applied, after);
+    }
+}
+
 fn key<K: Resource>(obj: &K) -> String {
     format!("{}/{}", obj.meta().namespace.clone().unwrap_or_default(), obj.meta().name.clone().unwrap_or_default())
 }
@@ -149,6 +165,35 @@ fn error_policy(md: Arc<ModelDeployment>, error: &ReconcileError, ctx: Arc<Conte
     Action::requeue(wait)
 }
 
+/// The JSON merge patch (RFC 7396) that turns `before` into `after`: changed and new fields
+/// with their new value, removed fields as `null`, objects compared key by key.
+pub fn merge_patch_between(before: &serde_json::Value, after: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match (before, after) {
+        (Value::Object(b), Value::Object(a)) => {
+            let mut patch = serde_json::Map::new();
+            for (k, old) in b {
+                match a.get(k) {
+                    None => {
+                        patch.insert(k.clone(), Value::Null);
+                    }
+                    Some(new) if new != old => {
+                        patch.insert(k.clone(), merge_patch_between(old, new));
+                    }
+                    Some(_) => {}
+                }
+            }
+            for (k, new) in a {
+                if !b.contains_key(k) {
+                    patch.insert(k.clone(), new.clone());
+                }
+            }
+            Value::Object(patch)
+        }
+        (_, new) => new.clone(),
+    }
+}
+
 #[derive(Clone)]
 struct Health {
     metrics: Arc<Metrics>,
@@ -175,6 +220,28 @@ async fn metrics_handler(State(h): State<Health>) -> impl IntoResponse {
     )
 }
 
+/// Every task an operator spawned, so a simulated crash can stop them all at once.
+#[derive(Clone, Default)]
+struct Tasks(Arc<Mutex<Vec<tokio::task::AbortHandle>>>);
+
+impl Tasks {
+    fn spawn<F>(&self, fut: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let handle = tokio::spawn(fut);
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(handle.abort_handle());
+        handle
+    }
+
+    fn abort_all(&self) {
+        for h in self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain(..) {
+            h.abort();
+        }
+    }
+}
+
 /// A running operator.
 pub struct Operator {
     /// Where `/healthz`, `/readyz` and `/metrics` listen.
@@ -182,6 +249,7 @@ pub struct Operator {
     /// Whether this replica leads.
     pub leading: watch::Receiver<bool>,
     task: tokio::task::JoinHandle<()>,
+    tasks: Tasks,
     stop: CancellationToken,
 }
 
@@ -192,8 +260,10 @@ impl Operator {
         let _joined = self.task.await;
     }
 
-    /// Stop without releasing anything, as a crash would (for tests of fail-over).
+    /// Stop every task at once without releasing anything, as a crash would (for tests of
+    /// fail-over).
     pub fn kill(self) {
+        self.tasks.abort_all();
         self.task.abort();
     }
 }
@@ -214,8 +284,9 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
         .with_state(health);
+    let tasks = Tasks::default();
     let server_stop = stop.clone();
-    let server = tokio::spawn(async move {
+    let server = tasks.spawn(async move {
         let shutdown = async move { server_stop.cancelled().await };
         if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
             tracing::error!(error = %e, "metrics endpoint stopped");
@@ -223,15 +294,18 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
     });
 
     let (leading_tx, leading_rx) = watch::channel(config.leader_election.is_none());
+    // Without leader election the sender stays here, so the channel never closes: this
+    // replica leads until it stops.
+    let mut standalone = None;
     let election = match &config.leader_election {
         Some(lease) => {
             let api: Api<Lease> = Api::namespaced(client.clone(), &lease.namespace);
             let election_stop = CancellationToken::new();
-            let task = tokio::spawn(leader::run(api, lease.clone(), leading_tx, election_stop.clone()));
+            let task = tasks.spawn(leader::run(api, lease.clone(), leading_tx, election_stop.clone()));
             Some((task, election_stop))
         }
         None => {
-            drop(leading_tx);
+            standalone = Some(leading_tx);
             None
         }
     };
@@ -251,7 +325,9 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
     let mut leading = leading_rx.clone();
     let run_stop = stop.clone();
     let concurrency = config.concurrency;
+    let inner_tasks = tasks.clone();
     let task = tokio::spawn(async move {
+        let _standalone = standalone;
         loop {
             // Standby: ready, but reconciling nothing, until this replica leads.
             ready.store(true, Ordering::Release);
@@ -269,12 +345,13 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
             ready.store(false, Ordering::Release);
             tracing::info!("leading: starting controllers");
             let controllers_stop = CancellationToken::new();
-            let controllers = tokio::spawn(run_controllers(
+            let controllers = inner_tasks.spawn(run_controllers(
                 client.clone(),
                 ctx.clone(),
                 concurrency,
                 ready.clone(),
                 controllers_stop.clone(),
+                inner_tasks.clone(),
             ));
             loop {
                 tokio::select! {
@@ -296,7 +373,7 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
         metrics.set_leader(false);
         let _stopped = server.await;
     });
-    Ok(Operator { metrics_addr, leading: leading_rx, task, stop })
+    Ok(Operator { metrics_addr, leading: leading_rx, task, tasks, stop })
 }
 
 async fn run_controllers(
@@ -305,6 +382,7 @@ async fn run_controllers(
     concurrency: u16,
     ready: Arc<AtomicBool>,
     stop: CancellationToken,
+    tasks: Tasks,
 ) {
     let mds: Api<ModelDeployment> = Api::all(client.clone());
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=flywheel");
@@ -314,20 +392,33 @@ async fn run_controllers(
         .with_config(ControllerConfig::default().concurrency(concurrency));
     let store = controller.store();
     let ready_flag = ready.clone();
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         if store.wait_until_ready().await.is_ok() {
             ready_flag.store(true, Ordering::Release);
             tracing::info!("caches synced");
         }
     });
     let shutdown = stop.clone();
-    controller
+    let run = controller
         .graceful_shutdown_on(async move { shutdown.cancelled().await })
         .run(model_deployment::reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "controller event");
             }
-        })
-        .await;
+        });
+    // Graceful shutdown lets reconciles in flight finish, for at most GRACE. A controller stopped
+    // before its caches synced has nothing in flight and would wait for a sync that never
+    // comes: it stops at once.
+    const GRACE: Duration = Duration::from_secs(20);
+    let deadline = async move {
+        stop.cancelled().await;
+        if ready.load(Ordering::Acquire) {
+            tokio::time::sleep(GRACE).await;
+        }
+    };
+    tokio::select! {
+        () = run => {}
+        () = deadline => tracing::warn!("controllers did not stop within the grace period"),
+    }
 }

@@ -155,10 +155,10 @@ pub fn plan(
         }
         if wanted.version == stable.version {
             // Back to the stable version (for example a revert in Git): nothing to canary.
-            if wanted.uri != stable.uri {
-                if let Some(s) = status.stable.as_mut() {
-                    s.uri = wanted.uri.clone();
-                }
+            if wanted.uri != stable.uri
+                && let Some(s) = status.stable.as_mut()
+            {
+                s.uri = wanted.uri.clone();
             }
         } else if status.canary.is_none() {
             start_canary(&mut status, &rollout, &wanted, None, now, &mut transitions);
@@ -166,13 +166,12 @@ pub fn plan(
     }
 
     // A version handed over by a RetrainJob starts a canary when none runs.
-    if status.canary.is_none() {
-        if let Some(candidate) = status.candidate.take() {
-            if candidate.version != stable.version {
-                let model = ModelRef { version: candidate.version.clone(), uri: candidate.uri.clone() };
-                start_canary(&mut status, &rollout, &model, candidate.lineage.clone(), now, &mut transitions);
-            }
-        }
+    if status.canary.is_none()
+        && let Some(candidate) = status.candidate.take()
+        && candidate.version != stable.version
+    {
+        let model = ModelRef { version: candidate.version.clone(), uri: candidate.uri.clone() };
+        start_canary(&mut status, &rollout, &model, candidate.lineage.clone(), now, &mut transitions);
     }
 
     let Some(mut canary) = status.canary.clone() else {

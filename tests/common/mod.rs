@@ -61,6 +61,11 @@ impl Cluster {
 
     /// As [`Self::start`], with settings for the simulated cluster.
     pub async fn start_with(config: SimConfig) -> Self {
+        // Logs of the code under test, when RUST_LOG asks for them.
+        let _already = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         if let Ok(path) = std::env::var(KUBECONFIG_ENV) {
             let kubeconfig =
                 kube::config::Kubeconfig::read_from(&path).unwrap_or_else(|e| panic!("{KUBECONFIG_ENV}={path}: {e}"));

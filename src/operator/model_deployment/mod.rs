@@ -126,21 +126,21 @@ async fn check_references(
             }
         }
     }
-    if let Some(traffic) = &md.spec.traffic {
-        if traffic.mode == TrafficMode::GatewayApi {
-            let name = traffic.http_route_ref.as_ref().map(|r| r.name.clone()).unwrap_or_default();
-            let found = match route_api(ctx, ns).get_opt(&name).await {
-                Ok(route) => route.is_some(),
-                // The HTTPRoute kind itself is not served: Gateway API is not installed.
-                Err(kube::Error::Api(s)) if s.code == 404 => false,
-                Err(e) => return Err(kube_err(format!("reading HTTPRoute {name}"))(e)),
-            };
-            if !found {
-                return Ok(Some(Missing {
-                    reason: "MissingHTTPRoute",
-                    message: format!("HTTPRoute {ns}/{name} named by spec.traffic.httpRouteRef does not exist"),
-                }));
-            }
+    if let Some(traffic) = &md.spec.traffic
+        && traffic.mode == TrafficMode::GatewayApi
+    {
+        let name = traffic.http_route_ref.as_ref().map(|r| r.name.clone()).unwrap_or_default();
+        let found = match route_api(ctx, ns).get_opt(&name).await {
+            Ok(route) => route.is_some(),
+            // The HTTPRoute kind itself is not served: Gateway API is not installed.
+            Err(kube::Error::Api(s)) if s.code == 404 => false,
+            Err(e) => return Err(kube_err(format!("reading HTTPRoute {name}"))(e)),
+        };
+        if !found {
+            return Ok(Some(Missing {
+                reason: "MissingHTTPRoute",
+                message: format!("HTTPRoute {ns}/{name} named by spec.traffic.httpRouteRef does not exist"),
+            }));
         }
     }
     Ok(None)
@@ -451,7 +451,10 @@ async fn write_status(
     }
     let ns = md.namespace().unwrap_or_default();
     let api: Api<ModelDeployment> = Api::namespaced(ctx.client.clone(), &ns);
-    let patch = json!({"status": next});
+    // A merge patch names removed fields with null (a finished canary, a consumed action).
+    let before = serde_json::to_value(current).unwrap_or(Value::Null);
+    let after = serde_json::to_value(next).unwrap_or(Value::Null);
+    let patch = json!({"status": super::merge_patch_between(&before, &after)});
     api.patch_status(&md.name_any(), &PatchParams::default(), &Patch::Merge(patch))
         .await
         .map_err(kube_err("writing status"))?;

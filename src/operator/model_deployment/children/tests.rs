@@ -2,7 +2,7 @@ use super::*;
 use crate::api::model_deployment::ModelDeployment;
 
 fn sample() -> ModelDeploymentSpec {
-    let md: ModelDeployment = serde_yaml::from_str(include_str!("../../../config/samples/modeldeployment.yaml"))
+    let md: ModelDeployment = serde_yaml::from_str(include_str!("../../../../config/samples/modeldeployment.yaml"))
         .unwrap_or_else(|e| panic!("{e}"));
     md.spec
 }

@@ -1,0 +1,459 @@
+//! The ModelDeployment controller against the cluster under test (the simulated one, or a real
+//! one named by `FLYWHEEL_E2E_KUBECONFIG` with a stand-in kubelet), each test in its own
+//! namespace, the operator running in process.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Cluster, eventually};
+use flywheel::api::model_deployment::{CanaryStep, Gate, HistoryType, RolloutAction, RolloutSpec};
+use flywheel::api::{ConditionStatus, ModelDeployment};
+use flywheel::operator::{self, Operator, OperatorConfig};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+fn sample(replicas: i32) -> ModelDeployment {
+    let mut md: ModelDeployment =
+        serde_yaml::from_str(include_str!("../config/samples/modeldeployment.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    md.spec.replicas = Some(replicas);
+    md
+}
+
+fn pause_steps(seconds: i64) -> RolloutSpec {
+    RolloutSpec {
+        steps: vec![
+            CanaryStep { weight: 25, gate: Gate::Pause, pause_seconds: Some(seconds), deadline_seconds: 600 },
+            CanaryStep { weight: 50, gate: Gate::Pause, pause_seconds: Some(seconds), deadline_seconds: 600 },
+        ],
+        ..RolloutSpec::default()
+    }
+}
+
+async fn start_operator(cluster: &Cluster) -> Operator {
+    operator::start(cluster.client.clone(), OperatorConfig::local()).await.unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn condition(md: &ModelDeployment, type_: &str) -> Option<(ConditionStatus, String)> {
+    md.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_).map(|c| (c.status, c.reason.clone()))
+}
+
+async fn until<F>(api: &Api<ModelDeployment>, name: &str, what: &str, secs: u64, check: F) -> ModelDeployment
+where
+    F: Fn(&ModelDeployment) -> bool,
+{
+    let found = eventually(Duration::from_secs(secs), || {
+        let api = api.clone();
+        let name = name.to_string();
+        let check = &check;
+        async move {
+            let md = api.get(&name).await.ok()?;
+            check(&md).then_some(md)
+        }
+    })
+    .await;
+    match found {
+        Some(md) => md,
+        None => {
+            let last = api.get(name).await.ok().and_then(|m| m.status).map(|s| format!("{s:?}")).unwrap_or_default();
+            panic!("{name} never reached: {what}; last status: {last}")
+        }
+    }
+}
+
+fn is_ready(md: &ModelDeployment) -> bool {
+    condition(md, "Ready").is_some_and(|(s, _)| s == ConditionStatus::True)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sample_becomes_ready_with_its_children() {
+    let cluster = Cluster::start().await;
+    cluster.install_crds().await;
+    let ns = cluster.namespace("md-ready").await;
+    let op = start_operator(&cluster).await;
+    let api: Api<ModelDeployment> = Api::namespaced(cluster.client.clone(), &ns.name);
+    api.create(&PostParams::default(), &sample(2)).await.unwrap_or_else(|e| panic!("{e}"));
+    let md = until(&api, "support-chat", "Ready", 60, is_ready).await;
+    let status = md.status.clone().unwrap_or_default();
+    assert_eq!(status.stable.as_ref().map(|s| (s.version.as_str(), s.replicas, s.ready_replicas)), Some(("v1", 2, 2)));
+    assert_eq!((status.replicas, status.ready_replicas), (2, 2));
+    assert_eq!(status.selector.as_deref(), Some("flywheel.dev/model-deployment=support-chat"));
+    assert_eq!(status.observed_generation, md.metadata.generation);
+    assert_eq!(condition(&md, "Stalled").map(|c| c.0), Some(ConditionStatus::False));
+    assert_eq!(condition(&md, "Reconciling").map(|c| c.0), Some(ConditionStatus::False));
+
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let d = deployments.get("support-chat-stable").await.unwrap_or_else(|e| panic!("{e}"));
+    let owner = d.metadata.owner_references.clone().unwrap_or_default();
+    assert_eq!(owner.first().map(|o| (o.kind.as_str(), o.controller)), Some(("ModelDeployment", Some(true))));
+    let managers: Vec<String> =
+        d.metadata.managed_fields.clone().unwrap_or_default().into_iter().filter_map(|m| m.manager).collect();
+    assert!(managers.contains(&"flywheel".to_string()), "applied with field manager flywheel: {managers:?}");
+    let spec = d.spec.clone().unwrap_or_default();
+    assert_eq!(spec.replicas, Some(2));
+    let pod = spec.template.spec.clone().unwrap_or_default();
+    let c = &pod.containers[0];
+    assert_eq!(c.image.as_deref(), Some("vllm/vllm-openai:v0.8.5"));
+    let limits = c.resources.clone().and_then(|r| r.limits).unwrap_or_default();
+    assert_eq!(limits.get("nvidia.com/gpu").map(|q| q.0.as_str()), Some("1"));
+    assert_eq!(c.readiness_probe.clone().and_then(|p| p.http_get).map(|h| h.path), Some(Some("/health".to_string())));
+    assert_eq!(c.startup_probe.clone().and_then(|p| p.failure_threshold), Some(60));
+    let env: Vec<(String, Option<String>)> =
+        c.env.clone().unwrap_or_default().into_iter().map(|e| (e.name, e.value)).collect();
+    for (k, v) in [
+        ("FLYWHEEL_MODEL_VERSION", "v1"),
+        ("FLYWHEEL_MODEL_URI", "hf://Qwen/Qwen2.5-0.5B-Instruct"),
+        ("FLYWHEEL_MODEL_DIR", "/models"),
+        ("VLLM_LOGGING_LEVEL", "INFO"),
+    ] {
+        assert!(env.contains(&(k.to_string(), Some(v.to_string()))), "{k}={v} in {env:?}");
+    }
+    let init = pod.init_containers.clone().unwrap_or_default();
+    assert_eq!(
+        init.first().and_then(|i| i.args.clone()),
+        Some(vec!["fetch-model".to_string(), "hf://Qwen/Qwen2.5-0.5B-Instruct".to_string(), "/models".to_string()])
+    );
+    assert!(pod.volumes.clone().unwrap_or_default().iter().any(|v| v.name == "model" && v.empty_dir.is_some()));
+    assert_eq!(
+        pod.tolerations.clone().unwrap_or_default().first().and_then(|t| t.key.clone()).as_deref(),
+        Some("nvidia.com/gpu")
+    );
+    assert_eq!(
+        pod.node_selector.clone().unwrap_or_default().get("nvidia.com/gpu.present").map(String::as_str),
+        Some("true")
+    );
+
+    let services: Api<Service> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let all = services.get("support-chat").await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        all.spec.and_then(|s| s.selector).unwrap_or_default().len(),
+        1,
+        "the shared Service selects both tracks"
+    );
+    let stable = services.get("support-chat-stable").await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        stable.spec.and_then(|s| s.selector).and_then(|s| s.get("flywheel.dev/track").cloned()).as_deref(),
+        Some("stable")
+    );
+    assert!(services.get_opt("support-chat-canary").await.unwrap_or_else(|e| panic!("{e}")).is_none());
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(cluster.client.clone(), &ns.name);
+    assert!(pdbs.get_opt("support-chat").await.unwrap_or_else(|e| panic!("{e}")).is_some());
+    op.shutdown().await;
+    ns.cleanup().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_change_canaries_to_promotion_and_an_abort_returns_to_stable() {
+    let cluster = Cluster::start().await;
+    cluster.install_crds().await;
+    let ns = cluster.namespace("md-canary").await;
+    let op = start_operator(&cluster).await;
+    let api: Api<ModelDeployment> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let mut md = sample(4);
+    md.spec.rollout = Some(pause_steps(1));
+    api.create(&PostParams::default(), &md).await.unwrap_or_else(|e| panic!("{e}"));
+    until(&api, "support-chat", "Ready", 60, is_ready).await;
+
+    let pp = PatchParams::default();
+    api.patch(
+        "support-chat",
+        &pp,
+        &Patch::Merge(json!({"spec": {"model": {"version": "v2", "uri": "hf://Qwen/Qwen2.5-0.5B-Instruct-v2"}}})),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let during = until(&api, "support-chat", "a canary of v2", 30, |m| {
+        m.status.as_ref().and_then(|s| s.canary.as_ref()).is_some_and(|c| c.version == "v2")
+    })
+    .await;
+    assert_eq!(condition(&during, "Progressing").map(|c| c.0), Some(ConditionStatus::True));
+    assert!(!is_ready(&during), "not Ready while a canary runs");
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let canary = eventually(Duration::from_secs(20), || {
+        let deployments = deployments.clone();
+        async move { deployments.get_opt("support-chat-canary").await.ok().flatten() }
+    })
+    .await
+    .unwrap_or_else(|| panic!("no canary Deployment"));
+    assert_eq!(canary.spec.and_then(|s| s.replicas), Some(1), "25% of 4 replicas");
+    let promoted = until(&api, "support-chat", "v2 promoted", 60, |m| {
+        m.status.as_ref().and_then(|s| s.stable.as_ref()).is_some_and(|s| s.version == "v2") && is_ready(m)
+    })
+    .await;
+    let history = promoted.status.clone().unwrap_or_default().history;
+    assert_eq!(
+        history.last().map(|h| (h.type_, h.version.as_str(), h.previous_version.as_deref())),
+        Some((HistoryType::Promoted, "v2", Some("v1")))
+    );
+    let gone = eventually(Duration::from_secs(20), || {
+        let deployments = deployments.clone();
+        async move { deployments.get_opt("support-chat-canary").await.ok().and_then(|d| d.is_none().then_some(())) }
+    })
+    .await;
+    assert!(gone.is_some(), "the canary track is removed after promotion");
+    let stable = deployments.get("support-chat-stable").await.unwrap_or_else(|e| panic!("{e}"));
+    let labels = stable.spec.and_then(|s| s.template.metadata).and_then(|m| m.labels).unwrap_or_default();
+    assert_eq!(labels.get("flywheel.dev/version").map(String::as_str), Some("v2"));
+
+    // Abort: a long pause, then `flywheel rollout abort`.
+    api.patch("support-chat", &pp, &Patch::Merge(json!({"spec": {"rollout": {"steps": [{"weight": 25, "gate": "Pause", "pauseSeconds": 3600}]}, "model": {"version": "v3", "uri": "hf://Qwen/Qwen2.5-0.5B-Instruct-v3"}}}))).await.unwrap_or_else(|e| panic!("{e}"));
+    until(&api, "support-chat", "a canary of v3", 30, |m| {
+        m.status.as_ref().and_then(|s| s.canary.as_ref()).is_some_and(|c| c.version == "v3")
+    })
+    .await;
+    flywheel::rollout_cli::request(cluster.client.clone(), &ns.name, "support-chat", RolloutAction::Abort, "test")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let aborted = until(&api, "support-chat", "v3 aborted", 30, |m| {
+        m.status.as_ref().is_some_and(|s| s.canary.is_none() && s.history.iter().any(|h| h.version == "v3"))
+    })
+    .await;
+    let status = aborted.status.unwrap_or_default();
+    assert_eq!(status.stable.map(|s| s.version), Some("v2".to_string()));
+    assert_eq!(
+        status.history.last().map(|h| (h.type_, h.reason.as_str())),
+        Some((HistoryType::Aborted, "ManualAbort"))
+    );
+    let events: Api<Event> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    for r in ["Deployed", "CanaryStarted", "StepAdvanced", "Promoted", "Aborted"] {
+        assert!(reasons.iter().any(|x| x == r), "an Event {r}: {reasons:?}");
+    }
+    op.shutdown().await;
+    ns.cleanup().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_operator_resumes_the_rollout_where_it_was() {
+    let cluster = Cluster::start().await;
+    cluster.install_crds().await;
+    let ns = cluster.namespace("md-restart").await;
+    let op = start_operator(&cluster).await;
+    let api: Api<ModelDeployment> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let mut md = sample(2);
+    md.spec.rollout = Some(RolloutSpec {
+        steps: vec![
+            CanaryStep { weight: 20, gate: Gate::Manual, pause_seconds: None, deadline_seconds: 3600 },
+            CanaryStep { weight: 60, gate: Gate::Manual, pause_seconds: None, deadline_seconds: 3600 },
+        ],
+        ..RolloutSpec::default()
+    });
+    api.create(&PostParams::default(), &md).await.unwrap_or_else(|e| panic!("{e}"));
+    until(&api, "support-chat", "Ready", 60, is_ready).await;
+    api.patch("support-chat", &PatchParams::default(), &Patch::Merge(json!({"spec": {"model": {"version": "v2"}}})))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let before = until(&api, "support-chat", "step 0 clock running", 30, |m| {
+        m.status.as_ref().and_then(|s| s.canary.as_ref()).is_some_and(|c| c.step_started_at.is_some())
+    })
+    .await;
+    let canary_before = before.status.clone().and_then(|s| s.canary).unwrap_or_default();
+    op.kill();
+    let op = start_operator(&cluster).await;
+    flywheel::rollout_cli::request(cluster.client.clone(), &ns.name, "support-chat", RolloutAction::Promote, "test")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let after = until(&api, "support-chat", "step 1", 30, |m| {
+        m.status.as_ref().and_then(|s| s.canary.as_ref()).is_some_and(|c| c.step == 1)
+    })
+    .await;
+    let canary_after = after.status.and_then(|s| s.canary).unwrap_or_default();
+    assert_eq!(canary_after.started_at, canary_before.started_at, "the same rollout continued, not a new one");
+    assert_eq!(canary_after.weight, 60);
+    op.shutdown().await;
+    ns.cleanup().await;
+    cluster.stop().await;
+}
+
+fn reconciles(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("flywheel_reconciles_total{") && l.contains("modeldeployment"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn scrape(op: &Operator) -> String {
+    let addr = op.metrics_addr;
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(addr).ok()?;
+        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+        let mut out = String::new();
+        stream.read_to_string(&mut out).ok()?;
+        Some(out)
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_object_costs_no_write() {
+    let cluster = Cluster::start().await;
+    let Some(sim) = cluster.sim_only("counts write requests at the server") else { return };
+    cluster.install_crds().await;
+    let ns = cluster.namespace("md-quiet").await;
+    let op = start_operator(&cluster).await;
+    let api: Api<ModelDeployment> = Api::namespaced(cluster.client.clone(), &ns.name);
+    api.create(&PostParams::default(), &sample(2)).await.unwrap_or_else(|e| panic!("{e}"));
+    until(&api, "support-chat", "Ready", 60, is_ready).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let writes_before: u64 = sim.write_requests().values().sum();
+    let reconciles_before = reconciles(&scrape(&op).await);
+    // A label change makes the controller look again; nothing it owns needs to change.
+    api.patch(
+        "support-chat",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let looked = eventually(Duration::from_secs(10), || async {
+        (reconciles(&scrape(&op).await) > reconciles_before).then_some(())
+    })
+    .await;
+    assert!(looked.is_some(), "the controller reconciled again");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writes_after: u64 = sim.write_requests().values().sum();
+    assert_eq!(writes_after, writes_before + 1, "only the test's own label patch wrote: {:?}", sim.write_requests());
+    let metrics = scrape(&op).await;
+    for name in [
+        "flywheel_reconcile_duration_seconds_bucket",
+        "flywheel_reconciles_in_flight",
+        "flywheel_reconcile_queue_depth",
+        "flywheel_leader",
+    ] {
+        assert!(metrics.contains(name), "{name} exported:\n{metrics}");
+    }
+    op.shutdown().await;
+    ns.cleanup().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_references_stall_with_a_reason_and_an_event() {
+    let cluster = Cluster::start().await;
+    cluster.install_crds().await;
+    let ns = cluster.namespace("md-stall").await;
+    let op = start_operator(&cluster).await;
+    let api: Api<ModelDeployment> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let mut pvc = sample(1);
+    pvc.metadata.name = Some("from-pvc".into());
+    pvc.spec.model.uri = "pvc://models/qwen".into();
+    api.create(&PostParams::default(), &pvc).await.unwrap_or_else(|e| panic!("{e}"));
+    let mut routed = sample(1);
+    routed.metadata.name = Some("routed".into());
+    routed.spec.traffic = serde_json::from_value(json!({"mode": "GatewayAPI", "httpRouteRef": {"name": "absent"}}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    api.create(&PostParams::default(), &routed).await.unwrap_or_else(|e| panic!("{e}"));
+    for (name, reason) in [("from-pvc", "MissingPersistentVolumeClaim"), ("routed", "MissingHTTPRoute")] {
+        let md = until(&api, name, reason, 30, |m| {
+            condition(m, "Stalled").is_some_and(|(s, r)| s == ConditionStatus::True && r == reason)
+        })
+        .await;
+        assert!(!is_ready(&md));
+    }
+    let events: Api<Event> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let found = eventually(Duration::from_secs(10), || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            let reasons: Vec<String> = list
+                .items
+                .into_iter()
+                .filter(|e| e.type_.as_deref() == Some("Warning"))
+                .filter_map(|e| e.reason)
+                .collect();
+            (reasons.iter().any(|r| r == "MissingPersistentVolumeClaim")
+                && reasons.iter().any(|r| r == "MissingHTTPRoute"))
+            .then_some(())
+        }
+    })
+    .await;
+    assert!(found.is_some(), "Warning Events name the missing references");
+    op.shutdown().await;
+    ns.cleanup().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_reconciles_and_a_killed_leader_is_replaced_within_the_lease() {
+    let cluster = Cluster::start().await;
+    cluster.install_crds().await;
+    let ns = cluster.namespace("md-leader").await;
+    let lease = |identity: &str| operator::leader::LeaseConfig {
+        name: format!("flywheel-{}", ns.name),
+        namespace: ns.name.clone(),
+        identity: identity.to_string(),
+        lease_duration: Duration::from_secs(3),
+        renew_deadline: Duration::from_secs(2),
+        retry_period: Duration::from_millis(300),
+    };
+    let config = |identity: &str| OperatorConfig { leader_election: Some(lease(identity)), ..OperatorConfig::local() };
+    let a = operator::start(cluster.client.clone(), config("a")).await.unwrap_or_else(|e| panic!("{e}"));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let b = operator::start(cluster.client.clone(), config("b")).await.unwrap_or_else(|e| panic!("{e}"));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(*a.leading.borrow(), "the first replica leads");
+    assert!(!*b.leading.borrow(), "the second stands by");
+    let api: Api<ModelDeployment> = Api::namespaced(cluster.client.clone(), &ns.name);
+    api.create(&PostParams::default(), &sample(1)).await.unwrap_or_else(|e| panic!("{e}"));
+    until(&api, "support-chat", "Ready", 60, is_ready).await;
+    assert_eq!(reconciles(&scrape(&b).await), 0.0, "the standby reconciled nothing");
+    assert!(reconciles(&scrape(&a).await) > 0.0);
+    let b_leading = b.leading.clone();
+    let killed_at = tokio::time::Instant::now();
+    a.kill();
+    let took_over = eventually(Duration::from_secs(10), || {
+        let b_leading = b_leading.clone();
+        async move { (*b_leading.borrow()).then_some(()) }
+    })
+    .await;
+    assert!(took_over.is_some(), "the standby took over");
+    let handover = killed_at.elapsed();
+    assert!(
+        handover <= Duration::from_secs(3) + Duration::from_millis(1500),
+        "handover within the lease: {handover:?}"
+    );
+    // The new leader reconciles: a change is carried out.
+    api.patch("support-chat", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 2}})))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    until(&api, "support-chat", "2 ready replicas", 30, |m| m.status.as_ref().is_some_and(|s| s.ready_replicas == 2))
+        .await;
+    // A graceful shutdown releases the lease at once.
+    let c = operator::start(cluster.client.clone(), config("c")).await.unwrap_or_else(|e| panic!("{e}"));
+    let c_leading = c.leading.clone();
+    let stopped_at = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(20), b.shutdown()).await.unwrap_or_else(|_| panic!("b did not shut down"));
+    let next = eventually(Duration::from_secs(10), || {
+        let c_leading = c_leading.clone();
+        async move { (*c_leading.borrow()).then_some(()) }
+    })
+    .await;
+    assert!(next.is_some());
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(2),
+        "a released lease is taken without waiting for expiry: {:?}",
+        stopped_at.elapsed()
+    );
+    tokio::time::timeout(Duration::from_secs(20), c.shutdown()).await.unwrap_or_else(|_| panic!("c did not shut down"));
+    ns.cleanup().await;
+    cluster.stop().await;
+}
