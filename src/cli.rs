@@ -43,6 +43,8 @@ pub enum Command {
     Crds(CrdsArgs),
     /// Show, promote or abort a ModelDeployment's rollout.
     Rollout(RolloutArgs),
+    /// Fetch a model into a directory (the init container of inference pods).
+    FetchModel(FetchModelArgs),
 }
 
 /// `flywheel operator`.
@@ -184,6 +186,15 @@ pub struct DemoArgs {
     /// Where to write a kubeconfig for the simulated cluster.
     #[arg(long)]
     pub kubeconfig_out: Option<PathBuf>,
+}
+
+/// `flywheel fetch-model`.
+#[derive(Debug, Args)]
+pub struct FetchModelArgs {
+    /// The model URI (`s3://`, `gs://`, `https://`, `hf://`).
+    pub uri: String,
+    /// The directory to fetch into.
+    pub dir: PathBuf,
 }
 
 /// `flywheel crds`.

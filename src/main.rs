@@ -18,6 +18,7 @@ fn main() -> ExitCode {
         },
         Command::Operator(args) => run_async(run_operator(args)),
         Command::Rollout(args) => run_async(run_rollout(args)),
+        Command::FetchModel(_) => not_implemented("fetch-model"),
         Command::Collector(_) => not_implemented("collector"),
         Command::Agent(_) => not_implemented("agent"),
         Command::Sim(args) => run_async(run_sim(args)),

@@ -428,7 +428,9 @@ async fn only_the_leader_reconciles_and_a_killed_leader_is_replaced_within_the_l
     assert!(took_over.is_some(), "the standby took over");
     let handover = killed_at.elapsed();
     assert!(
-        handover <= Duration::from_secs(3) + Duration::from_millis(1500),
+        // The lease (3 s) runs out, then the standby's next try (every 300 ms) takes it; the
+        // rest is slack for a loaded machine.
+        handover <= Duration::from_secs(3) + Duration::from_millis(300) + Duration::from_secs(2),
         "handover within the lease: {handover:?}"
     );
     // The new leader reconciles: a change is carried out.
@@ -449,7 +451,8 @@ async fn only_the_leader_reconciles_and_a_killed_leader_is_replaced_within_the_l
     .await;
     assert!(next.is_some());
     assert!(
-        stopped_at.elapsed() < Duration::from_secs(2),
+        // Released: no wait for expiry (3 s), only the next try.
+        stopped_at.elapsed() < Duration::from_millis(2900),
         "a released lease is taken without waiting for expiry: {:?}",
         stopped_at.elapsed()
     );

@@ -1,0 +1,28 @@
+//! Components not built yet say so and exit non-zero, so a pod or a script never mistakes them
+//! for working ones.
+
+use std::process::Command;
+
+#[test]
+fn unbuilt_components_exit_non_zero_with_a_clear_message() {
+    for args in [
+        vec!["collector"],
+        vec!["agent", "--listen", "127.0.0.1:0", "--upstream", "http://127.0.0.1:1", "--model-version", "v1"],
+        vec!["demo"],
+        vec!["fetch-model", "hf://org/model", "/tmp/m"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_flywheel")).args(&args).output().unwrap_or_else(|e| panic!("{e}"));
+        assert!(!out.status.success(), "{args:?} must fail until it is built");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("not implemented yet"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn help_lists_every_component() {
+    let out = Command::new(env!("CARGO_BIN_EXE_flywheel")).arg("--help").output().unwrap_or_else(|e| panic!("{e}"));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for c in ["operator", "collector", "agent", "sim", "demo", "crds", "rollout", "fetch-model"] {
+        assert!(help.contains(c), "--help lists {c}: {help}");
+    }
+}
