@@ -1033,3 +1033,38 @@ async fn gateway_api_httproutes_work_once_their_crd_is_applied() {
     ns.cleanup().await;
     cluster.stop().await;
 }
+
+#[tokio::test]
+async fn delete_preconditions_guard_against_stale_deletes() {
+    let cluster = Cluster::start().await;
+    let ns = cluster.namespace("precond").await;
+    let api: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "p"}})).unwrap_or_else(|e| panic!("{e}"));
+    let created = api.create(&PostParams::default(), &cm).await.unwrap_or_else(|e| panic!("{e}"));
+    let stale = DeleteParams {
+        preconditions: Some(kube::api::Preconditions { uid: None, resource_version: Some("1".into()) }),
+        ..DeleteParams::default()
+    };
+    let err = api_error(api.delete("p", &stale).await.err().unwrap_or_else(|| panic!("stale delete accepted")));
+    assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
+    assert!(err.message.contains("Precondition failed: ResourceVersion in precondition: 1"), "{}", err.message);
+    let wrong_uid = DeleteParams {
+        preconditions: Some(kube::api::Preconditions { uid: Some("not-it".into()), resource_version: None }),
+        ..DeleteParams::default()
+    };
+    assert_eq!(
+        api_error(api.delete("p", &wrong_uid).await.err().unwrap_or_else(|| panic!("wrong uid accepted"))).code,
+        409
+    );
+    let right = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: created.metadata.uid.clone(),
+            resource_version: created.metadata.resource_version.clone(),
+        }),
+        ..DeleteParams::default()
+    };
+    api.delete("p", &right).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(api.get_opt("p").await.unwrap_or_else(|e| panic!("{e}")).is_none());
+    ns.cleanup().await;
+    cluster.stop().await;
+}

@@ -1024,29 +1024,16 @@ impl Core {
         state.counters.writes += 1;
         let key = Self::key(&t, namespace, name);
         let current = state.objects.get(&key).map(|o| Value::clone(o)).ok_or_else(|| ApiError::not_found(&t, name))?;
-        if let Some(uid) = &opts.uid
-            && meta_str(&current, "uid") != Some(uid.as_str())
-        {
-            return Err(ApiError::conflict(
-                &t,
-                name,
-                &format!(
-                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                    meta_str(&current, "uid").unwrap_or_default()
-                ),
-            ));
-        }
-        if let Some(rv) = &opts.resource_version
-            && meta_str(&current, "resourceVersion") != Some(rv.as_str())
-        {
-            return Err(ApiError::conflict(
-                &t,
-                name,
-                &format!(
-                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
-                    meta_str(&current, "resourceVersion").unwrap_or_default()
-                ),
-            ));
+        let preconditions = [("UID", "uid", &opts.uid), ("ResourceVersion", "resourceVersion", &opts.resource_version)];
+        for (label, field, wanted) in preconditions {
+            if let Some(wanted) = wanted
+                && meta_str(&current, field) != Some(wanted.as_str())
+            {
+                let actual = meta_str(&current, field).unwrap_or_default();
+                let why =
+                    format!("Precondition failed: {label} in precondition: {wanted}, {label} in object meta: {actual}");
+                return Err(ApiError::conflict(&t, name, &why));
+            }
         }
         let mut obj = current.clone();
         let mut finalizers: Vec<Value> =

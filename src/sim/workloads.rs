@@ -157,14 +157,28 @@ fn list(core: &Core, gvr: &Gvr) -> Vec<Value> {
         .unwrap_or_default()
 }
 
+/// Pods by the uid of each owner, read once per pass (a pass over many Deployments stays linear).
+type PodsByOwner = BTreeMap<String, Vec<Value>>;
+
+fn pods_by_owner(core: &Core) -> PodsByOwner {
+    let mut by_owner: PodsByOwner = BTreeMap::new();
+    for pod in list(core, &gvr_pods()) {
+        for uid in owner_uids(&pod) {
+            by_owner.entry(uid).or_default().push(pod.clone());
+        }
+    }
+    by_owner
+}
+
 fn reconcile_all(core: &Core) {
     garbage_collect(core);
     namespaces(core);
+    let pods = pods_by_owner(core);
     for d in list(core, &gvr_deployments()) {
-        deployment(core, &d);
+        deployment(core, &d, &pods);
     }
     for j in list(core, &gvr_jobs()) {
-        job(core, &j);
+        job(core, &j, &pods);
     }
 }
 
@@ -272,16 +286,9 @@ fn namespaces(core: &Core) {
     }
 }
 
-fn pods_owned_by(core: &Core, owner: &Value) -> Vec<Value> {
+fn pods_owned_by(pods: &PodsByOwner, owner: &Value) -> Vec<Value> {
     let uid = s(owner, "/metadata/uid").unwrap_or_default();
-    let ns = s(owner, "/metadata/namespace");
-    core.list(&gvr_pods(), ns, &ListOptions::default())
-        .ok()
-        .and_then(|l| l.get("items").and_then(Value::as_array).cloned())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|p| owner_uids(p).iter().any(|u| u == uid))
-        .collect()
+    pods.get(uid).cloned().unwrap_or_default()
 }
 
 fn is_ready(pod: &Value) -> bool {
@@ -339,7 +346,7 @@ fn condition(type_: &str, status: bool, reason: &str, message: &str, previous: O
 
 /// The Deployment controller: pods of the current template (by hash), scaled to spec.replicas;
 /// old pods removed once the new ones are ready; status as the real controller reports it.
-fn deployment(core: &Core, d: &Value) {
+fn deployment(core: &Core, d: &Value, pods: &PodsByOwner) {
     if d.pointer("/metadata/deletionTimestamp").is_some() {
         return;
     }
@@ -349,7 +356,7 @@ fn deployment(core: &Core, d: &Value) {
     let name = s(d, "/metadata/name").unwrap_or_default().to_string();
     let ns = s(d, "/metadata/namespace").map(str::to_string);
     let pods: Vec<Value> =
-        pods_owned_by(core, d).into_iter().filter(|p| p.pointer("/metadata/deletionTimestamp").is_none()).collect();
+        pods_owned_by(pods, d).into_iter().filter(|p| p.pointer("/metadata/deletionTimestamp").is_none()).collect();
     let (current, old): (Vec<Value>, Vec<Value>) =
         pods.into_iter().partition(|p| s(p, "/metadata/labels/pod-template-hash") == Some(hash.as_str()));
     if current.len() < desired {
@@ -496,7 +503,7 @@ fn job_condition(type_: &str, reason: &str, message: &str) -> Value {
 /// The Job controller: one pod at a time (parallelism and completions 1), backoffLimit,
 /// podFailurePolicy (FailJob, Ignore, Count), activeDeadlineSeconds, and the two terminal
 /// conditions a real Job gets.
-fn job(core: &Core, j: &Value) {
+fn job(core: &Core, j: &Value, pods: &PodsByOwner) {
     if j.pointer("/metadata/deletionTimestamp").is_some() || job_finished(j) {
         return;
     }
@@ -505,7 +512,7 @@ fn job(core: &Core, j: &Value) {
     }
     let ns = s(j, "/metadata/namespace").map(str::to_string);
     let name = s(j, "/metadata/name").unwrap_or_default().to_string();
-    let pods = pods_owned_by(core, j);
+    let pods = pods_owned_by(pods, j);
     let backoff = j.pointer("/spec/backoffLimit").and_then(Value::as_i64).unwrap_or(6);
     let mut status = j.get("status").cloned().unwrap_or_else(|| json!({}));
     let start = status.get("startTime").and_then(Value::as_str).map(str::to_string).unwrap_or_else(now_rfc3339);
