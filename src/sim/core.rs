@@ -499,9 +499,16 @@ impl Core {
         let mut items = Vec::new();
         let mut remaining = 0usize;
         let mut last_key = None;
-        for (key, obj) in &state.objects {
+        // Keys sort by type, namespace, name: a list reads only its own range.
+        let first = Key {
+            group: t.group.clone(),
+            plural: t.plural.clone(),
+            namespace: namespace.filter(|_| t.namespaced).unwrap_or_default().to_string(),
+            name: String::new(),
+        };
+        for (key, obj) in state.objects.range(first..) {
             if key.group != t.group || key.plural != t.plural {
-                continue;
+                break;
             }
             if let Some(ns) = namespace.filter(|_| t.namespaced)
                 && key.namespace != ns
