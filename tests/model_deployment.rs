@@ -460,3 +460,80 @@ async fn only_the_leader_reconciles_and_a_killed_leader_is_replaced_within_the_l
     ns.cleanup().await;
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_api_traffic_follows_the_step_weight() {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    let cluster = Cluster::start().await;
+    cluster.install_crds().await;
+    let ns = cluster.namespace("md-route").await;
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"),
+        "httproutes",
+    );
+    if cluster.is_sim() {
+        let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+            Api::all(cluster.client.clone());
+        let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
+            serde_yaml::from_str(include_str!("fixtures/httproute-crd.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        crds.patch("httproutes.gateway.networking.k8s.io", &PatchParams::apply("tests").force(), &Patch::Apply(&crd))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let routes: Api<DynamicObject> = Api::namespaced_with(cluster.client.clone(), &ns.name, &ar);
+    let route: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "chat"},
+        "spec": {"parentRefs": [{"name": "gw"}], "rules": [{"backendRefs": [{"name": "support-chat", "port": 80}]}]}
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let created = eventually(Duration::from_secs(20), || {
+        let routes = routes.clone();
+        let route = route.clone();
+        async move { routes.create(&PostParams::default(), &route).await.ok() }
+    })
+    .await;
+    assert!(created.is_some(), "HTTPRoute created");
+    let op = start_operator(&cluster).await;
+    let api: Api<ModelDeployment> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let mut md = sample(2);
+    md.spec.traffic = serde_json::from_value(json!({"mode": "GatewayAPI", "httpRouteRef": {"name": "chat"}}))
+        .unwrap_or_else(|e| panic!("{e}"));
+    md.spec.rollout = Some(RolloutSpec {
+        steps: vec![CanaryStep { weight: 30, gate: Gate::Manual, pause_seconds: None, deadline_seconds: 3600 }],
+        ..RolloutSpec::default()
+    });
+    api.create(&PostParams::default(), &md).await.unwrap_or_else(|e| panic!("{e}"));
+    until(&api, "support-chat", "Ready", 60, is_ready).await;
+    let weights = |r: &DynamicObject| -> Vec<(String, i64)> {
+        r.data["spec"]["rules"][0]["backendRefs"]
+            .as_array()
+            .map(|refs| {
+                refs.iter()
+                    .map(|b| (b["name"].as_str().unwrap_or_default().to_string(), b["weight"].as_i64().unwrap_or(-1)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let stable_only = routes.get("chat").await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(weights(&stable_only), vec![("support-chat-stable".to_string(), 100)]);
+    api.patch("support-chat", &PatchParams::default(), &Patch::Merge(json!({"spec": {"model": {"version": "v2"}}})))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let split = eventually(Duration::from_secs(30), || {
+        let routes = routes.clone();
+        async move {
+            let r = routes.get("chat").await.ok()?;
+            let w = weights(&r);
+            (w == vec![("support-chat-stable".to_string(), 70), ("support-chat-canary".to_string(), 30)]).then_some(w)
+        }
+    })
+    .await;
+    assert!(
+        split.is_some(),
+        "the route carries the step's exact weight: {:?}",
+        weights(&routes.get("chat").await.unwrap_or_else(|e| panic!("{e}")))
+    );
+    op.shutdown().await;
+    ns.cleanup().await;
+    cluster.stop().await;
+}
