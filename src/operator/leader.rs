@@ -110,21 +110,19 @@ async fn try_acquire_or_renew(
         return Ok(false);
     }
     let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(holder != config.identity);
-    let acquire = if holder == config.identity {
-        spec.acquire_time.clone().map(|t| serde_json::to_value(t).unwrap_or_default())
-    } else {
-        None
-    };
-    let patch = json!({
+    let mut patch = json!({
         "metadata": {"resourceVersion": rv},
         "spec": {
             "holderIdentity": config.identity,
             "leaseDurationSeconds": duration_secs,
-            "acquireTime": acquire.unwrap_or_else(|| json!(now_micro())),
             "renewTime": now_micro(),
             "leaseTransitions": transitions,
         }
     });
+    // A renewal keeps acquireTime (a merge patch leaves what it omits); a take-over sets it.
+    if holder != config.identity {
+        patch["spec"]["acquireTime"] = json!(now_micro());
+    }
     match api.patch(&config.name, &PatchParams::default(), &Patch::Merge(patch)).await {
         Ok(updated) => {
             *observed = Some((updated.metadata.resource_version.unwrap_or_default(), Instant::now()));

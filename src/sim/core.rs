@@ -179,15 +179,6 @@ pub struct DeleteOptions {
     pub dry_run: bool,
 }
 
-/// Counts of requests, by verb class, for tests that assert "no write".
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
-    /// Creates, updates, patches and deletes that reached the store.
-    pub writes: u64,
-    /// Writes that changed nothing (no new resourceVersion).
-    pub noop_writes: u64,
-}
-
 struct State {
     registry: Registry,
     rv: u64,
@@ -196,7 +187,6 @@ struct State {
     log: VecDeque<Arc<Event>>,
     oldest_rv: u64,
     log_capacity: usize,
-    counters: Counters,
 }
 
 /// The in-memory API server state, shared by the HTTP layer and the simulated controllers.
@@ -230,11 +220,22 @@ fn metadata_mut(obj: &mut Value) -> &mut Map<String, Value> {
     }
 }
 
-fn random_suffix(n: usize) -> String {
+/// `n` characters of the alphabet the API server uses for generated names.
+pub(crate) fn random_suffix(n: usize) -> String {
     use rand::Rng;
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();
     (0..n).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+}
+
+/// FNV-1a of a string as hex: a stable hash for pod-template hashes and OpenAPI document hashes.
+pub(crate) fn fnv1a_hex(text: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
 }
 
 fn is_dns_subdomain(name: &str) -> bool {
@@ -327,7 +328,6 @@ impl Core {
                 log: VecDeque::new(),
                 oldest_rv: 100,
                 log_capacity: log_capacity.max(16),
-                counters: Counters::default(),
             }),
             events,
             changed: Notify::new(),
@@ -363,11 +363,6 @@ impl Core {
     /// The current resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.lock().rv
-    }
-
-    /// Request counters.
-    pub fn counters(&self) -> Counters {
-        self.lock().counters
     }
 
     /// Subscribe to every change.
@@ -590,7 +585,6 @@ impl Core {
     ) -> Result<Value, ApiError> {
         let mut state = self.lock();
         let t = Self::resolve(&state, gvr)?;
-        state.counters.writes += 1;
         let obj = self.prepare_create(&state, &t, namespace, body, opts)?;
         let name = meta_str(&obj, "name").unwrap_or_default().to_string();
         let key = Self::key(&t, namespace, &name);
@@ -603,7 +597,7 @@ impl Core {
         Ok(self.commit(&mut state, &t, key, Some(obj), None))
     }
 
-    fn check_namespace(state: &State, t: &ResourceType, namespace: Option<&str>) -> Result<(), ApiError> {
+    fn check_namespace(state: &State, t: &ResourceType, namespace: Option<&str>, name: &str) -> Result<(), ApiError> {
         if !t.namespaced {
             return Ok(());
         }
@@ -612,9 +606,8 @@ impl Core {
         match state.objects.get(&key) {
             None => Err(ApiError::not_found(state.registry.get("", "v1", "namespaces").unwrap_or(t), ns)),
             Some(n) if n.pointer("/metadata/deletionTimestamp").is_some() => Err(ApiError::forbidden(format!(
-                "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
                 t.qualified(),
-                "",
             ))),
             Some(_) => Ok(()),
         }
@@ -632,7 +625,6 @@ impl Core {
             return Err(ApiError::bad_request("the body of the request must be a JSON object"));
         }
         check_kind(t, &obj)?;
-        Self::check_namespace(state, t, namespace)?;
         {
             let meta = metadata_mut(&mut obj);
             if let (Some(ns), Some(body_ns)) = (namespace, meta.get("namespace").and_then(Value::as_str))
@@ -693,6 +685,8 @@ impl Core {
                 meta.remove("generation");
             }
         }
+        let name = meta_str(&obj, "name").unwrap_or_default().to_string();
+        Self::check_namespace(state, t, namespace, &name)?;
         obj["apiVersion"] = json!(t.api_version());
         obj["kind"] = json!(t.kind);
         if t.status
@@ -756,7 +750,6 @@ impl Core {
     ) -> Result<Value, ApiError> {
         let mut state = self.lock();
         let t = Self::resolve(&state, gvr)?;
-        state.counters.writes += 1;
         let key = Self::key(&t, namespace, name);
         let current = state.objects.get(&key).map(|o| Value::clone(o)).ok_or_else(|| ApiError::not_found(&t, name))?;
         if let Some(rv) = body.pointer("/metadata/resourceVersion").and_then(Value::as_str)
@@ -787,7 +780,6 @@ impl Core {
     ) -> Result<(Value, bool), ApiError> {
         let mut state = self.lock();
         let t = Self::resolve(&state, gvr)?;
-        state.counters.writes += 1;
         if kind == PatchKind::Strategic && t.custom {
             return Err(ApiError::unsupported_media_type("application/strategic-merge-patch+json"));
         }
@@ -1004,7 +996,6 @@ impl Core {
             current.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null),
         );
         if unchanged_probe == current {
-            state.counters.noop_writes += 1;
             return Ok(current);
         }
         if opts.dry_run {
@@ -1028,7 +1019,6 @@ impl Core {
     ) -> Result<Value, ApiError> {
         let mut state = self.lock();
         let t = Self::resolve(&state, gvr)?;
-        state.counters.writes += 1;
         let key = Self::key(&t, namespace, name);
         let current = state.objects.get(&key).map(|o| Value::clone(o)).ok_or_else(|| ApiError::not_found(&t, name))?;
         let preconditions = [("UID", "uid", &opts.uid), ("ResourceVersion", "resourceVersion", &opts.resource_version)];

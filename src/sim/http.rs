@@ -80,7 +80,7 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
     }
     let method = request.method().clone();
     if method != Method::GET {
-        let manager = write_options(&query_map(&request), request.headers()).field_manager.unwrap_or_default();
+        let manager = field_manager(&query_map(&request), request.headers()).unwrap_or_default();
         *state.requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(manager).or_default() += 1;
         if let Some(e) = state.faults.write_error() {
             return error_response(&e);
@@ -217,15 +217,20 @@ fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("the body of the request could not be decoded: {e}")))
 }
 
-fn write_options(q: &HashMap<String, String>, headers: &HeaderMap) -> WriteOptions {
-    let field_manager = q.get("fieldManager").cloned().or_else(|| {
+/// The field manager of a write: `?fieldManager=`, else the user agent's product name, as the
+/// real server defaults it.
+fn field_manager(q: &HashMap<String, String>, headers: &HeaderMap) -> Option<String> {
+    q.get("fieldManager").cloned().or_else(|| {
         headers
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|ua| ua.split('/').next().unwrap_or(ua).to_string())
-    });
+    })
+}
+
+fn write_options(q: &HashMap<String, String>, headers: &HeaderMap) -> WriteOptions {
     WriteOptions {
-        field_manager,
+        field_manager: field_manager(q, headers),
         force: q.get("force").is_some_and(|v| v == "true"),
         dry_run: q.get("dryRun").is_some_and(|v| v == "All"),
         field_validation: match q.get("fieldValidation").map(String::as_str) {
@@ -548,12 +553,7 @@ fn openapi_root(state: &AppState) -> Value {
 }
 
 fn openapi_hash(doc: &Value) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in doc.to_string().bytes() {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{hash:016X}")
+    super::core::fnv1a_hex(&doc.to_string()).to_uppercase()
 }
 
 fn openapi_group_version(state: &AppState, gv: &str) -> Result<Response, ApiError> {

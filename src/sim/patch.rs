@@ -936,7 +936,7 @@ fn finish(entries: Vec<(ManagedFieldsEntry, FieldSet)>) -> Vec<ManagedFieldsEntr
 /// ownership; equal values are co-owned. The manager's Apply entry becomes exactly `field_set(applied)`; empty
 /// entries are dropped. Returns the new object (without managedFields) and the new managedFields, or the
 /// conflicts.
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, reason = "the parts of one server-side apply request")]
 pub fn apply(
     live: Option<&Value>,
     applied: &Value,
@@ -1018,7 +1018,7 @@ pub fn apply(
 /// between `old` (None for create: all fields of `new`) and `new` become owned by this manager's Update entry
 /// (per manager, apiVersion and subresource) and leave the other managers' sets, as do removed fields; entries
 /// left empty are dropped. The entry's time moves only when it takes fields.
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, reason = "the parts of one non-apply write")]
 pub fn record_update(
     old: Option<&Value>,
     new: &Value,

@@ -10,7 +10,10 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
-use super::core::{Core, DeleteOptions, EventType, Gvr, ListOptions, PatchKind, Sub, WriteOptions, now_rfc3339};
+use super::core::{
+    Core, DeleteOptions, EventType, Gvr, ListOptions, PatchKind, Sub, WriteOptions, fnv1a_hex, now_rfc3339,
+    random_suffix,
+};
 
 /// Annotation: `succeed` (default) or `fail`.
 pub const OUTCOME_ANNOTATION: &str = "sim.flywheel.dev/outcome";
@@ -105,13 +108,8 @@ fn has_finalizer(obj: &Value, name: &str) -> bool {
 }
 
 fn template_hash(template: &Value) -> String {
-    // FNV-1a over the canonical JSON: stable across runs, as a pod-template-hash must be.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in template.to_string().bytes() {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{:x}", hash % 0xff_ffff_ffff)
+    // Stable across runs, as a pod-template-hash must be; ten hex digits as the real controller.
+    fnv1a_hex(&template.to_string())[6..].to_string()
 }
 
 /// Run the simulated controllers until `stop` is cancelled.
@@ -363,7 +361,7 @@ fn deployment(core: &Core, d: &Value, pods: &PodsByOwner) {
         let mut labels = BTreeMap::new();
         labels.insert("pod-template-hash".to_string(), hash.clone());
         for _ in current.len()..desired {
-            let pod_name = format!("{name}-{hash}-{}", random_suffix());
+            let pod_name = format!("{name}-{hash}-{}", random_suffix(5));
             let pod = new_pod(d, template, pod_name, &labels);
             let _created = core.create(&gvr_pods(), ns.as_deref(), pod, &opts(MANAGER));
         }
@@ -427,13 +425,6 @@ fn deployment(core: &Core, d: &Value, pods: &PodsByOwner) {
         m.remove("availableReplicas");
     }
     set_status(core, &gvr_deployments(), d, status);
-}
-
-fn random_suffix() -> String {
-    use rand::Rng;
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let mut rng = rand::rng();
-    (0..5).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
 }
 
 fn pod_failed_by_disruption(pod: &Value) -> bool {
@@ -602,7 +593,7 @@ fn job(core: &Core, j: &Value, pods: &PodsByOwner) {
     if active.is_empty() {
         let Some(template) = j.pointer("/spec/template") else { return };
         let labels = BTreeMap::new();
-        let pod = new_pod(j, template, format!("{name}-{}", random_suffix()), &labels);
+        let pod = new_pod(j, template, format!("{name}-{}", random_suffix(5)), &labels);
         let _created = core.create(&gvr_pods(), ns.as_deref(), pod, &opts(MANAGER));
         status["active"] = json!(1);
     }

@@ -67,7 +67,8 @@ impl ModelSource {
         if let Some(path) = uri.strip_prefix("file://") {
             return Ok(Self::File { path: format!("/{}", path.trim_start_matches('/')) });
         }
-        if ["s3://", "gs://", "https://", "hf://"].iter().any(|p| uri.starts_with(p)) {
+        // pvc:// and file:// are handled above; every other supported scheme is fetched.
+        if crate::api::common::SUPPORTED_URI_SCHEMES.iter().any(|p| uri.starts_with(p)) {
             return Ok(Self::Fetch { uri: uri.to_string() });
         }
         Err(SpecError::UnsupportedUri(uri.to_string()))
