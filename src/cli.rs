@@ -195,6 +195,22 @@ pub struct FetchModelArgs {
     pub uri: String,
     /// The directory to fetch into.
     pub dir: PathBuf,
+    /// Files downloaded at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Attempts per request on transport errors, 429 and 5xx.
+    #[arg(long, default_value_t = 5)]
+    pub attempts: u32,
+    /// Extra CA certificates (PEM) to trust for HTTPS, besides the system's.
+    #[arg(long, env = "FLYWHEEL_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Allow plain `http://` URLs and object store endpoints (trusted networks only).
+    #[arg(long)]
+    pub allow_http: bool,
+    /// Object store option `KEY=VALUE` (for example `aws_endpoint=https://minio:9000`),
+    /// applied over the `AWS_*` and `GOOGLE_*` environment.
+    #[arg(long = "store-option", value_name = "KEY=VALUE")]
+    pub store_options: Vec<String>,
 }
 
 /// `flywheel crds`.

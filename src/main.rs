@@ -18,7 +18,7 @@ fn main() -> ExitCode {
         },
         Command::Operator(args) => run_async(run_operator(args)),
         Command::Rollout(args) => run_async(run_rollout(args)),
-        Command::FetchModel(_) => not_implemented("fetch-model"),
+        Command::FetchModel(args) => run_async(run_fetch_model(args)),
         Command::Collector(_) => not_implemented("collector"),
         Command::Agent(_) => not_implemented("agent"),
         Command::Sim(args) => run_async(run_sim(args)),
@@ -170,6 +170,46 @@ async fn run_rollout(args: flywheel::cli::RolloutArgs) -> ExitCode {
         Err(e) => {
             eprintln!("flywheel rollout: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_fetch_model(args: flywheel::cli::FetchModelArgs) -> ExitCode {
+    use flywheel::fetch_model::{FetchOptions, fetch};
+    let mut options = FetchOptions::from_env();
+    options.concurrency = args.concurrency;
+    options.attempts = args.attempts;
+    options.ca_file = args.ca_file;
+    options.allow_http = args.allow_http;
+    for option in &args.store_options {
+        let Some((key, value)) = option.split_once('=') else {
+            eprintln!("flywheel fetch-model: --store-option {option:?}: expected KEY=VALUE");
+            return ExitCode::from(2);
+        };
+        options.store_options.push((key.trim().to_string(), value.to_string()));
+    }
+    let result = tokio::select! {
+        result = fetch(&args.uri, &args.dir, &options) => result,
+        () = shutdown_signal() => {
+            eprintln!("flywheel fetch-model: interrupted");
+            return ExitCode::from(130);
+        }
+    };
+    match result {
+        Ok(report) => {
+            println!(
+                "{} file(s), {} bytes{} in {}",
+                report.files.len(),
+                report.bytes,
+                if report.skipped { " (already present)" } else { "" },
+                args.dir.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(uri = %args.uri, error = %e, "fetch failed");
+            eprintln!("flywheel fetch-model: {e}");
+            ExitCode::from(if e.is_configuration() { 2 } else { 1 })
         }
     }
 }

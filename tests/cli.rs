@@ -9,7 +9,6 @@ fn unbuilt_components_exit_non_zero_with_a_clear_message() {
         vec!["collector"],
         vec!["agent", "--listen", "127.0.0.1:0", "--upstream", "http://127.0.0.1:1", "--model-version", "v1"],
         vec!["demo"],
-        vec!["fetch-model", "hf://org/model", "/tmp/m"],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_flywheel")).args(&args).output().unwrap_or_else(|e| panic!("{e}"));
         assert!(!out.status.success(), "{args:?} must fail until it is built");

@@ -82,8 +82,14 @@ impl Default for SimConfig {
     }
 }
 
-/// Accept TLS connections and serve the API on each until `stop`.
-async fn serve(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, app: axum::Router, stop: CancellationToken) {
+/// Accept TLS connections and serve `app` on each until `stop` (the simulated API server's
+/// loop; tests use it for other HTTPS servers too).
+pub async fn serve_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: axum::Router,
+    stop: CancellationToken,
+) {
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => return,
@@ -156,7 +162,7 @@ impl Sim {
         let app = http::router(state);
         let tls = tls::generate()?;
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config.clone());
-        let server = tokio::spawn(serve(listener, acceptor, app, stop.clone()));
+        let server = tokio::spawn(serve_tls(listener, acceptor, app, stop.clone()));
         let controllers = tokio::spawn(workloads::run(core.clone(), config.workloads.clone(), stop.clone()));
         tracing::info!(%addr, "simulated API server listening");
         Ok(Self { addr, token, core, faults, requests, ca_pem: tls.ca_pem, stop, tasks: vec![server, controllers] })
