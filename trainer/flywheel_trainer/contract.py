@@ -1,0 +1,187 @@
+"""The trainer contract's environment, parsed into a typed :class:`Config`.
+
+Every problem is a :class:`~flywheel_trainer.errors.ConfigError` (exit 3) whose message names the
+variable and says what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+from urllib.parse import unquote, urlsplit
+
+from .errors import ConfigError
+from .hyperparameters import Hyperparameters, hyperparameters_from_env
+
+VERSION_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+FORMATS = ("SFT", "DPO")
+
+
+@dataclass(frozen=True)
+class DatasetLocation:
+    """Where the snapshot is: a local directory or an https:// base URL."""
+
+    uri: str
+    local_dir: Path | None = None
+    https_base: str | None = None
+
+    def describe(self) -> str:
+        return str(self.local_dir) if self.local_dir is not None else str(self.https_base)
+
+
+@dataclass(frozen=True)
+class Config:
+    dataset: DatasetLocation
+    dataset_sha256: str
+    formats: tuple[str, ...]
+    base_model_dir: Path
+    base_version: str | None
+    output_uri: str
+    output_dir: Path
+    version: str
+    hyperparameters: Hyperparameters
+    raw_hyperparameters: dict[str, str]
+    checkpoint_dir: Path | None
+    retrain_job: str | None
+    namespace: str | None
+    attempt: int
+    termination_log: Path
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "")
+    if not value.strip():
+        raise ConfigError(f"{name} is not set")
+    return value.strip()
+
+
+def _optional(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip()
+    return value or None
+
+
+def local_path(name: str, uri: str) -> Path:
+    """A ``file://`` URI or a plain path as a local path; any other scheme is a ConfigError."""
+    if uri.startswith("file://"):
+        parts = urlsplit(uri)
+        if parts.netloc not in ("", "localhost"):
+            raise ConfigError(f"{name}={uri!r}: a file:// URI must not name a host (use file:///path)")
+        path = unquote(parts.path)
+        if not path:
+            raise ConfigError(f"{name}={uri!r}: the file:// URI has no path")
+        return Path(path)
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", uri):
+        scheme = uri.split("://", 1)[0]
+        raise ConfigError(
+            f"{name}={uri!r}: unsupported URI scheme {scheme}:// (the reference trainer reads file:// "
+            "or a plain path; the operator mounts pvc:// and fetches remote models before the trainer starts)"
+        )
+    return Path(uri)
+
+
+def _dataset_location(uri: str) -> DatasetLocation:
+    if uri.startswith("https://"):
+        parts = urlsplit(uri)
+        if not parts.netloc:
+            raise ConfigError(f"FLYWHEEL_DATASET_URI={uri!r}: the https:// URL has no host")
+        if parts.query or parts.fragment:
+            raise ConfigError(f"FLYWHEEL_DATASET_URI={uri!r}: the URL must not have a query or fragment")
+        return DatasetLocation(uri=uri, https_base=uri.rstrip("/"))
+    if uri.startswith("http://"):
+        raise ConfigError(f"FLYWHEEL_DATASET_URI={uri!r}: plain http:// is not supported, use https://")
+    return DatasetLocation(uri=uri, local_dir=local_path("FLYWHEEL_DATASET_URI", uri))
+
+
+def _formats(raw: str) -> tuple[str, ...]:
+    parts = [p.strip().upper() for p in raw.split(",") if p.strip()]
+    if not parts:
+        raise ConfigError("FLYWHEEL_DATASET_FORMATS is empty (expected SFT, DPO or SFT,DPO)")
+    for p in parts:
+        if p not in FORMATS:
+            raise ConfigError(f"FLYWHEEL_DATASET_FORMATS={raw!r}: unknown format {p!r} (expected SFT, DPO or SFT,DPO)")
+    if len(set(parts)) != len(parts):
+        raise ConfigError(f"FLYWHEEL_DATASET_FORMATS={raw!r} names a format twice")
+    return tuple(f for f in FORMATS if f in parts)
+
+
+def default_version(base_version: str, dataset_sha256: str) -> str:
+    """The reference trainer's version label: ``<base version>-ft-<first 8 hex of the sha256>``."""
+    return f"{base_version}-ft-{dataset_sha256[:8]}"
+
+
+def parse_env(env: Mapping[str, str]) -> Config:
+    """Parse and check the whole contract environment; raise ConfigError on the first problem."""
+    dataset = _dataset_location(_required(env, "FLYWHEEL_DATASET_URI"))
+
+    sha = _required(env, "FLYWHEEL_DATASET_SHA256").lower()
+    if not SHA256_RE.match(sha):
+        raise ConfigError(f"FLYWHEEL_DATASET_SHA256={sha!r} is not 64 hexadecimal digits")
+
+    formats = _formats(_required(env, "FLYWHEEL_DATASET_FORMATS"))
+
+    base_uri = _required(env, "FLYWHEEL_BASE_MODEL_URI")
+    base_dir = local_path("FLYWHEEL_BASE_MODEL_URI", base_uri)
+    if not base_dir.is_dir():
+        raise ConfigError(f"FLYWHEEL_BASE_MODEL_URI={base_uri!r}: {base_dir} is not a directory")
+    if not (base_dir / "config.json").is_file():
+        raise ConfigError(
+            f"FLYWHEEL_BASE_MODEL_URI={base_uri!r}: {base_dir} has no config.json (expected a Hugging Face model directory)"
+        )
+
+    output_uri = _required(env, "FLYWHEEL_OUTPUT_URI")
+    output_dir = local_path("FLYWHEEL_OUTPUT_URI", output_uri)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"FLYWHEEL_OUTPUT_URI={output_uri!r}: {output_dir} exists and is not a directory")
+
+    base_version = _optional(env, "FLYWHEEL_BASE_VERSION")
+    version = _optional(env, "FLYWHEEL_VERSION")
+    if version is None:
+        if base_version is None:
+            raise ConfigError("FLYWHEEL_BASE_VERSION is not set (it is needed when FLYWHEEL_VERSION is unset)")
+        version = default_version(base_version, sha)
+        source = f"<FLYWHEEL_BASE_VERSION>-ft-<sha256 prefix> = {version!r}"
+    else:
+        source = f"FLYWHEEL_VERSION={version!r}"
+    if not VERSION_RE.match(version):
+        raise ConfigError(
+            f"version {source} is not a valid version label "
+            "(lower-case letters, digits, '.', '_', '-', starting and ending alphanumeric, at most 63 characters)"
+        )
+
+    hyperparameters, raw_hps = hyperparameters_from_env(env)
+
+    checkpoint = _optional(env, "FLYWHEEL_CHECKPOINT_DIR")
+    checkpoint_dir = local_path("FLYWHEEL_CHECKPOINT_DIR", checkpoint) if checkpoint else None
+    if checkpoint_dir is not None and checkpoint_dir.exists() and not checkpoint_dir.is_dir():
+        raise ConfigError(f"FLYWHEEL_CHECKPOINT_DIR={checkpoint!r} exists and is not a directory")
+
+    attempt_raw = _optional(env, "FLYWHEEL_ATTEMPT")
+    attempt = 1
+    if attempt_raw is not None:
+        if not attempt_raw.isdigit() or int(attempt_raw) < 1:
+            raise ConfigError(f"FLYWHEEL_ATTEMPT={attempt_raw!r} is not a positive integer")
+        attempt = int(attempt_raw)
+
+    termination_log = Path(_optional(env, "FLYWHEEL_TERMINATION_LOG") or DEFAULT_TERMINATION_LOG)
+
+    return Config(
+        dataset=dataset,
+        dataset_sha256=sha,
+        formats=formats,
+        base_model_dir=base_dir,
+        base_version=base_version,
+        output_uri=output_uri,
+        output_dir=output_dir,
+        version=version,
+        hyperparameters=hyperparameters,
+        raw_hyperparameters=raw_hps,
+        checkpoint_dir=checkpoint_dir,
+        retrain_job=_optional(env, "FLYWHEEL_RETRAINJOB"),
+        namespace=_optional(env, "FLYWHEEL_NAMESPACE"),
+        attempt=attempt,
+        termination_log=termination_log,
+    )
