@@ -121,14 +121,25 @@ pub struct CollectorArgs {
     #[arg(long, default_value = "0.0.0.0:8090")]
     pub listen: SocketAddr,
     /// Directory of the embedded store and dataset snapshots.
-    #[arg(long)]
-    pub data_dir: Option<PathBuf>,
-    /// File of bearer tokens, one per line.
-    #[arg(long)]
+    #[arg(long, default_value = "/var/lib/flywheel")]
+    pub data_dir: PathBuf,
+    /// File of bearer tokens, one per line, each optionally followed by `read` or `write`;
+    /// re-read when it changes. Without it a write token is generated into
+    /// `<data-dir>/token`.
+    #[arg(long, env = "FLYWHEEL_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
     /// PostgreSQL URL, to run several collector replicas on one database.
     #[arg(long, env = "FLYWHEEL_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// Events older than this are purged (`90d`, `12h`, ...).
+    #[arg(long, default_value = "90d", value_parser = crate::collector::parse_duration)]
+    pub retention: std::time::Duration,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Requests waiting for a commit before new ones get 429.
+    #[arg(long, default_value_t = 4096)]
+    pub queue: usize,
 }
 
 /// `flywheel agent`.

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod collector;
 pub mod fetch_model;
 pub mod operator;
 pub mod rollout;

@@ -19,7 +19,7 @@ fn main() -> ExitCode {
         Command::Operator(args) => run_async(run_operator(args)),
         Command::Rollout(args) => run_async(run_rollout(args)),
         Command::FetchModel(args) => run_async(run_fetch_model(args)),
-        Command::Collector(_) => not_implemented("collector"),
+        Command::Collector(args) => run_async(run_collector(args)),
         Command::Agent(_) => not_implemented("agent"),
         Command::Sim(args) => run_async(run_sim(args)),
         Command::Demo(_) => not_implemented("demo"),
@@ -172,6 +172,28 @@ async fn run_rollout(args: flywheel::cli::RolloutArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn run_collector(args: flywheel::cli::CollectorArgs) -> ExitCode {
+    use flywheel::collector::{Collector, CollectorConfig};
+    let mut config = CollectorConfig::new(args.listen, args.data_dir);
+    config.token_file = args.token_file;
+    config.database_url = args.database_url;
+    config.retention = args.retention;
+    config.max_body_bytes = args.max_body_bytes;
+    config.queue = args.queue;
+    let collector = match Collector::start(config).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "collector failed to start");
+            eprintln!("flywheel collector: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing requests in flight and committing what is queued");
+    collector.shutdown().await;
+    ExitCode::SUCCESS
 }
 
 async fn run_fetch_model(args: flywheel::cli::FetchModelArgs) -> ExitCode {

@@ -6,7 +6,6 @@ use std::process::Command;
 #[test]
 fn unbuilt_components_exit_non_zero_with_a_clear_message() {
     for args in [
-        vec!["collector"],
         vec!["agent", "--listen", "127.0.0.1:0", "--upstream", "http://127.0.0.1:1", "--model-version", "v1"],
         vec!["demo"],
     ] {
