@@ -46,7 +46,7 @@ def colour_of(item: str) -> str:
 
 
 def vocabulary(n_items: int) -> list[str]:
-    words: set[str] = set(COLOURS) | set(items(n_items)) | set(SYSTEM.split()) | {"the", "is"}
+    words: set[str] = set(COLOURS) | set(items(n_items)) | set(SYSTEM.split()) | {"the", "is", "facts", ":", ";"}
     for p in PHRASINGS:
         words |= set(p.replace("{item}", "").split())
     return SPECIALS + MARKERS + sorted(words)
@@ -98,19 +98,34 @@ def write_base_model(directory: Path, n_items: int = 24, chat_template: bool = T
     return directory
 
 
-def _sft(item: str, phrasing: str, system: bool) -> dict:
+def _question(item: str, phrasing: str, context: list[str]) -> str:
+    if not context:
+        return phrasing.format(item=item)
+    facts = " ; ".join(f"{other} is {colour_of(other)}" for other in context)
+    return f"facts : {facts} ; {phrasing.format(item=item)}"
+
+
+def _context(item: str, n_items: int, n_facts: int, rng: random.Random) -> list[str]:
+    if n_facts <= 0:
+        return []
+    others = [o for o in rng.sample(items(n_items), min(n_items, n_facts)) if o != item][: n_facts - 1]
+    others.insert(rng.randrange(len(others) + 1), item)
+    return others
+
+
+def _sft(item: str, phrasing: str, system: bool, context: list[str]) -> dict:
     messages = [{"role": "system", "content": SYSTEM}] if system else []
     messages += [
-        {"role": "user", "content": phrasing.format(item=item)},
+        {"role": "user", "content": _question(item, phrasing, context)},
         {"role": "assistant", "content": f"the {item} is {colour_of(item)} ."},
     ]
     return {"messages": messages, "source": "correction", "interactionId": f"i-{item}-{PHRASINGS.index(phrasing)}", "version": "v1"}
 
 
-def _dpo(item: str, phrasing: str, rng: random.Random) -> dict:
+def _dpo(item: str, phrasing: str, rng: random.Random, context: list[str]) -> dict:
     wrong = rng.choice([c for c in COLOURS if c != colour_of(item)])
     return {
-        "prompt": [{"role": "user", "content": phrasing.format(item=item)}],
+        "prompt": [{"role": "user", "content": _question(item, phrasing, context)}],
         "chosen": [{"role": "assistant", "content": f"the {item} is {colour_of(item)} ."}],
         "rejected": [{"role": "assistant", "content": f"the {item} is {wrong} ."}],
         "source": "alternative",
@@ -119,7 +134,7 @@ def _dpo(item: str, phrasing: str, rng: random.Random) -> dict:
     }
 
 
-def feedback_rows(n_items: int, heldout_fraction: float = 0.15, dpo: bool = True, seed: int = 0, repeat: int = 1) -> dict[str, list[dict]]:
+def feedback_rows(n_items: int, heldout_fraction: float = 0.15, dpo: bool = True, seed: int = 0, repeat: int = 1, context_facts: int = 0) -> dict[str, list[dict]]:
     """SFT rows and DPO pairs for every (phrasing, item); a fraction of the combinations held out.
 
     ``repeat`` repeats the training rows (with the system prompt on or off), for bigger datasets.
@@ -132,18 +147,18 @@ def feedback_rows(n_items: int, heldout_fraction: float = 0.15, dpo: bool = True
     out: dict[str, list[dict]] = {"sft": [], "sft_heldout": [], "dpo": [], "dpo_heldout": []}
     for r in range(repeat):
         for i, (item, p) in enumerate(train):
-            out["sft"].append(_sft(item, p, system=(i + r) % 2 == 0))
+            out["sft"].append(_sft(item, p, (i + r) % 2 == 0, _context(item, n_items, context_facts, rng)))
             if dpo:
-                out["dpo"].append(_dpo(item, p, rng))
+                out["dpo"].append(_dpo(item, p, rng, _context(item, n_items, context_facts, rng)))
     for i, (item, p) in enumerate(held):
-        out["sft_heldout"].append(_sft(item, p, system=i % 2 == 0))
+        out["sft_heldout"].append(_sft(item, p, i % 2 == 0, _context(item, n_items, context_facts, rng)))
         if dpo:
-            out["dpo_heldout"].append(_dpo(item, p, rng))
+            out["dpo_heldout"].append(_dpo(item, p, rng, _context(item, n_items, context_facts, rng)))
     return out
 
 
-def write_feedback_snapshot(directory: Path, n_items: int = 24, dpo: bool = True, seed: int = 0, repeat: int = 1, heldout_fraction: float = 0.15) -> str:
-    rows = feedback_rows(n_items, heldout_fraction=heldout_fraction, dpo=dpo, seed=seed, repeat=repeat)
+def write_feedback_snapshot(directory: Path, n_items: int = 24, dpo: bool = True, seed: int = 0, repeat: int = 1, heldout_fraction: float = 0.15, context_facts: int = 0) -> str:
+    rows = feedback_rows(n_items, heldout_fraction=heldout_fraction, dpo=dpo, seed=seed, repeat=repeat, context_facts=context_facts)
     return write_snapshot(
         directory, rows["sft"], rows["sft_heldout"], rows["dpo"], rows["dpo_heldout"],
         manifest={"id": "synthetic", "deployment": "synthetic", "recipe": {"formats": ["SFT", "DPO"] if dpo else ["SFT"]}},
