@@ -59,10 +59,13 @@ pub enum TokenError {
     Empty(PathBuf),
 }
 
+/// sha256 digests of tokens and their scopes.
+type Digests = Vec<([u8; 32], Scope)>;
+
 #[derive(Default)]
 struct Loaded {
     /// sha256 of each token, and its scope.
-    digests: Vec<([u8; 32], Scope)>,
+    digests: Digests,
     modified: Option<SystemTime>,
 }
 
@@ -73,7 +76,7 @@ pub struct Tokens {
     loaded: Arc<RwLock<Loaded>>,
 }
 
-fn parse(path: &Path, text: &str) -> Result<Vec<([u8; 32], Scope)>, TokenError> {
+fn parse(path: &Path, text: &str) -> Result<Digests, TokenError> {
     let mut out = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
@@ -115,7 +118,7 @@ fn parse(path: &Path, text: &str) -> Result<Vec<([u8; 32], Scope)>, TokenError> 
     Ok(out)
 }
 
-fn read(path: &Path) -> Result<(Vec<([u8; 32], Scope)>, Option<SystemTime>), TokenError> {
+fn read(path: &Path) -> Result<(Digests, Option<SystemTime>), TokenError> {
     let io = |source| TokenError::Io { path: path.to_path_buf(), source };
     let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
     let text = std::fs::read_to_string(path).map_err(io)?;

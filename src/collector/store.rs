@@ -98,6 +98,9 @@ pub struct Aggregate {
     pub last_ms: i64,
 }
 
+/// The statistics groups and the interaction count of each version.
+pub type StatsRows = (Vec<Aggregate>, Vec<(String, i64)>);
+
 /// A feedback event with its interaction, for datasets.
 #[derive(Debug, Clone)]
 pub struct JoinedFeedback {
@@ -168,7 +171,7 @@ impl Store {
         from_ms: i64,
         to_ms: i64,
         rating_threshold: f64,
-    ) -> Result<(Vec<Aggregate>, Vec<(String, i64)>), StoreError> {
+    ) -> Result<StatsRows, StoreError> {
         match self {
             Store::Sqlite(s) => {
                 let (s, ns, d) = (s.clone(), namespace.to_string(), deployment.to_string());
@@ -588,7 +591,7 @@ impl Sqlite {
         from_ms: i64,
         to_ms: i64,
         threshold: f64,
-    ) -> Result<(Vec<Aggregate>, Vec<(String, i64)>), StoreError> {
+    ) -> Result<StatsRows, StoreError> {
         self.read(|conn| {
             let mut stmt = conn
                 .prepare_cached(
@@ -967,7 +970,7 @@ impl Postgres {
         from_ms: i64,
         to_ms: i64,
         threshold: f64,
-    ) -> Result<(Vec<Aggregate>, Vec<(String, i64)>), StoreError> {
+    ) -> Result<StatsRows, StoreError> {
         let c = self.reader().await?;
         let rows = c
             .query(

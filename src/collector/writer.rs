@@ -123,7 +123,7 @@ async fn run(
         match result {
             Ok(outcomes) => {
                 healthy.store(true, Ordering::Relaxed);
-                let created = outcomes.iter().any(|o| *o == Outcome::Created);
+                let created = outcomes.contains(&Outcome::Created);
                 let mut rest = outcomes.into_iter();
                 for (size, reply) in sizes.into_iter().zip(replies) {
                     let mine: Vec<Outcome> = rest.by_ref().take(size).collect();
