@@ -152,3 +152,26 @@ def test_dpo_only_with_the_fallback_template(tmp_path: Path, base_model_no_templ
     assert 0 <= m["preferenceAccuracy"] <= 1 and 0 <= m["evalRewardAccuracy"] <= 1 and m["evalDpoLoss"] > 0
     assert m["trainRows"] == sum(1 for _ in open(dataset / "dpo.jsonl"))
     assert m["evalRows"] == sum(1 for _ in open(dataset / "dpo.heldout.jsonl"))
+
+
+def test_a_base_model_directory_without_weights_is_bad_configuration(tmp_path: Path, base_model: Path, snapshot: tuple[Path, str]) -> None:
+    from flywheel_trainer.errors import ConfigError
+
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (broken / name).write_bytes((base_model / name).read_bytes())
+    dataset, sha = snapshot
+    with pytest.raises(ConfigError, match="cannot load the base model"):
+        run(contract_env(tmp_path, broken, dataset, sha, {"maxSteps": "1"}))
+
+
+def test_a_snapshot_with_nothing_to_train_on_is_refused(tmp_path: Path, base_model: Path) -> None:
+    from flywheel_trainer.dataset import write_snapshot
+    from flywheel_trainer.errors import DatasetError
+
+    row = {"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "the"}], "rejected": [{"role": "assistant", "content": "is"}]}
+    sha = write_snapshot(tmp_path / "ds", [], [], [row], [])
+    env = contract_env(tmp_path, base_model, tmp_path / "ds", sha, FLYWHEEL_DATASET_FORMATS="SFT")
+    with pytest.raises(DatasetError, match="no training rows of the formats SFT"):
+        run(env)
