@@ -928,3 +928,48 @@ async fn acknowledged_events_survive_sigkill() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_answers_429_with_retry_after_and_loses_nothing_acknowledged() {
+    // One request may wait for a commit and one event goes per commit: a burst overflows.
+    let r = Running::start_with(&Backend::Sqlite, |c| {
+        c.queue = 1;
+        c.max_batch = 1;
+    })
+    .await;
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let (http, base) = (r.http.clone(), r.base.clone());
+        tasks.push(tokio::spawn(async move {
+            let response = http
+                .post(format!("{base}/v1/feedback"))
+                .bearer_auth(WRITE)
+                .json(&thumbs(&format!("burst-{i}"), "md", "v1", true))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            (status, retry_after, body)
+        }));
+    }
+    let (mut created, mut throttled) = (0, 0);
+    for t in tasks {
+        let (status, retry_after, body) = t.await.unwrap_or_else(|e| panic!("{e}"));
+        match status {
+            201 => created += 1,
+            429 => {
+                throttled += 1;
+                assert_eq!(retry_after.as_deref(), Some("1"));
+                assert_eq!(body["error"]["code"], "Overloaded");
+                check_schema("/v1/feedback", "post", 429, &body);
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(throttled > 0, "a burst of 200 against a queue of 1 must be throttled");
+    let stats = r.stats("md").await;
+    assert_eq!(version(&stats, "v1")["total"], created, "exactly the acknowledged events are stored");
+    r.stop().await;
+}

@@ -168,7 +168,7 @@ fn operator_pod_is_restricted() {
 #[test]
 fn every_sample_is_valid() {
     let samples = render("samples");
-    assert_eq!(samples.len(), 3, "one sample of each kind");
+    assert_eq!(samples.len(), 4, "one sample of each kind, and a FeedbackPolicy for the reference trainer");
     for sample in samples {
         let (crd, result) = match kind(&sample) {
             "ModelDeployment" => {

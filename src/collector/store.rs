@@ -866,101 +866,176 @@ impl Postgres {
         result
     }
 
+    /// One statement per table for the whole batch (rows passed as arrays and `UNNEST`ed), so
+    /// a commit of a thousand events costs a handful of round trips, not a thousand.
     async fn commit_on(client: &mut tokio_postgres::Client, events: &[Event]) -> Result<Vec<Outcome>, StoreError> {
         let tx = client.transaction().await.map_err(pg("begin"))?;
-        let mut outcomes = Vec::with_capacity(events.len());
-        for event in events {
-            let outcome = match event {
-                Event::Interaction(i) => {
-                    let n = tx
-                        .execute(
-                            "INSERT INTO interactions (id, hash, namespace, deployment, version, prompt, answer, latency_ms, subject, session, metadata, time_ms)
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING",
-                            &[
-                                &i.id,
-                                &&i.hash[..],
-                                &i.namespace,
-                                &i.deployment,
-                                &i.version,
-                                &to_json(&i.prompt),
-                                &i.answer,
-                                &i.latency_ms.map(|v| v as i64),
-                                &i.subject,
-                                &i.session,
-                                &i.metadata.as_ref().map(to_json),
-                                &i.time_ms,
-                            ],
-                        )
-                        .await
-                        .map_err(pg("insert interaction"))?;
-                    if n == 0 {
-                        Self::existing(&tx, "interactions", &i.id, &i.hash).await?
-                    } else {
-                        tx.execute(
-                            "UPDATE feedback SET namespace = $2, deployment = $3, version = $4
-                             WHERE interaction_id = $1 AND (version IS NULL OR deployment IS NULL)",
-                            &[&i.id, &i.namespace, &i.deployment, &i.version],
-                        )
-                        .await
-                        .map_err(pg("join early feedback"))?;
-                        Outcome::Created
+        let mut outcomes = vec![Outcome::Conflict; events.len()];
+        let interactions: Vec<(usize, &Interaction)> = events
+            .iter()
+            .enumerate()
+            .filter_map(|(k, e)| if let Event::Interaction(i) = e { Some((k, i)) } else { None })
+            .collect();
+        let feedback: Vec<(usize, &Feedback)> = events
+            .iter()
+            .enumerate()
+            .filter_map(|(k, e)| if let Event::Feedback(f) = e { Some((k, f)) } else { None })
+            .collect();
+
+        if !interactions.is_empty() {
+            let ids: Vec<&str> = interactions.iter().map(|(_, i)| i.id.as_str()).collect();
+            let hashes: Vec<&[u8]> = interactions.iter().map(|(_, i)| &i.hash[..]).collect();
+            let namespaces: Vec<&str> = interactions.iter().map(|(_, i)| i.namespace.as_str()).collect();
+            let deployments: Vec<&str> = interactions.iter().map(|(_, i)| i.deployment.as_str()).collect();
+            let versions: Vec<&str> = interactions.iter().map(|(_, i)| i.version.as_str()).collect();
+            let prompts: Vec<String> = interactions.iter().map(|(_, i)| to_json(&i.prompt)).collect();
+            let answers: Vec<&str> = interactions.iter().map(|(_, i)| i.answer.as_str()).collect();
+            let latencies: Vec<Option<i64>> =
+                interactions.iter().map(|(_, i)| i.latency_ms.map(|v| v as i64)).collect();
+            let subjects: Vec<Option<&str>> = interactions.iter().map(|(_, i)| i.subject.as_deref()).collect();
+            let sessions: Vec<Option<&str>> = interactions.iter().map(|(_, i)| i.session.as_deref()).collect();
+            let metadata: Vec<Option<String>> =
+                interactions.iter().map(|(_, i)| i.metadata.as_ref().map(to_json)).collect();
+            let times: Vec<i64> = interactions.iter().map(|(_, i)| i.time_ms).collect();
+            let created = tx
+                .query(
+                    "INSERT INTO interactions (id, hash, namespace, deployment, version, prompt, answer, latency_ms, subject, session, metadata, time_ms)
+                     SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                                          $8::bigint[], $9::text[], $10::text[], $11::text[], $12::bigint[])
+                     ON CONFLICT (id) DO NOTHING RETURNING id",
+                    &[&ids, &hashes, &namespaces, &deployments, &versions, &prompts, &answers, &latencies, &subjects, &sessions, &metadata, &times],
+                )
+                .await
+                .map_err(pg("insert interactions"))?;
+            let created: Vec<String> =
+                created.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>().map_err(pg("created ids"))?;
+            let keyed: Vec<(usize, &str, &[u8; 32])> =
+                interactions.iter().map(|(k, i)| (*k, i.id.as_str(), &i.hash)).collect();
+            Self::settle(&tx, "interactions", &keyed, &created, &mut outcomes).await?;
+            if !created.is_empty() {
+                // Feedback that arrived before its interaction gets its deployment and version now.
+                tx.execute(
+                    "UPDATE feedback f SET namespace = i.namespace, deployment = i.deployment, version = i.version
+                     FROM interactions i
+                     WHERE i.id = ANY($1) AND f.interaction_id = i.id AND (f.version IS NULL OR f.deployment IS NULL)",
+                    &[&created],
+                )
+                .await
+                .map_err(pg("join early feedback"))?;
+            }
+        }
+
+        if !feedback.is_empty() {
+            // Deployment and version from the interaction, where only its id is given.
+            let wanted: Vec<&str> = feedback
+                .iter()
+                .filter(|(_, f)| f.version.is_none())
+                .filter_map(|(_, f)| f.interaction_id.as_deref())
+                .collect();
+            let mut known: std::collections::HashMap<String, (String, String, String)> =
+                std::collections::HashMap::new();
+            if !wanted.is_empty() {
+                let rows = tx
+                    .query("SELECT id, namespace, deployment, version FROM interactions WHERE id = ANY($1)", &[&wanted])
+                    .await
+                    .map_err(pg("find interactions"))?;
+                for r in rows {
+                    let g = || pg("interaction column");
+                    known.insert(
+                        r.try_get(0).map_err(g())?,
+                        (r.try_get(1).map_err(g())?, r.try_get(2).map_err(g())?, r.try_get(3).map_err(g())?),
+                    );
+                }
+            }
+            let mut namespaces: Vec<Option<String>> = Vec::with_capacity(feedback.len());
+            let mut deployments: Vec<Option<String>> = Vec::with_capacity(feedback.len());
+            let mut versions: Vec<Option<String>> = Vec::with_capacity(feedback.len());
+            for (_, f) in &feedback {
+                let joined =
+                    if f.version.is_none() { f.interaction_id.as_ref().and_then(|i| known.get(i)) } else { None };
+                match joined {
+                    Some((n, d, v)) => {
+                        namespaces.push(Some(n.clone()));
+                        deployments.push(Some(d.clone()));
+                        versions.push(Some(v.clone()));
+                    }
+                    None => {
+                        namespaces.push(f.namespace.clone());
+                        deployments.push(f.deployment.clone());
+                        versions.push(f.version.clone());
                     }
                 }
-                Event::Feedback(f) => {
-                    let (mut ns, mut dep, mut ver) = (f.namespace.clone(), f.deployment.clone(), f.version.clone());
-                    if let Some(iid) = &f.interaction_id
-                        && ver.is_none()
-                        && let Some(row) = tx
-                            .query_opt("SELECT namespace, deployment, version FROM interactions WHERE id = $1", &[iid])
-                            .await
-                            .map_err(pg("find interaction"))?
-                    {
-                        ns = row.try_get(0).map_err(pg("interaction column"))?;
-                        dep = row.try_get(1).map_err(pg("interaction column"))?;
-                        ver = row.try_get(2).map_err(pg("interaction column"))?;
-                    }
-                    let n = tx
-                        .execute(
-                            "INSERT INTO feedback (id, hash, namespace, deployment, version, interaction_id, kind, up, rating, label, body, subject, session, time_ms)
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT (id) DO NOTHING",
-                            &[
-                                &f.id,
-                                &&f.hash[..],
-                                &ns,
-                                &dep,
-                                &ver,
-                                &f.interaction_id,
-                                &f.value.kind().as_str(),
-                                &thumbs_up(f),
-                                &f.value.normalized_rating(),
-                                &f.value.label(),
-                                &feedback_body(f),
-                                &f.subject,
-                                &f.session,
-                                &f.time_ms,
-                            ],
-                        )
-                        .await
-                        .map_err(pg("insert feedback"))?;
-                    if n == 0 { Self::existing(&tx, "feedback", &f.id, &f.hash).await? } else { Outcome::Created }
-                }
-            };
-            outcomes.push(outcome);
+            }
+            let ids: Vec<&str> = feedback.iter().map(|(_, f)| f.id.as_str()).collect();
+            let hashes: Vec<&[u8]> = feedback.iter().map(|(_, f)| &f.hash[..]).collect();
+            let interaction_ids: Vec<Option<&str>> =
+                feedback.iter().map(|(_, f)| f.interaction_id.as_deref()).collect();
+            let kinds: Vec<&str> = feedback.iter().map(|(_, f)| f.value.kind().as_str()).collect();
+            let ups: Vec<Option<bool>> = feedback.iter().map(|(_, f)| thumbs_up(f)).collect();
+            let ratings: Vec<Option<f64>> = feedback.iter().map(|(_, f)| f.value.normalized_rating()).collect();
+            let labels: Vec<Option<&str>> = feedback.iter().map(|(_, f)| f.value.label()).collect();
+            let bodies: Vec<String> = feedback.iter().map(|(_, f)| feedback_body(f)).collect();
+            let subjects: Vec<Option<&str>> = feedback.iter().map(|(_, f)| f.subject.as_deref()).collect();
+            let sessions: Vec<Option<&str>> = feedback.iter().map(|(_, f)| f.session.as_deref()).collect();
+            let times: Vec<i64> = feedback.iter().map(|(_, f)| f.time_ms).collect();
+            let created = tx
+                .query(
+                    "INSERT INTO feedback (id, hash, namespace, deployment, version, interaction_id, kind, up, rating, label, body, subject, session, time_ms)
+                     SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                                          $8::boolean[], $9::float8[], $10::text[], $11::text[], $12::text[], $13::text[], $14::bigint[])
+                     ON CONFLICT (id) DO NOTHING RETURNING id",
+                    &[&ids, &hashes, &namespaces, &deployments, &versions, &interaction_ids, &kinds, &ups, &ratings, &labels, &bodies, &subjects, &sessions, &times],
+                )
+                .await
+                .map_err(pg("insert feedback"))?;
+            let created: Vec<String> =
+                created.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>().map_err(pg("created ids"))?;
+            let keyed: Vec<(usize, &str, &[u8; 32])> =
+                feedback.iter().map(|(k, f)| (*k, f.id.as_str(), &f.hash)).collect();
+            Self::settle(&tx, "feedback", &keyed, &created, &mut outcomes).await?;
         }
         tx.commit().await.map_err(pg("commit"))?;
         Ok(outcomes)
     }
 
-    async fn existing(
+    /// Outcomes of one table's events: the first event of each created id is `Created`; every
+    /// other is a `Duplicate` or a `Conflict` by the stored hash.
+    async fn settle(
         tx: &tokio_postgres::Transaction<'_>,
         table: &str,
-        id: &str,
-        hash: &[u8; 32],
-    ) -> Result<Outcome, StoreError> {
-        let row =
-            tx.query_opt(&format!("SELECT hash FROM {table} WHERE id = $1"), &[&id]).await.map_err(pg("read hash"))?;
-        let stored: Option<Vec<u8>> = row.map(|r| r.try_get(0)).transpose().map_err(pg("hash column"))?;
-        Ok(if stored.as_deref() == Some(&hash[..]) { Outcome::Duplicate } else { Outcome::Conflict })
+        events: &[(usize, &str, &[u8; 32])],
+        created: &[String],
+        outcomes: &mut [Outcome],
+    ) -> Result<(), StoreError> {
+        let mut fresh: std::collections::HashSet<&str> = created.iter().map(String::as_str).collect();
+        let mut rest = Vec::new();
+        for (k, id, hash) in events {
+            if fresh.remove(id) {
+                outcomes[*k] = Outcome::Created;
+            } else {
+                rest.push((*k, *id, *hash));
+            }
+        }
+        if rest.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = rest.iter().map(|(_, id, _)| *id).collect();
+        let rows = tx
+            .query(&format!("SELECT id, hash FROM {table} WHERE id = ANY($1)"), &[&ids])
+            .await
+            .map_err(pg("read hashes"))?;
+        let mut stored: std::collections::HashMap<String, Vec<u8>> = std::collections::HashMap::new();
+        for r in rows {
+            stored.insert(r.try_get(0).map_err(pg("hash column"))?, r.try_get(1).map_err(pg("hash column"))?);
+        }
+        for (k, id, hash) in rest {
+            outcomes[k] = if stored.get(id).map(Vec::as_slice) == Some(&hash[..]) {
+                Outcome::Duplicate
+            } else {
+                Outcome::Conflict
+            };
+        }
+        Ok(())
     }
 
     async fn aggregates(
