@@ -7,7 +7,7 @@ variable and says what is wrong with it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 from urllib.parse import unquote, urlsplit
@@ -21,16 +21,33 @@ DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 FORMATS = ("SFT", "DPO")
 
 
+TOKEN_FILE_VAR = "FLYWHEEL_DATASET_TOKEN_FILE"
+# RFC 6750's b64token is narrower; this only keeps out what cannot go in a header (spaces,
+# control characters, non-ASCII), so a token is never echoed back by http.client's header check.
+TOKEN_RE = re.compile(r"^[\x21-\x7e]+$")
+
+
 @dataclass(frozen=True)
 class DatasetLocation:
-    """Where the snapshot is: a local directory or an https:// base URL."""
+    """Where the snapshot is: a local directory or an http:// or https:// base URL.
+
+    ``token`` is the bearer token for HTTP(S) fetches (read from ``token_file``); it is left out
+    of ``repr`` and of :meth:`describe`, so it never reaches a log line or an error message.
+    """
 
     uri: str
     local_dir: Path | None = None
-    https_base: str | None = None
+    http_base: str | None = None
+    token_file: Path | None = None
+    token: str | None = field(default=None, repr=False, compare=False)
 
     def describe(self) -> str:
-        return str(self.local_dir) if self.local_dir is not None else str(self.https_base)
+        if self.local_dir is not None:
+            return str(self.local_dir)
+        where = str(self.http_base)
+        if self.token is not None:
+            where += f" (bearer token from {TOKEN_FILE_VAR}={self.token_file})"
+        return where
 
 
 @dataclass(frozen=True)
@@ -83,16 +100,48 @@ def local_path(name: str, uri: str) -> Path:
     return Path(uri)
 
 
-def _dataset_location(uri: str) -> DatasetLocation:
-    if uri.startswith("https://"):
-        parts = urlsplit(uri)
-        if not parts.netloc:
-            raise ConfigError(f"FLYWHEEL_DATASET_URI={uri!r}: the https:// URL has no host")
-        if parts.query or parts.fragment:
-            raise ConfigError(f"FLYWHEEL_DATASET_URI={uri!r}: the URL must not have a query or fragment")
-        return DatasetLocation(uri=uri, https_base=uri.rstrip("/"))
-    if uri.startswith("http://"):
-        raise ConfigError(f"FLYWHEEL_DATASET_URI={uri!r}: plain http:// is not supported, use https://")
+def read_token_file(raw: str) -> tuple[Path, str]:
+    """The bearer token in ``FLYWHEEL_DATASET_TOKEN_FILE``, surrounding whitespace stripped.
+
+    Every problem is a ConfigError naming the variable and the path; none quotes the file's
+    contents.
+    """
+    path = local_path(TOKEN_FILE_VAR, raw)
+    where = f"{TOKEN_FILE_VAR}={raw!r}"
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{where}: {path} is a directory, not a file") from None
+    except OSError as e:
+        raise ConfigError(f"{where}: cannot read {path}: {e.strerror or type(e).__name__}") from None
+    try:
+        token = data.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where}: {path} is not an ASCII bearer token") from None
+    if not token:
+        raise ConfigError(f"{where}: {path} is empty (it must hold the bearer token)")
+    if not TOKEN_RE.match(token):
+        raise ConfigError(
+            f"{where}: {path} does not hold a single bearer token (it has spaces or control characters)"
+        )
+    return path, token
+
+
+def _dataset_location(uri: str, token_file: str | None) -> DatasetLocation:
+    for scheme in ("https", "http"):
+        if uri.startswith(f"{scheme}://"):
+            parts = urlsplit(uri)
+            if not parts.netloc:
+                raise ConfigError(f"FLYWHEEL_DATASET_URI={uri!r}: the {scheme}:// URL has no host")
+            if parts.query or parts.fragment:
+                raise ConfigError(f"FLYWHEEL_DATASET_URI={uri!r}: the URL must not have a query or fragment")
+            if token_file is None:
+                return DatasetLocation(uri=uri, http_base=uri.rstrip("/"))
+            path, token = read_token_file(token_file)
+            return DatasetLocation(uri=uri, http_base=uri.rstrip("/"), token_file=path, token=token)
+    # A local snapshot needs no token: FLYWHEEL_DATASET_TOKEN_FILE is allowed and not read.
     return DatasetLocation(uri=uri, local_dir=local_path("FLYWHEEL_DATASET_URI", uri))
 
 
@@ -115,7 +164,7 @@ def default_version(base_version: str, dataset_sha256: str) -> str:
 
 def parse_env(env: Mapping[str, str]) -> Config:
     """Parse and check the whole contract environment; raise ConfigError on the first problem."""
-    dataset = _dataset_location(_required(env, "FLYWHEEL_DATASET_URI"))
+    dataset = _dataset_location(_required(env, "FLYWHEEL_DATASET_URI"), _optional(env, TOKEN_FILE_VAR))
 
     sha = _required(env, "FLYWHEEL_DATASET_SHA256").lower()
     if not SHA256_RE.match(sha):

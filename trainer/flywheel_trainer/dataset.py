@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .contract import DatasetLocation
+from .contract import TOKEN_FILE_VAR, DatasetLocation
 from .errors import DatasetError, TransientError
 
 SFT_FILE = "sft.jsonl"
@@ -74,15 +74,37 @@ def _read_local(directory: Path) -> Fetch:
     return fetch
 
 
-def _read_https(base: str, attempts: int, timeout: float, context: ssl.SSLContext | None, backoff: float) -> Fetch:
+def _refused(url: str, code: int, reason: str, location: DatasetLocation) -> DatasetError:
+    """A 401 or 403: the bearer token was refused, or the server wants one and none was set.
+
+    The message names the token's file, never the token."""
+    if location.token is None:
+        why = f"the server wants a bearer token and {TOKEN_FILE_VAR} is not set"
+    else:
+        why = f"the server refused the bearer token from {TOKEN_FILE_VAR}={location.token_file}"
+    if code == 403:
+        why += " (403: the token is not allowed to read datasets; the collector needs a read token)"
+    return DatasetError(f"fetching {url}: HTTP {code} {reason}: {why}")
+
+
+def _read_http(location: DatasetLocation, attempts: int, timeout: float, context: ssl.SSLContext | None, backoff: float) -> Fetch:
+    base = location.http_base
+    assert base is not None
+
     def fetch(name: str) -> bytes:
         url = f"{base}/{name}"
         delay = backoff
         for attempt in range(1, attempts + 1):
+            request = urllib.request.Request(url)
+            if location.token is not None:
+                # Unredirected: a redirect to another host or scheme does not carry the token.
+                request.add_unredirected_header("Authorization", f"Bearer {location.token}")
             try:
-                with urllib.request.urlopen(url, timeout=timeout, context=context) as response:
+                with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
                     return response.read()
             except urllib.error.HTTPError as e:
+                if e.code in (401, 403):
+                    raise _refused(url, e.code, e.reason, location) from None
                 # 408 and 429 and the 5xx family may pass; any other status will not.
                 if e.code not in (408, 429) and e.code < 500:
                     raise DatasetError(f"fetching {url}: HTTP {e.code} {e.reason}") from None
@@ -230,12 +252,14 @@ def load_snapshot(
     ssl_context: ssl.SSLContext | None = None,
     https_backoff: float = 2.0,
 ) -> Snapshot:
-    """Fetch, verify and parse a snapshot. Raises DatasetError (exit 3) or TransientError (75)."""
+    """Fetch, verify and parse a snapshot. Raises DatasetError (exit 3) or TransientError (75).
+
+    An http:// or https:// snapshot is fetched with ``Authorization: Bearer <token>`` when the
+    location has a token; the ``https_*`` options apply to both schemes."""
     if location.local_dir is not None:
         fetch = _read_local(location.local_dir)
     else:
-        assert location.https_base is not None
-        fetch = _read_https(location.https_base, https_attempts, https_timeout, ssl_context, https_backoff)
+        fetch = _read_http(location, https_attempts, https_timeout, ssl_context, https_backoff)
     sums = fetch(SUMS_FILE)
     # Check the snapshot's own sha256 before fetching anything else: a wrong snapshot fails fast.
     check_snapshot_sha256(expected_sha256, sums)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -65,8 +66,10 @@ def test_uris() -> None:
 BAD = [
     ("FLYWHEEL_DATASET_URI", None, "FLYWHEEL_DATASET_URI is not set"),
     ("FLYWHEEL_DATASET_URI", "s3://bucket/snap", "unsupported URI scheme s3://"),
-    ("FLYWHEEL_DATASET_URI", "http://example.com/snap", "plain http:// is not supported"),
-    ("FLYWHEEL_DATASET_URI", "https:///nohost", "has no host"),
+    ("FLYWHEEL_DATASET_URI", "https:///nohost", "the https:// URL has no host"),
+    ("FLYWHEEL_DATASET_URI", "http:///nohost", "the http:// URL has no host"),
+    ("FLYWHEEL_DATASET_URI", "http://collector/v1/datasets/ds-1/files?x=1", "must not have a query or fragment"),
+    ("FLYWHEEL_DATASET_URI", "https://collector/v1/datasets/ds-1/files#f", "must not have a query or fragment"),
     ("FLYWHEEL_DATASET_URI", "file://otherhost/x", "must not name a host"),
     ("FLYWHEEL_DATASET_SHA256", None, "FLYWHEEL_DATASET_SHA256 is not set"),
     ("FLYWHEEL_DATASET_SHA256", "abc123", "is not 64 hexadecimal digits"),
@@ -121,3 +124,101 @@ def test_the_process_exits_3_with_the_message(good: dict[str, str]) -> None:
     assert done.returncode == 3, done.stderr
     assert "bad configuration: hyperparameter loraRank=0 is out of range [1, 1024]" in done.stderr
     assert not Path(good["FLYWHEEL_TERMINATION_LOG"]).exists()
+
+
+# -- http(s):// datasets and FLYWHEEL_DATASET_TOKEN_FILE ------------------------------------
+
+TOKEN = "tok-5f1d.e9/A+b=="
+COLLECTOR = "http://flywheel-collector.flywheel-system.svc:8080/v1/datasets/ds-42/files"
+
+
+@pytest.mark.parametrize("uri", [COLLECTOR, COLLECTOR + "/", "https://collector.example.com/v1/datasets/ds-42/files"])
+def test_http_and_https_dataset_uris_are_accepted(good: dict[str, str], uri: str) -> None:
+    good["FLYWHEEL_DATASET_URI"] = uri
+    dataset = parse_env(good).dataset
+    assert dataset.http_base == uri.rstrip("/")
+    assert dataset.local_dir is None and dataset.token is None and dataset.token_file is None
+
+
+def test_the_token_file_is_read_stripped_and_kept_out_of_repr(good: dict[str, str], tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(f"  {TOKEN}\r\n\n")
+    good["FLYWHEEL_DATASET_URI"] = COLLECTOR
+    good["FLYWHEEL_DATASET_TOKEN_FILE"] = str(token_file)
+    config = parse_env(good)
+    assert config.dataset.token == TOKEN
+    assert config.dataset.token_file == token_file
+    assert TOKEN not in repr(config) and TOKEN not in config.dataset.describe()
+    assert f"bearer token from FLYWHEEL_DATASET_TOKEN_FILE={token_file}" in config.dataset.describe()
+
+
+def test_a_token_file_with_a_local_dataset_is_allowed_and_not_read(good: dict[str, str], tmp_path: Path) -> None:
+    good["FLYWHEEL_DATASET_TOKEN_FILE"] = str(tmp_path / "no-such-token")
+    config = parse_env(good)
+    assert config.dataset.local_dir is not None and config.dataset.token is None
+
+
+TOKEN_FILE_PROBLEMS = [
+    ("missing", None, "does not exist"),
+    ("empty", b"", "is empty (it must hold the bearer token)"),
+    ("only-a-newline", b" \n\n", "is empty"),
+    ("a-directory", "dir", "is a directory, not a file"),
+    ("two-words", b"secret-part-one secret-part-two\n", "does not hold a single bearer token"),
+    ("inner-newline", b"secret-line-one\nsecret-line-two\n", "does not hold a single bearer token"),
+    ("not-ascii", "secret-\u00e9t\u00e9".encode(), "is not an ASCII bearer token"),
+]
+
+
+@pytest.mark.parametrize("case,content,message", TOKEN_FILE_PROBLEMS, ids=[c for c, _, _ in TOKEN_FILE_PROBLEMS])
+def test_a_bad_token_file_is_a_config_error_naming_it(good: dict[str, str], tmp_path: Path, case: str, content: bytes | str | None, message: str) -> None:
+    token_file = tmp_path / "token"
+    if content == "dir":
+        token_file.mkdir()
+    elif content is not None:
+        token_file.write_bytes(content)
+    good["FLYWHEEL_DATASET_URI"] = COLLECTOR
+    good["FLYWHEEL_DATASET_TOKEN_FILE"] = str(token_file)
+    with pytest.raises(ConfigError) as raised:
+        parse_env(good)
+    text = str(raised.value)
+    assert raised.value.exit_code == EXIT_BAD_CONFIG
+    assert f"FLYWHEEL_DATASET_TOKEN_FILE={str(token_file)!r}" in text and message in text
+    assert "secret" not in text
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode")
+def test_an_unreadable_token_file_is_a_config_error(good: dict[str, str], tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("secret-token")
+    token_file.chmod(0)
+    good["FLYWHEEL_DATASET_URI"] = COLLECTOR
+    good["FLYWHEEL_DATASET_TOKEN_FILE"] = str(token_file)
+    try:
+        with pytest.raises(ConfigError, match="FLYWHEEL_DATASET_TOKEN_FILE=.*: cannot read .*Permission denied"):
+            parse_env(good)
+    finally:
+        token_file.chmod(0o600)
+
+
+@pytest.mark.parametrize("content", [None, b"\n"], ids=["missing", "empty"])
+def test_the_process_exits_3_on_a_bad_token_file(good: dict[str, str], tmp_path: Path, content: bytes | None) -> None:
+    token_file = tmp_path / "token"
+    if content is not None:
+        token_file.write_bytes(content)
+    good["FLYWHEEL_DATASET_URI"] = COLLECTOR
+    good["FLYWHEEL_DATASET_TOKEN_FILE"] = str(token_file)
+    done = run_trainer(good, timeout=60)
+    assert done.returncode == 3, done.stderr
+    assert f"bad configuration: FLYWHEEL_DATASET_TOKEN_FILE={str(token_file)!r}: {token_file}" in done.stderr
+    assert not Path(good["FLYWHEEL_TERMINATION_LOG"]).exists()
+
+
+def test_the_process_never_prints_a_malformed_token(good: dict[str, str], tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("secret-part-one secret-part-two\n")
+    good["FLYWHEEL_DATASET_URI"] = COLLECTOR
+    good["FLYWHEEL_DATASET_TOKEN_FILE"] = str(token_file)
+    done = run_trainer(good, timeout=60)
+    assert done.returncode == 3, done.stderr
+    assert "does not hold a single bearer token" in done.stderr
+    assert "secret-part" not in done.stdout + done.stderr

@@ -1,4 +1,4 @@
-"""Dataset snapshots: verification against SHA256SUMS, row validation, https:// fetching."""
+"""Dataset snapshots: verification against SHA256SUMS, row validation, http:// and https:// fetching."""
 
 from __future__ import annotations
 
@@ -156,12 +156,86 @@ def test_the_trainer_exits_3_on_a_sha256_mismatch(tmp_path: Path, base_model: Pa
     assert "dataset sha256 mismatch" in done.stderr
 
 
-# -- https:// ----------------------------------------------------------------------------------
+# -- http:// and https:// --------------------------------------------------------------------
+
+TOKEN = "s3cr3t-token.Zq9/x+y="
+
+
+class Server:
+    """A test server on 127.0.0.1 serving ``root``. ``faults`` maps a path to a status to answer
+    instead; ``requests`` records (path, Authorization header or None) for every GET; when
+    ``token`` is set, a request without ``Authorization: Bearer <token>`` gets 401;
+    ``redirects`` maps a path to a Location to answer 302 with (checked before the token)."""
+
+    def __init__(self, root: Path, context: ssl.SSLContext | None = None) -> None:
+        self.root = root
+        self.faults: dict[str, int] = {}
+        self.redirects: dict[str, str] = {}
+        self.requests: list[tuple[str, str | None]] = []
+        self.token: str | None = None
+        outer = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, directory=str(root), **kwargs)
+
+            def do_GET(self) -> None:
+                auth = self.headers.get("Authorization")
+                outer.requests.append((self.path, auth))
+                if self.path in outer.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", outer.redirects[self.path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if outer.token is not None and auth != f"Bearer {outer.token}":
+                    self.send_error(401)
+                    return
+                status = outer.faults.get(self.path)
+                if status is not None:
+                    self.send_error(status)
+                    return
+                super().do_GET()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if context is not None:
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        scheme = "https" if context is not None else "http"
+        self.base = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test servers are on 127.0.0.1: a proxy from the environment must not be used."""
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
-def https_server(tmp_path: Path) -> Iterator[tuple[str, ssl.SSLContext, Path, dict]]:
-    """A TLS server on 127.0.0.1 serving tmp_path/www, with a self-signed certificate."""
+def http_server(tmp_path: Path) -> Iterator[Server]:
+    """A plain HTTP server on 127.0.0.1 serving tmp_path/www (as the collector's Service speaks)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    server = Server(root)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[Server, ssl.SSLContext]]:
+    """A TLS server on 127.0.0.1 serving tmp_path/www, with a self-signed certificate, and a
+    client context that trusts it."""
     if shutil.which("openssl") is None:
         pytest.skip("openssl is needed to make a test certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
@@ -172,47 +246,36 @@ def https_server(tmp_path: Path) -> Iterator[tuple[str, ssl.SSLContext, Path, di
     )
     root = tmp_path / "www"
     root.mkdir()
-    faults: dict[str, int] = {}
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(root), **kwargs)
-
-        def do_GET(self) -> None:
-            status = faults.get(self.path)
-            if status is not None:
-                self.send_error(status)
-                return
-            super().do_GET()
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(cert, key)
-    server.socket = server_ctx.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    client_ctx = ssl.create_default_context(cafile=str(cert))
+    server = Server(root, server_ctx)
     try:
-        yield f"https://127.0.0.1:{server.server_address[1]}", client_ctx, root, faults
+        yield server, ssl.create_default_context(cafile=str(cert))
     finally:
-        server.shutdown()
-        server.server_close()
+        server.close()
+
+
+@pytest.fixture
+def https_server(tls_server: tuple[Server, ssl.SSLContext]) -> tuple[str, ssl.SSLContext, Path, dict]:
+    server, ctx = tls_server
+    return server.base, ctx, server.root, server.faults
+
+
+def remote(url: str, token: str | None = None, token_file: Path | None = None) -> DatasetLocation:
+    return DatasetLocation(uri=url, http_base=url.rstrip("/"), token_file=token_file, token=token)
 
 
 def test_https_snapshot_is_fetched_and_verified(https_server) -> None:
     base, ctx, root, _ = https_server
     sha = write_snapshot(root / "snap", [SFT_ROW], [], [DPO_ROW], [])
-    snap = load_snapshot(DatasetLocation(uri=f"{base}/snap/", https_base=f"{base}/snap"), sha, ssl_context=ctx)
+    snap = load_snapshot(DatasetLocation(uri=f"{base}/snap/", http_base=f"{base}/snap"), sha, ssl_context=ctx)
     assert len(snap.sft) == 1 and len(snap.dpo) == 1
 
 
 def test_https_404_is_a_dataset_error(https_server) -> None:
     base, ctx, root, _ = https_server
     with pytest.raises(DatasetError, match="HTTP 404"):
-        load_snapshot(DatasetLocation(uri=base, https_base=f"{base}/missing"), "0" * 64, ssl_context=ctx)
+        load_snapshot(DatasetLocation(uri=base, http_base=f"{base}/missing"), "0" * 64, ssl_context=ctx)
 
 
 def test_https_5xx_is_retried_then_transient(https_server) -> None:
@@ -220,11 +283,137 @@ def test_https_5xx_is_retried_then_transient(https_server) -> None:
     sha = write_snapshot(root / "snap", [SFT_ROW], [], [], [])
     faults["/snap/sft.jsonl"] = 503
     with pytest.raises(TransientError, match="fetching .*/snap/sft.jsonl failed 2 times"):
-        load_snapshot(DatasetLocation(uri=base, https_base=f"{base}/snap"), sha, ssl_context=ctx, https_attempts=2, https_backoff=0.01)
+        load_snapshot(DatasetLocation(uri=base, http_base=f"{base}/snap"), sha, ssl_context=ctx, https_attempts=2, https_backoff=0.01)
 
 
 def test_an_untrusted_certificate_is_refused(https_server) -> None:
     base, _, root, _ = https_server
     sha = write_snapshot(root / "snap", [SFT_ROW], [], [], [])
     with pytest.raises(DatasetError, match="TLS certificate not trusted"):
-        load_snapshot(DatasetLocation(uri=base, https_base=f"{base}/snap"), sha, ssl_context=ssl.create_default_context())
+        load_snapshot(DatasetLocation(uri=base, http_base=f"{base}/snap"), sha, ssl_context=ssl.create_default_context())
+
+
+def _data_paths(prefix: str) -> list[str]:
+    return [f"{prefix}/SHA256SUMS"] + [f"{prefix}/{name}" for name in DATA_FILES]
+
+
+def test_http_snapshot_is_fetched_without_an_authorization_header(http_server: Server) -> None:
+    sha = write_snapshot(http_server.root / "snap", [SFT_ROW], [], [DPO_ROW], [])
+    snap = load_snapshot(remote(f"{http_server.base}/snap/"), sha)
+    assert len(snap.sft) == 1 and len(snap.dpo) == 1
+    assert [path for path, _ in http_server.requests] == _data_paths("/snap")
+    assert all(auth is None for _, auth in http_server.requests)
+
+
+def test_the_bearer_token_is_sent_on_every_http_fetch(http_server: Server, tmp_path: Path) -> None:
+    http_server.token = TOKEN
+    sha = write_snapshot(http_server.root / "snap", [SFT_ROW], [], [DPO_ROW], [])
+    snap = load_snapshot(remote(f"{http_server.base}/snap", TOKEN, tmp_path / "token"), sha)
+    assert len(snap.sft) == 1
+    assert http_server.requests == [(path, f"Bearer {TOKEN}") for path in _data_paths("/snap")]
+
+
+def test_the_bearer_token_is_sent_over_https(tls_server: tuple[Server, ssl.SSLContext], tmp_path: Path) -> None:
+    server, ctx = tls_server
+    server.token = TOKEN
+    sha = write_snapshot(server.root / "snap", [SFT_ROW], [], [], [])
+    load_snapshot(remote(f"{server.base}/snap", TOKEN, tmp_path / "token"), sha, ssl_context=ctx)
+    assert server.requests == [(path, f"Bearer {TOKEN}") for path in _data_paths("/snap")]
+
+
+def test_a_401_without_a_token_says_the_token_file_is_not_set(http_server: Server) -> None:
+    http_server.token = TOKEN
+    sha = write_snapshot(http_server.root / "snap", [SFT_ROW], [], [], [])
+    with pytest.raises(DatasetError) as raised:
+        load_snapshot(remote(f"{http_server.base}/snap"), sha, https_attempts=3, https_backoff=0.01)
+    message = str(raised.value)
+    assert "HTTP 401" in message
+    assert "the server wants a bearer token and FLYWHEEL_DATASET_TOKEN_FILE is not set" in message
+    assert raised.value.exit_code == 3
+    assert http_server.requests == [("/snap/SHA256SUMS", None)], "a 401 is not retried"
+
+
+def test_a_refused_token_is_a_dataset_error_that_does_not_quote_it(http_server: Server, tmp_path: Path) -> None:
+    http_server.token = TOKEN
+    wrong = "wrong-token-0123456789"
+    sha = write_snapshot(http_server.root / "snap", [SFT_ROW], [], [], [])
+    with pytest.raises(DatasetError) as raised:
+        load_snapshot(remote(f"{http_server.base}/snap", wrong, tmp_path / "token"), sha)
+    message = str(raised.value)
+    assert f"HTTP 401 Unauthorized: the server refused the bearer token from FLYWHEEL_DATASET_TOKEN_FILE={tmp_path / 'token'}" in message
+    assert wrong not in message and TOKEN not in message
+    assert raised.value.exit_code == 3
+    assert http_server.requests == [("/snap/SHA256SUMS", f"Bearer {wrong}")]
+
+
+def test_a_403_says_the_token_may_not_read(http_server: Server, tmp_path: Path) -> None:
+    http_server.token = TOKEN
+    http_server.faults["/snap/SHA256SUMS"] = 403
+    with pytest.raises(DatasetError) as raised:
+        load_snapshot(remote(f"{http_server.base}/snap", TOKEN, tmp_path / "token"), "0" * 64)
+    message = str(raised.value)
+    assert "HTTP 403" in message and "refused the bearer token" in message and "read token" in message
+    assert TOKEN not in message
+
+
+def test_a_redirect_does_not_carry_the_token(http_server: Server, tmp_path: Path) -> None:
+    other_root = tmp_path / "other"
+    other = Server(other_root)
+    try:
+        sha = write_snapshot(http_server.root / "snap", [SFT_ROW], [], [], [])
+        write_snapshot(other_root / "snap", [SFT_ROW], [], [], [])
+        http_server.token = TOKEN
+        http_server.redirects["/snap/SHA256SUMS"] = f"{other.base}/snap/SHA256SUMS"
+        load_snapshot(remote(f"{http_server.base}/snap", TOKEN, tmp_path / "token"), sha)
+        assert other.requests == [("/snap/SHA256SUMS", None)]
+        assert http_server.requests[0] == ("/snap/SHA256SUMS", f"Bearer {TOKEN}")
+    finally:
+        other.close()
+
+
+# -- the token through the whole process ------------------------------------------------------
+
+
+def _served_snapshot(server: Server, snapshot: tuple[Path, str]) -> str:
+    dataset, _ = snapshot
+    shutil.copytree(dataset, server.root / "ds")
+    return f"{server.base}/ds"
+
+
+def test_the_trainer_fetches_over_http_with_the_token_and_never_prints_it(
+    tmp_path: Path, base_model: Path, snapshot: tuple[Path, str], http_server: Server
+) -> None:
+    http_server.token = TOKEN
+    token_file = tmp_path / "token"
+    token_file.write_text(f"{TOKEN}\n")
+    env = contract_env(
+        tmp_path / "run", base_model, snapshot[0], snapshot[1], {"maxSteps": "2", "batchSize": "2"},
+        FLYWHEEL_DATASET_URI=_served_snapshot(http_server, snapshot), FLYWHEEL_DATASET_TOKEN_FILE=str(token_file),
+    )
+    done = run_trainer(env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert http_server.requests == [(path, f"Bearer {TOKEN}") for path in _data_paths("/ds")]
+    assert f"bearer token from FLYWHEEL_DATASET_TOKEN_FILE={token_file}" in done.stderr
+    result = Path(env["FLYWHEEL_TERMINATION_LOG"]).read_text()
+    training = (tmp_path / "run" / "out" / "flywheel-training.json").read_text()
+    for text in (done.stdout, done.stderr, result, training):
+        assert TOKEN not in text
+
+
+def test_the_trainer_exits_3_when_the_server_refuses_the_token(
+    tmp_path: Path, base_model: Path, snapshot: tuple[Path, str], http_server: Server
+) -> None:
+    http_server.token = TOKEN
+    wrong = "not-the-token-9f8e7d"
+    token_file = tmp_path / "token"
+    token_file.write_text(wrong)
+    env = contract_env(
+        tmp_path / "run", base_model, snapshot[0], snapshot[1],
+        FLYWHEEL_DATASET_URI=_served_snapshot(http_server, snapshot), FLYWHEEL_DATASET_TOKEN_FILE=str(token_file),
+    )
+    done = run_trainer(env, timeout=60)
+    assert done.returncode == 3, done.stderr
+    assert "bad dataset: fetching" in done.stderr and "HTTP 401" in done.stderr
+    assert f"refused the bearer token from FLYWHEEL_DATASET_TOKEN_FILE={token_file}" in done.stderr
+    assert wrong not in done.stdout + done.stderr and TOKEN not in done.stdout + done.stderr
+    assert not Path(env["FLYWHEEL_TERMINATION_LOG"]).exists()
