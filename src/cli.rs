@@ -154,9 +154,39 @@ pub struct AgentArgs {
     /// Version of the model the runtime serves.
     #[arg(long)]
     pub model_version: String,
-    /// Base URL of the feedback collector.
-    #[arg(long)]
+    /// Base URL of the feedback collector; no capture without it.
+    #[arg(long, env = "FLYWHEEL_COLLECTOR_URL")]
     pub collector_url: Option<String>,
+    /// File holding the collector's write token.
+    #[arg(long, env = "FLYWHEEL_COLLECTOR_TOKEN_FILE")]
+    pub collector_token_file: Option<PathBuf>,
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, default_value = "0.0.0.0:9091")]
+    pub admin_listen: SocketAddr,
+    /// Path of the runtime's readiness endpoint (the agent's readiness follows it).
+    #[arg(long, default_value = "/health")]
+    pub upstream_health_path: String,
+    /// Namespace of the ModelDeployment.
+    #[arg(long, env = "FLYWHEEL_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// Name of the ModelDeployment.
+    #[arg(long, env = "FLYWHEEL_MODEL_DEPLOYMENT", default_value = "unknown")]
+    pub deployment: String,
+    /// Fraction of interactions captured.
+    #[arg(long, default_value_t = 1.0)]
+    pub sample_rate: f64,
+    /// Largest prompt message or answer captured, in bytes.
+    #[arg(long, default_value_t = 65536)]
+    pub max_capture_bytes: usize,
+    /// Request header never captured (repeatable); Authorization and Cookie never are.
+    #[arg(long = "redact-header")]
+    pub redact_headers: Vec<String>,
+    /// JSON field of the request body replaced by `[redacted]` before capture (repeatable).
+    #[arg(long = "redact-field")]
+    pub redact_fields: Vec<String>,
+    /// Interactions waiting for the collector at most; more are dropped and counted.
+    #[arg(long, default_value_t = 512)]
+    pub capture_queue: usize,
 }
 
 /// `flywheel sim`.

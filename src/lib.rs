@@ -2,7 +2,9 @@
 //!
 //! The crate holds every component of the single `flywheel` binary; see `docs/ARCHITECTURE.md`.
 
+pub mod agent;
 pub mod api;
+pub mod autoscale;
 pub mod cli;
 pub mod collector;
 pub mod fetch_model;

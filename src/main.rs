@@ -20,7 +20,7 @@ fn main() -> ExitCode {
         Command::Rollout(args) => run_async(run_rollout(args)),
         Command::FetchModel(args) => run_async(run_fetch_model(args)),
         Command::Collector(args) => run_async(run_collector(args)),
-        Command::Agent(_) => not_implemented("agent"),
+        Command::Agent(args) => run_async(run_agent(args)),
         Command::Sim(args) => run_async(run_sim(args)),
         Command::Demo(_) => not_implemented("demo"),
     }
@@ -172,6 +172,43 @@ async fn run_rollout(args: flywheel::cli::RolloutArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn run_agent(args: flywheel::cli::AgentArgs) -> ExitCode {
+    use flywheel::agent::{Agent, AgentConfig, Capture};
+    let upstream = match args.upstream.parse() {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("flywheel agent: --upstream {:?}: {e}", args.upstream);
+            return ExitCode::from(2);
+        }
+    };
+    let mut config = AgentConfig::new(args.listen, upstream, &args.model_version);
+    config.admin_listen = args.admin_listen;
+    config.upstream_health_path = args.upstream_health_path;
+    config.namespace = args.namespace;
+    config.deployment = args.deployment;
+    config.collector_url = args.collector_url;
+    config.collector_token_file = args.collector_token_file;
+    config.queue_capacity = args.capture_queue;
+    config.capture = Capture {
+        sample_rate: args.sample_rate.clamp(0.0, 1.0),
+        max_bytes: args.max_capture_bytes,
+        redact_headers: args.redact_headers,
+        redact_fields: args.redact_fields,
+    };
+    let agent = match Agent::start(config).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "agent failed to start");
+            eprintln!("flywheel agent: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing requests in flight and flushing captures");
+    agent.shutdown().await;
+    ExitCode::SUCCESS
 }
 
 async fn run_collector(args: flywheel::cli::CollectorArgs) -> ExitCode {
