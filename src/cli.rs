@@ -80,9 +80,13 @@ pub struct OperatorArgs {
     /// Reconciles running at once per controller.
     #[arg(long, default_value_t = 8)]
     pub concurrency: u16,
-    /// Image that runs `flywheel fetch-model` in inference pods (the operator's own).
+    /// Image that runs `flywheel fetch-model` and the agent in inference pods (the operator's own).
     #[arg(long, env = "FLYWHEEL_IMAGE")]
     pub image: Option<String>,
+    /// Secret in each ModelDeployment's namespace (key `token`) with the collector token the
+    /// injected agents send captures with.
+    #[arg(long, default_value = "flywheel-collector-token")]
+    pub collector_token_secret: String,
 }
 
 /// `flywheel rollout`.

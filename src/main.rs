@@ -117,6 +117,7 @@ async fn run_operator(args: flywheel::cli::OperatorArgs) -> ExitCode {
         leader_election,
         concurrency: args.concurrency.max(1),
         operator_image: args.image.clone().unwrap_or_else(flywheel::operator::default_image),
+        collector_token_secret: args.collector_token_secret.clone(),
         ..flywheel::operator::OperatorConfig::local()
     };
     let operator = match flywheel::operator::start(client, config).await {

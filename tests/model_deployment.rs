@@ -537,3 +537,120 @@ async fn gateway_api_traffic_follows_the_step_weight() {
     ns.cleanup().await;
     cluster.stop().await;
 }
+
+/// Simulated load: a total number of requests in flight per track, spread over whatever pods
+/// the track has (the autoscaler sees the sum).
+#[derive(Default)]
+struct SimulatedLoad {
+    in_flight: std::sync::Mutex<std::collections::HashMap<String, f64>>,
+}
+
+impl SimulatedLoad {
+    fn set(&self, track: &str, load: f64) {
+        if let Ok(mut m) = self.in_flight.lock() {
+            m.insert(track.to_string(), load);
+        }
+    }
+}
+
+impl flywheel::autoscale::scrape::LoadSource for SimulatedLoad {
+    fn load<'a>(
+        &'a self,
+        pods: &'a [flywheel::autoscale::scrape::PodTarget],
+        metrics: &'a [String],
+    ) -> futures::future::BoxFuture<'a, Option<(f64, i32)>> {
+        Box::pin(async move {
+            assert_eq!(metrics, ["flywheel_agent_in_flight_requests".to_string()], "the agent's gauge is scraped");
+            assert!(pods.iter().all(|p| p.port == 9091), "on the agent's admin port");
+            let track = if pods.first()?.name.contains("-canary-") { "canary" } else { "stable" };
+            let load = self.in_flight.lock().ok()?.get(track).copied()?;
+            Some((load, i32::try_from(pods.len()).unwrap_or(0)))
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_on_the_pods_moves_the_replicas() {
+    use flywheel::api::model_deployment::{ScalingMetric, ScalingSpec, Track};
+    let cluster = Cluster::start().await;
+    cluster.install_crds().await;
+    let ns = cluster.namespace("md-scale").await;
+    let load = std::sync::Arc::new(SimulatedLoad::default());
+    let config = OperatorConfig {
+        load_source: load.clone(),
+        scale_interval: Duration::from_millis(500),
+        ..OperatorConfig::local()
+    };
+    let op = operator::start(cluster.client.clone(), config).await.unwrap_or_else(|e| panic!("{e}"));
+    let api: Api<ModelDeployment> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let mut md = sample(1);
+    md.spec.replicas = None;
+    md.spec.scaling = Some(ScalingSpec {
+        min_replicas: 1,
+        max_replicas: 6,
+        metric: ScalingMetric::InFlight,
+        runtime_metrics: vec![],
+        target_per_replica: 4.0,
+        stable_window_seconds: 6,
+        panic_window_seconds: 2,
+        panic_threshold: 2.0,
+        scale_down_delay_seconds: 0,
+        max_scale_up_rate: 1000.0,
+        max_scale_down_rate: 2.0,
+    });
+    load.set("stable", 2.0);
+    api.create(&PostParams::default(), &md).await.unwrap_or_else(|e| panic!("{e}"));
+    until(&api, "support-chat", "Ready on one replica", 60, |m| {
+        is_ready(m) && m.status.as_ref().is_some_and(|s| s.ready_replicas == 1)
+    })
+    .await;
+
+    // A burst: 20 in flight at 4 per replica wants 5 replicas, at once (panic window).
+    load.set("stable", 20.0);
+    let scaled = until(&api, "support-chat", "5 ready replicas", 60, |m| {
+        m.status.as_ref().is_some_and(|s| s.ready_replicas == 5)
+    })
+    .await;
+    let decision = scaled.status.as_ref().and_then(|s| s.scaling.iter().find(|d| d.track == Track::Stable)).cloned();
+    let decision = decision.unwrap_or_else(|| panic!("no scaling decision in status"));
+    assert_eq!(decision.desired_replicas, 5);
+    assert!(decision.reason.contains("panic") || decision.reason.contains("average"), "{}", decision.reason);
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let stable = deployments.get("support-chat-stable").await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(stable.spec.and_then(|s| s.replicas), Some(5));
+    let events: Api<Event> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let scaled_events = eventually(Duration::from_secs(10), || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            let found: Vec<String> = list
+                .items
+                .iter()
+                .filter(|e| e.reason.as_deref() == Some("Scaled"))
+                .filter_map(|e| e.note.clone())
+                .collect();
+            found.iter().any(|n| n.contains("→ 5 replicas")).then_some(found)
+        }
+    })
+    .await;
+    let scaled_events = scaled_events.unwrap_or_else(|| panic!("no Scaled event reaching 5 replicas"));
+    assert!(scaled_events.iter().any(|n| n.starts_with("stable: 1 → ")), "an Event for each change: {scaled_events:?}");
+
+    // The load ends: back to one replica once the stable window forgets the burst, by at most
+    // half per decision.
+    load.set("stable", 1.0);
+    until(&api, "support-chat", "back to 1 replica", 90, |m| {
+        m.status.as_ref().is_some_and(|s| s.replicas == 1 && s.ready_replicas == 1)
+    })
+    .await;
+    let text = reqwest::get(format!("http://{}/metrics", op.metrics_addr))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .text()
+        .await
+        .unwrap_or_default();
+    assert!(text.contains("flywheel_autoscaler_desired_replicas{"), "{text}");
+    op.shutdown().await;
+    ns.cleanup().await;
+    cluster.stop().await;
+}

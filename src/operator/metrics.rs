@@ -38,6 +38,18 @@ pub struct Metrics {
     in_flight: Family<ControllerLabels, Gauge>,
     queued: Family<ControllerLabels, Gauge>,
     leader: Gauge<i64, AtomicI64>,
+    desired_replicas: Family<TrackLabels, Gauge>,
+}
+
+/// Labels of per-track autoscaler metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrackLabels {
+    /// Namespace of the ModelDeployment.
+    pub namespace: String,
+    /// The ModelDeployment.
+    pub name: String,
+    /// `stable` or `canary`.
+    pub track: String,
 }
 
 fn duration_histogram() -> Histogram {
@@ -54,6 +66,7 @@ impl Default for Metrics {
         let in_flight = Family::<ControllerLabels, Gauge>::default();
         let queued = Family::<ControllerLabels, Gauge>::default();
         let leader = Gauge::<i64, AtomicI64>::default();
+        let desired_replicas = Family::<TrackLabels, Gauge>::default();
         registry.register("reconciles", "Reconciles run, by controller", reconciles.clone());
         registry.register(
             "reconcile_failures",
@@ -68,7 +81,12 @@ impl Default for Metrics {
             queued.clone(),
         );
         registry.register("leader", "1 while this replica holds the leader lease", leader.clone());
-        Self { registry, reconciles, failures, duration, in_flight, queued, leader }
+        registry.register(
+            "autoscaler_desired_replicas",
+            "Replicas the autoscaler wants, by ModelDeployment and track",
+            desired_replicas.clone(),
+        );
+        Self { registry, reconciles, failures, duration, in_flight, queued, leader, desired_replicas }
     }
 }
 
@@ -122,5 +140,13 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+impl Metrics {
+    /// Records the autoscaler's decision for a track.
+    pub fn set_desired_replicas(&self, namespace: &str, name: &str, track: &str, replicas: i32) {
+        let labels = TrackLabels { namespace: namespace.to_string(), name: name.to_string(), track: track.to_string() };
+        self.desired_replicas.get_or_create(&labels).set(i64::from(replicas));
     }
 }

@@ -48,6 +48,13 @@ pub struct OperatorConfig {
     pub operator_image: String,
     /// Where the feedback evidence of `Analysis` gates comes from.
     pub analysis: Arc<dyn AnalysisSource>,
+    /// Where the autoscaler reads the load of pods (their `/metrics` by default).
+    pub load_source: Arc<dyn crate::autoscale::scrape::LoadSource>,
+    /// How often a ModelDeployment with `spec.scaling` is re-evaluated.
+    pub scale_interval: std::time::Duration,
+    /// Secret (in each ModelDeployment's namespace, key `token`) holding the collector token
+    /// the injected agents use.
+    pub collector_token_secret: String,
 }
 
 impl OperatorConfig {
@@ -60,6 +67,9 @@ impl OperatorConfig {
             concurrency: 8,
             operator_image: default_image(),
             analysis: Arc::new(NoAnalysis),
+            load_source: Arc::new(crate::autoscale::scrape::HttpScraper::default()),
+            scale_interval: std::time::Duration::from_secs(2),
+            collector_token_secret: "flywheel-collector-token".to_string(),
         }
     }
 }
@@ -94,6 +104,12 @@ pub struct Context {
     pub settings: ChildSettings,
     /// Feedback evidence for analysis gates.
     pub analysis: Arc<dyn AnalysisSource>,
+    /// Load of pods, for the autoscaler.
+    pub load_source: Arc<dyn crate::autoscale::scrape::LoadSource>,
+    /// How often scaled ModelDeployments are re-evaluated.
+    pub scale_interval: std::time::Duration,
+    /// The autoscaler's memory per ModelDeployment track (`namespace/name/track`).
+    pub scalers: Mutex<HashMap<String, crate::autoscale::TrackState>>,
     failures: Mutex<HashMap<String, u32>>,
     scheduled: Mutex<HashMap<String, Instant>>,
 }
@@ -317,8 +333,15 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
         client: client.clone(),
         metrics: metrics.clone(),
         recorder: Recorder::new(client.clone(), reporter),
-        settings: ChildSettings { operator_image: config.operator_image.clone() },
+        settings: ChildSettings {
+            operator_image: config.operator_image.clone(),
+            collector_url: config.collector_url.clone(),
+            collector_token_secret: config.collector_token_secret.clone(),
+        },
         analysis: config.analysis.clone(),
+        load_source: config.load_source.clone(),
+        scale_interval: config.scale_interval,
+        scalers: Mutex::new(HashMap::new()),
         failures: Mutex::new(HashMap::new()),
         scheduled: Mutex::new(HashMap::new()),
     });

@@ -112,8 +112,99 @@ pub struct Owner {
 /// Settings of the operator that shape children.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChildSettings {
-    /// Image that runs `flywheel fetch-model` (the operator's own).
+    /// Image that runs `flywheel fetch-model` and the agent (the operator's own).
     pub operator_image: String,
+    /// The collector the injected agents send captures to.
+    pub collector_url: Option<String>,
+    /// Secret (in the ModelDeployment's namespace, key `token`) with the agents' collector
+    /// token; mounted optionally, so pods start without it (captures are then refused and
+    /// counted as dropped).
+    pub collector_token_secret: String,
+}
+
+/// The port the injected agent serves on (the Services' `http` target).
+pub const AGENT_PORT: i32 = 8080;
+/// The agent's admin port: `/healthz`, `/readyz`, `/metrics` (the autoscaler's signal).
+pub const AGENT_ADMIN_PORT: i32 = 9091;
+/// Where the agent's collector token is mounted.
+pub const AGENT_TOKEN_DIR: &str = "/var/run/flywheel/collector";
+
+fn restricted_security_context() -> Value {
+    json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "runAsNonRoot": true,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"}
+    })
+}
+
+/// The agent sidecar: on the serving port, in front of the runtime on localhost.
+fn agent_container(owner: &Owner, spec: &ModelDeploymentSpec, plan: &TrackPlan, settings: &ChildSettings) -> Value {
+    let agent = spec.agent.clone().unwrap_or_default();
+    let runtime = &spec.runtime;
+    let health_path = runtime
+        .readiness_probe
+        .as_ref()
+        .and_then(|p| p.http_get.as_ref())
+        .and_then(|h| h.path.clone())
+        .unwrap_or_else(|| "/health".to_string());
+    let mut args = vec![
+        "agent".to_string(),
+        "--listen".into(),
+        format!("0.0.0.0:{AGENT_PORT}"),
+        "--admin-listen".into(),
+        format!("0.0.0.0:{AGENT_ADMIN_PORT}"),
+        "--upstream".into(),
+        format!("http://127.0.0.1:{}", runtime.port),
+        "--upstream-health-path".into(),
+        health_path,
+        "--model-version".into(),
+        plan.version.clone(),
+        "--sample-rate".into(),
+        agent.sample_rate.to_string(),
+        "--max-capture-bytes".into(),
+        agent.max_capture_bytes.max(0).to_string(),
+    ];
+    for h in &agent.redact_headers {
+        args.extend(["--redact-header".to_string(), h.clone()]);
+    }
+    for f in &agent.redact_fields {
+        args.extend(["--redact-field".to_string(), f.clone()]);
+    }
+    let mut env = vec![
+        json!({"name": "FLYWHEEL_NAMESPACE", "value": owner.namespace}),
+        json!({"name": "FLYWHEEL_MODEL_DEPLOYMENT", "value": owner.name}),
+    ];
+    let mut container = json!({
+        "name": "agent",
+        "image": agent.image.clone().unwrap_or_else(|| settings.operator_image.clone()),
+        "args": args,
+        "ports": [
+            {"name": "http", "containerPort": AGENT_PORT, "protocol": "TCP"},
+            {"name": "agent-admin", "containerPort": AGENT_ADMIN_PORT, "protocol": "TCP"}
+        ],
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "agent-admin"}, "periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "agent-admin"}, "periodSeconds": 10, "failureThreshold": 3},
+        "resources": agent.resources.as_ref().and_then(|r| serde_json::to_value(r).ok()).unwrap_or_else(|| json!({
+            "requests": {"cpu": "50m", "memory": "64Mi"},
+            "limits": {"memory": "256Mi"}
+        })),
+        "securityContext": restricted_security_context(),
+    });
+    if let Some(url) = &settings.collector_url {
+        env.push(json!({"name": "FLYWHEEL_COLLECTOR_URL", "value": url}));
+        env.push(json!({"name": "FLYWHEEL_COLLECTOR_TOKEN_FILE", "value": format!("{AGENT_TOKEN_DIR}/token")}));
+        container["volumeMounts"] =
+            json!([{"name": "collector-token", "mountPath": AGENT_TOKEN_DIR, "readOnly": true}]);
+    }
+    container["env"] = json!(env);
+    container
+}
+
+/// Whether the agent is injected (the default).
+pub fn agent_enabled(spec: &ModelDeploymentSpec) -> bool {
+    spec.agent.as_ref().is_none_or(|a| a.enabled)
 }
 
 impl Owner {
@@ -198,7 +289,7 @@ pub fn deployment(
     let mut container = json!({
         "name": "runtime",
         "image": runtime.image,
-        "ports": [{"name": "http", "containerPort": runtime.port, "protocol": "TCP"}],
+        "ports": [{"name": if agent_enabled(spec) { "runtime" } else { "http" }, "containerPort": runtime.port, "protocol": "TCP"}],
         "env": env,
         "readinessProbe": runtime.readiness_probe.as_ref().and_then(|p| serde_json::to_value(p).ok()).unwrap_or(default_probe),
     });
@@ -236,18 +327,23 @@ pub fn deployment(
                 "image": settings.operator_image,
                 "args": ["fetch-model", uri, MODEL_ROOT],
                 "volumeMounts": [{"name": "model", "mountPath": MODEL_ROOT}],
-                "securityContext": {
-                    "allowPrivilegeEscalation": false,
-                    "readOnlyRootFilesystem": true,
-                    "runAsNonRoot": true,
-                    "capabilities": {"drop": ["ALL"]},
-                    "seccompProfile": {"type": "RuntimeDefault"}
-                }
+                "securityContext": restricted_security_context()
             }]);
         }
         ModelSource::File { .. } => {}
     }
-    pod["containers"] = json!([container]);
+    if agent_enabled(spec) {
+        pod["containers"] = json!([container, agent_container(owner, spec, plan, settings)]);
+        if settings.collector_url.is_some() {
+            let mut volumes = pod.get("volumes").and_then(Value::as_array).cloned().unwrap_or_default();
+            volumes.push(json!({"name": "collector-token", "secret": {
+                "secretName": settings.collector_token_secret, "optional": true, "defaultMode": 0o440
+            }}));
+            pod["volumes"] = Value::Array(volumes);
+        }
+    } else {
+        pod["containers"] = json!([container]);
+    }
     if !runtime.node_selector.is_empty() {
         pod["nodeSelector"] = json!(runtime.node_selector);
     }

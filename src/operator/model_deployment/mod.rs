@@ -4,6 +4,7 @@
 //! changed → publish an Event per transition.
 
 pub mod children;
+pub mod scaling;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -249,7 +250,33 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
     let stable_live = deployments.get_opt(&stable_name).await.map_err(kube_err("reading the stable Deployment"))?;
     let canary_live = deployments.get_opt(&canary_name).await.map_err(kube_err("reading the canary Deployment"))?;
     let total = total_replicas(md);
-    let canary_wanted = current.canary.as_ref().map(|c| rollout::split_replicas(total, Some(c.weight)).1).unwrap_or(0);
+    // The autoscaler, per track: stable on its own pods' load; the canary on its own with
+    // Gateway API weights, or in proportion to stable when replicas carry the weight.
+    let now_ms = now.as_millisecond();
+    let gateway = md.spec.traffic.as_ref().is_some_and(|t| t.mode == TrafficMode::GatewayApi);
+    let stable_scaled =
+        scaling::decide_track(ctx, md, &owner, Track::Stable, stable_live.as_ref(), total, now_ms).await?;
+    let canary_scaled = if stable_scaled.is_some() && gateway && current.canary.is_some() {
+        scaling::decide_track(ctx, md, &owner, Track::Canary, canary_live.as_ref(), 1, now_ms).await?
+    } else {
+        None
+    };
+    let replicas_for = |weight: Option<i32>| -> (i32, i32) {
+        match (&stable_scaled, weight) {
+            (None, w) => rollout::split_replicas(total, w),
+            (Some(s), None) => (s.decision.desired, 0),
+            (Some(s), Some(w)) => {
+                let stable = s.decision.desired.max(1);
+                let canary = match &canary_scaled {
+                    Some(c) => c.decision.desired.max(1),
+                    None if gateway => 1,
+                    None => scaling::ratio_canary(stable, w),
+                };
+                (stable, canary)
+            }
+        }
+    };
+    let canary_wanted = current.canary.as_ref().map(|c| replicas_for(Some(c.weight)).1).unwrap_or(0);
     let canary_version_live = canary_live
         .as_ref()
         .and_then(|d| d.spec.as_ref())
@@ -273,7 +300,7 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
     // Build the children (pure) and apply what differs.
     let stable = next.stable.clone().ok_or(ReconcileError::Malformed("a stable version after planning"))?;
     let canary_weight = next.canary.as_ref().map(|c| c.weight);
-    let (stable_replicas, canary_replicas) = rollout::split_replicas(total, canary_weight);
+    let (stable_replicas, canary_replicas) = replicas_for(canary_weight);
     let settings: &ChildSettings = &ctx.settings;
     let stable_plan = TrackPlan {
         track: Track::Stable,
@@ -385,6 +412,17 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
         next.canary.as_ref().map_or_else(String::new, |c| format!("canary of {} at {}%", c.version, c.weight)),
     );
     conditions::set(&mut next.conditions, &progressing, generation, &now_time);
+    let decisions: Vec<scaling::TrackDecision> = [stable_scaled, canary_scaled].into_iter().flatten().collect();
+    next.scaling = scaling::record(&current.scaling, &decisions, &now_time);
+    for d in &decisions {
+        ctx.metrics.set_desired_replicas(&ns, &owner.name, d.track.as_str(), d.decision.desired);
+        if d.decision.desired != d.current {
+            let message =
+                format!("{}: {} → {} replicas: {}", d.track.as_str(), d.current, d.decision.desired, d.decision.reason);
+            tracing::info!(track = d.track.as_str(), from = d.current, to = d.decision.desired, panic = d.decision.panic, reason = %d.decision.reason, "scaled");
+            ctx.publish(md, EventType::Normal, "Scaled", &message).await;
+        }
+    }
     write_status(md, ctx, &current, &next).await?;
     for t in &transitions {
         let type_ =
@@ -392,11 +430,15 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
         ctx.publish(md, type_, t.reason(), &t.message()).await;
         tracing::info!(reason = t.reason(), message = %t.message(), "rollout transition");
     }
-    let after = match (requeue_after, conditions::is_true(&next.conditions, CONDITION_READY)) {
+    let mut after = match (requeue_after, conditions::is_true(&next.conditions, CONDITION_READY)) {
         (Some(d), _) => Some(d.max(Duration::from_millis(200))),
         (None, false) => Some(Duration::from_secs(5)),
         (None, true) => None,
     };
+    if md.spec.scaling.is_some() && md.spec.replicas.is_none() {
+        // The autoscaler samples on a clock, not on changes.
+        after = Some(after.map_or(ctx.scale_interval, |a| a.min(ctx.scale_interval)));
+    }
     Ok(ctx.requeue(md, after))
 }
 
@@ -485,11 +527,14 @@ async fn stalled(
 
 /// Build an Event for this controller.
 pub fn event(type_: EventType, reason: &str, note: &str) -> Event {
+    // The recorder folds Events with the same reason and action into one series; an action
+    // that names the note keeps distinct transitions (1 → 3, then 3 → 5) distinct, while an
+    // identical repeat still counts up one series.
     Event {
         type_,
         reason: reason.to_string(),
         note: Some(note.chars().take(1024).collect()),
-        action: "Reconcile".into(),
+        action: format!("{reason}-{}", hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(note.as_bytes())[..4])),
         secondary: None,
     }
 }

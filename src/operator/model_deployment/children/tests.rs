@@ -12,7 +12,11 @@ fn owner() -> Owner {
 }
 
 fn settings() -> ChildSettings {
-    ChildSettings { operator_image: "ghcr.io/flywheel-dev/flywheel:test".into() }
+    ChildSettings {
+        operator_image: "ghcr.io/flywheel-dev/flywheel:test".into(),
+        collector_url: Some("http://flywheel-collector.flywheel-system:8090".into()),
+        collector_token_secret: "flywheel-collector-token".into(),
+    }
 }
 
 #[test]
@@ -46,7 +50,7 @@ fn deployment_carries_the_runtime_spec() {
     let c = &pod["containers"][0];
     assert_eq!(c["image"], "vllm/vllm-openai:v0.8.5");
     assert_eq!(c["args"][0], "--model=$(FLYWHEEL_MODEL_DIR)");
-    assert_eq!(c["ports"][0]["containerPort"], 8000);
+    assert_eq!(c["ports"][0], serde_json::json!({"name": "runtime", "containerPort": 8000, "protocol": "TCP"}));
     assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], "1");
     assert_eq!(c["startupProbe"]["failureThreshold"], 60);
     let env: Vec<(String, String)> = c["env"]
@@ -111,4 +115,44 @@ fn subset_comparison() {
     assert!(!is_subset(&changed, &live));
     let more_ports = serde_json::json!({"spec": {"ports": [{"port": 80}, {"port": 81}]}});
     assert!(!is_subset(&more_ports, &live));
+}
+
+#[test]
+fn the_agent_is_injected_in_front_of_the_runtime() {
+    let spec = sample();
+    let plan = TrackPlan { track: Track::Canary, version: "v2".into(), uri: spec.model.uri.clone(), replicas: 1 };
+    let source = ModelSource::parse(&spec.model.uri).unwrap_or_else(|e| panic!("{e}"));
+    let d = deployment(&owner(), &spec, &plan, &source, &settings());
+    let pod = &d["spec"]["template"]["spec"];
+    let agent = &pod["containers"][1];
+    assert_eq!(agent["name"], "agent");
+    assert_eq!(agent["image"], "ghcr.io/flywheel-dev/flywheel:test");
+    let args: Vec<&str> = agent["args"].as_array().into_iter().flatten().filter_map(|a| a.as_str()).collect();
+    let after = |flag: &str| args.iter().position(|a| *a == flag).and_then(|i| args.get(i + 1)).copied();
+    assert_eq!(args[0], "agent");
+    assert_eq!(after("--listen"), Some("0.0.0.0:8080"));
+    assert_eq!(after("--upstream"), Some("http://127.0.0.1:8000"));
+    assert_eq!(after("--model-version"), Some("v2"));
+    assert_eq!(after("--admin-listen"), Some("0.0.0.0:9091"));
+    // The Services target port `http`: the agent's, not the runtime's.
+    assert_eq!(agent["ports"][0], serde_json::json!({"name": "http", "containerPort": 8080, "protocol": "TCP"}));
+    assert_eq!(service(&owner(), None)["spec"]["ports"][0]["targetPort"], "http");
+    assert_eq!(agent["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(agent["securityContext"]["runAsNonRoot"], true);
+    let env = agent["env"].as_array().cloned().unwrap_or_default();
+    assert!(env.contains(&serde_json::json!({"name": "FLYWHEEL_MODEL_DEPLOYMENT", "value": "support-chat"})));
+    assert!(env.contains(&serde_json::json!({"name": "FLYWHEEL_COLLECTOR_URL", "value": "http://flywheel-collector.flywheel-system:8090"})));
+    let volumes = pod["volumes"].as_array().cloned().unwrap_or_default();
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v["secret"]["secretName"] == "flywheel-collector-token" && v["secret"]["optional"] == true)
+    );
+
+    let mut off = sample();
+    off.agent = Some(crate::api::model_deployment::AgentSpec { enabled: false, ..Default::default() });
+    let d = deployment(&owner(), &off, &plan, &source, &settings());
+    let containers = d["spec"]["template"]["spec"]["containers"].as_array().cloned().unwrap_or_default();
+    assert_eq!(containers.len(), 1, "no agent when disabled");
+    assert_eq!(containers[0]["ports"][0]["name"], "http", "the runtime serves the Services itself");
 }
