@@ -6,6 +6,10 @@
 //! `cargo bench --bench agent` (add `-- --seconds S --clients C`). nginx is skipped when it is
 //! not installed.
 
+#[path = "support/mod.rs"]
+mod support;
+use support::{arg, percentile};
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,18 +20,6 @@ use axum::routing::post;
 use flywheel::agent::{Agent, AgentConfig};
 use flywheel::collector::{Collector, CollectorConfig};
 use serde_json::json;
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
-}
 
 async fn upstream() -> SocketAddr {
     let app = Router::new().route(
@@ -192,7 +184,9 @@ async fn main() {
             direct = Some((r.p50, r.p99));
         }
     }
-    println!("({clients} concurrent clients with keep-alive on loopback, {secs:.0} s per row, client, proxies and upstream sharing the machine's cores)");
+    println!(
+        "({clients} concurrent clients with keep-alive on loopback, {secs:.0} s per row, client, proxies and upstream sharing the machine's cores)"
+    );
     capturing_agent.shutdown().await;
     agent.shutdown().await;
     collector.shutdown().await;

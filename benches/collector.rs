@@ -5,6 +5,10 @@
 //!
 //! `cargo bench --bench collector` (add `-- --seconds S --clients C --batch B`).
 
+#[path = "support/mod.rs"]
+mod support;
+use support::{arg, percentile};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -13,19 +17,6 @@ use flywheel::collector::{Collector, CollectorConfig};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "bench-write-token-0123456789";
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
 
 /// Writes 4 KiB and fdatasyncs, as often as the disk allows, for `secs`.
 fn fsync_rate(dir: &std::path::Path, secs: f64) -> f64 {

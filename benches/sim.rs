@@ -2,6 +2,10 @@
 //! creates, lists and watch events per second, and the process's resident memory holding
 //! 10,000 objects. `cargo bench --bench sim` (add `-- --objects N --rounds R` to change sizes).
 
+#[path = "support/mod.rs"]
+mod support;
+use support::{arg, median};
+
 use std::time::{Duration, Instant};
 
 use flywheel::sim::{Sim, SimConfig};
@@ -20,16 +24,6 @@ fn rss_kib() -> u64 {
                 .and_then(|v| v.parse().ok())
         })
         .unwrap_or(0)
-}
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
 fn config_map(i: usize) -> ConfigMap {

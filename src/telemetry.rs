@@ -16,3 +16,13 @@ pub fn init(format: LogFormat) {
     // A subscriber set earlier (a test harness) is not an error worth stopping for.
     drop(result);
 }
+
+/// The Prometheus text exposition of a registry (empty if encoding fails, which it does only
+/// for a writer error that a `String` never raises).
+pub fn render_metrics(registry: &prometheus_client::registry::Registry) -> String {
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, registry).is_err() {
+        out.clear();
+    }
+    out
+}

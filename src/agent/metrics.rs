@@ -84,11 +84,7 @@ impl AgentMetrics {
 
     /// The text exposition.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
-            out.clear();
-        }
-        out
+        crate::telemetry::render_metrics(&self.registry)
     }
 }
 

@@ -540,8 +540,14 @@ async fn compute_stats(state: &AppState, q: &StatsQuery) -> Result<Value, Respon
     }))
 }
 
-fn query_problem(e: &axum::extract::rejection::QueryRejection) -> Response {
-    problem(StatusCode::BAD_REQUEST, "InvalidQuery", &e.body_text(), None)
+/// A read endpoint's credentials and query, or the response that refuses them.
+fn read_query<T>(
+    state: &AppState,
+    headers: &HeaderMap,
+    q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, Response> {
+    authorize(state, headers, Scope::Read)?;
+    q.map(|Query(q)| q).map_err(|e| problem(StatusCode::BAD_REQUEST, "InvalidQuery", &e.body_text(), None))
 }
 
 async fn get_stats(
@@ -549,12 +555,9 @@ async fn get_stats(
     headers: HeaderMap,
     q: Result<Query<StatsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, Scope::Read) {
-        return r;
-    }
-    let Query(q) = match q {
+    let q = match read_query(&state, &headers, q) {
         Ok(q) => q,
-        Err(e) => return query_problem(&e),
+        Err(r) => return r,
     };
     match compute_stats(&state, &q).await {
         Ok(body) => axum::Json(body).into_response(),
@@ -570,12 +573,9 @@ async fn watch_stats(
     headers: HeaderMap,
     q: Result<Query<StatsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, Scope::Read) {
-        return r;
-    }
-    let Query(q) = match q {
+    let q = match read_query(&state, &headers, q) {
         Ok(q) => q,
-        Err(e) => return query_problem(&e),
+        Err(r) => return r,
     };
     let since = q.cursor.unwrap_or(0);
     let timeout = Duration::from_secs(q.timeout_seconds.unwrap_or(30)).min(state.config.max_watch);
@@ -618,12 +618,9 @@ async fn list_feedback(
     headers: HeaderMap,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers, Scope::Read) {
-        return r;
-    }
-    let Query(q) = match q {
+    let q = match read_query(&state, &headers, q) {
         Ok(q) => q,
-        Err(e) => return query_problem(&e),
+        Err(r) => return r,
     };
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     match state.store.feedback_after(&q.namespace, &q.deployment, q.after.unwrap_or(0), limit).await {
