@@ -451,5 +451,7 @@ pub fn split_replicas(total: i32, canary_weight: Option<i32>) -> (i32, i32) {
     }
 }
 
+pub mod analysis;
+
 #[cfg(test)]
 mod tests;
