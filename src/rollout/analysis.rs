@@ -54,7 +54,7 @@ pub struct Interval {
 /// level `alpha`, with mixing variance `tau2`.
 pub fn difference_interval(kc: i64, nc: i64, ks: i64, ns: i64, alpha: f64, tau2: f64) -> Option<Interval> {
     let valid = |k: i64, n: i64| n > 0 && (0..=n).contains(&k);
-    if !valid(kc, nc) || !valid(ks, ns) || !(alpha > 0.0 && alpha < 1.0) || tau2 <= 0.0 {
+    if !(valid(kc, nc) && valid(ks, ns) && alpha > 0.0 && alpha < 1.0 && tau2 > 0.0) {
         return None;
     }
     let rate = |k: i64, n: i64| k as f64 / n as f64;
