@@ -50,9 +50,12 @@ pub enum Command {
 /// `flywheel operator`.
 #[derive(Debug, Args)]
 pub struct OperatorArgs {
-    /// Base URL of the feedback collector.
+    /// Base URL of the feedback collector; `Analysis` gates read its statistics.
     #[arg(long, env = "FLYWHEEL_COLLECTOR_URL")]
     pub collector_url: Option<String>,
+    /// File holding a collector token (`read` scope is enough for the operator).
+    #[arg(long, env = "FLYWHEEL_COLLECTOR_TOKEN_FILE")]
+    pub collector_token_file: Option<PathBuf>,
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub metrics_listen: SocketAddr,

@@ -120,6 +120,22 @@ async fn run_operator(args: flywheel::cli::OperatorArgs) -> ExitCode {
         collector_token_secret: args.collector_token_secret.clone(),
         ..flywheel::operator::OperatorConfig::local()
     };
+    let mut config = config;
+    if let Some(url) = &args.collector_url {
+        let token = match &args.collector_token_file {
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(text) => text.split_whitespace().next().map(str::to_string),
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "cannot read the collector token");
+                    return ExitCode::FAILURE;
+                }
+            },
+            None => None,
+        };
+        config.analysis = std::sync::Arc::new(
+            flywheel::operator::model_deployment::feedback_analysis::CollectorAnalysis::new(url, token),
+        );
+    }
     let operator = match flywheel::operator::start(client, config).await {
         Ok(o) => o,
         Err(e) => {

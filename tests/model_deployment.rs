@@ -654,3 +654,113 @@ async fn load_on_the_pods_moves_the_replicas() {
     ns.cleanup().await;
     cluster.stop().await;
 }
+
+/// Posts `n` thumbs for `version`, `up` of them positive, in batches.
+async fn thumbs(http: &reqwest::Client, base: &str, token: &str, ns: &str, version: &str, n: usize, up: usize) {
+    let events: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            json!({"id": format!("{version}-{i}-{}", uuid::Uuid::new_v4().simple()), "namespace": ns,
+                   "deployment": "support-chat", "version": version, "kind": "thumbs", "value": i < up})
+        })
+        .collect();
+    for chunk in events.chunks(1000) {
+        let response = http
+            .post(format!("{base}/v1/feedback"))
+            .bearer_auth(token)
+            .json(&chunk)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(response.status().as_u16(), 207);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_canary_is_judged_on_live_feedback() {
+    use flywheel::api::model_deployment::{AnalysisSpec, Verdict};
+    use flywheel::collector::{Collector, CollectorConfig};
+    use flywheel::operator::model_deployment::feedback_analysis::CollectorAnalysis;
+    let cluster = Cluster::start().await;
+    cluster.install_crds().await;
+    let ns = cluster.namespace("md-judged").await;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let token = "judge-test-token-0123456789";
+    std::fs::write(dir.path().join("tokens"), format!("{token}\n")).unwrap_or_else(|e| panic!("{e}"));
+    let mut cc = CollectorConfig::new("127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")), dir.path().join("data"));
+    cc.token_file = Some(dir.path().join("tokens"));
+    let collector = Collector::start(cc).await.unwrap_or_else(|e| panic!("{e}"));
+    let base = format!("http://{}", collector.addr());
+    let config = OperatorConfig {
+        analysis: std::sync::Arc::new(CollectorAnalysis::new(&base, Some(token.to_string()))),
+        ..OperatorConfig::local()
+    };
+    let op = operator::start(cluster.client.clone(), config).await.unwrap_or_else(|e| panic!("{e}"));
+    let api: Api<ModelDeployment> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let mut md = sample(2);
+    md.spec.rollout = Some(RolloutSpec {
+        steps: vec![CanaryStep { weight: 50, gate: Gate::Analysis, pause_seconds: None, deadline_seconds: 600 }],
+        analysis: Some(AnalysisSpec {
+            min_samples_per_arm: 100,
+            margin: 0.05,
+            confidence: 0.95,
+            max_error_rate_increase: 0.05,
+            max_correction_rate_increase: 0.05,
+            interval_seconds: 1,
+        }),
+        ..RolloutSpec::default()
+    });
+    api.create(&PostParams::default(), &md).await.unwrap_or_else(|e| panic!("{e}"));
+    until(&api, "support-chat", "Ready", 60, is_ready).await;
+    let http = reqwest::Client::new();
+
+    for (version, canary_up, expect) in [("v2", 1700, HistoryType::Promoted), ("v3", 1000, HistoryType::RolledBack)] {
+        api.patch(
+            "support-chat",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"model": {"version": version, "uri": format!("hf://Qwen/Qwen2.5-0.5B-Instruct-{version}")}}})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        let waiting = until(&api, "support-chat", "a canary step under way", 60, |m| {
+            m.status
+                .as_ref()
+                .and_then(|s| s.canary.as_ref())
+                .is_some_and(|c| c.version == version && c.step_started_at.is_some())
+        })
+        .await;
+        let stable =
+            waiting.status.as_ref().and_then(|s| s.stable.as_ref()).map(|s| s.version.clone()).unwrap_or_default();
+        // Thin data: inconclusive, and the evidence says so.
+        until(&api, "support-chat", "inconclusive evidence", 30, |m| {
+            m.status
+                .as_ref()
+                .and_then(|s| s.canary.as_ref())
+                .and_then(|c| c.evidence.as_ref())
+                .is_some_and(|e| e.verdict == Verdict::Inconclusive && e.message.contains("waiting"))
+        })
+        .await;
+        // Stable at 80% positive; the canary at 85% (v2) or 50% (v3), 2,000 judgments each.
+        thumbs(&http, &base, token, &ns.name, &stable, 2000, 1600).await;
+        thumbs(&http, &base, token, &ns.name, version, 2000, canary_up).await;
+        let done = until(&api, "support-chat", "a verdict", 60, |m| {
+            m.status.as_ref().is_some_and(|s| s.history.last().is_some_and(|h| h.version == version))
+        })
+        .await;
+        let entry =
+            done.status.as_ref().and_then(|s| s.history.last().cloned()).unwrap_or_else(|| panic!("no history"));
+        assert_eq!(entry.type_, expect, "{version}: {}", entry.message);
+        let evidence = entry.evidence.unwrap_or_else(|| panic!("{version}: the decision carries its evidence"));
+        assert_eq!((evidence.stable_samples, evidence.canary_samples), (2000, 2000));
+        assert!(evidence.difference_lower.is_some() && evidence.difference_upper.is_some());
+        let expected_stable = if expect == HistoryType::Promoted { version.to_string() } else { stable.clone() };
+        until(&api, "support-chat", "the stable version after the verdict", 60, |m| {
+            m.status.as_ref().and_then(|s| s.stable.as_ref()).is_some_and(|s| s.version == expected_stable)
+                && m.status.as_ref().is_some_and(|s| s.canary.is_none())
+        })
+        .await;
+    }
+    op.shutdown().await;
+    collector.shutdown().await;
+    ns.cleanup().await;
+    cluster.stop().await;
+}

@@ -4,6 +4,7 @@
 //! changed → publish an Event per transition.
 
 pub mod children;
+pub mod feedback_analysis;
 pub mod scaling;
 
 use std::sync::Arc;
