@@ -358,26 +358,28 @@ fn check_id(field: &str, id: &str) -> Result<(), FieldError> {
     }
 }
 
-fn check_dns_label(field: &str, s: &str, max: usize) -> Result<(), FieldError> {
+/// Whether `s` is 1 to `max` bytes of lower-case letters, digits and `inner`, starting and
+/// ending with a letter or digit (DNS names, version labels).
+fn is_name(s: &str, max: usize, inner: &[u8]) -> bool {
+    let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
     let bytes = s.as_bytes();
-    let edge = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    let ok = !s.is_empty()
+    !s.is_empty()
         && s.len() <= max
-        && edge(bytes.first())
-        && edge(bytes.last())
-        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(b));
-    if ok { Ok(()) } else { Err(err(field, format!("must be a lower-case DNS name of at most {max} characters"))) }
+        && bytes.first().is_some_and(alnum)
+        && bytes.last().is_some_and(alnum)
+        && bytes.iter().all(|b| alnum(b) || inner.contains(b))
+}
+
+fn check_dns_label(field: &str, s: &str, max: usize) -> Result<(), FieldError> {
+    if is_name(s, max, b"-.") {
+        Ok(())
+    } else {
+        Err(err(field, format!("must be a lower-case DNS name of at most {max} characters")))
+    }
 }
 
 fn check_version(field: &str, s: &str) -> Result<(), FieldError> {
-    let bytes = s.as_bytes();
-    let edge = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    let ok = !s.is_empty()
-        && s.len() <= 63
-        && edge(bytes.first())
-        && edge(bytes.last())
-        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(b));
-    if ok {
+    if is_name(s, 63, b"._-") {
         Ok(())
     } else {
         Err(err(field, "must be 1 to 63 characters of a-z, 0-9, '.', '_', '-', starting and ending alphanumeric"))

@@ -361,7 +361,6 @@ fn feedback_from_row(
     })
 }
 
-#[allow(clippy::too_many_arguments, reason = "one argument per stored column")]
 fn interaction_from_row(
     id: String,
     namespace: String,
