@@ -204,6 +204,7 @@ pub fn builtins() -> Vec<ResourceType> {
             .with_status()
             .with_scale()
             .with_categories(&["all"]),
+        R::builtin("apps", "v1", "StatefulSet", "statefulsets", true, &["sts"]).with_status().with_categories(&["all"]),
         R::builtin("batch", "v1", "Job", "jobs", true, &[]).with_status().with_categories(&["all"]),
         R::builtin("coordination.k8s.io", "v1", "Lease", "leases", true, &[]),
         R::builtin("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", true, &["pdb"]).with_status(),
