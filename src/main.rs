@@ -132,6 +132,7 @@ async fn run_operator(args: flywheel::cli::OperatorArgs) -> ExitCode {
             },
             None => None,
         };
+        config.collector_token = token.clone();
         config.analysis = std::sync::Arc::new(
             flywheel::operator::model_deployment::feedback_analysis::CollectorAnalysis::new(url, token),
         );

@@ -39,6 +39,17 @@ pub struct Metrics {
     queued: Family<ControllerLabels, Gauge>,
     leader: Gauge<i64, AtomicI64>,
     desired_replicas: Family<TrackLabels, Gauge>,
+    triggers: Family<OutcomeLabels, Counter>,
+    attempts: Family<OutcomeLabels, Counter>,
+}
+
+/// Labels of the feedback loop's counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// Why (a trigger reason) or what (an attempt's outcome).
+    pub reason: String,
+    /// What came of it.
+    pub outcome: String,
 }
 
 /// Labels of per-track autoscaler metrics.
@@ -67,6 +78,14 @@ impl Default for Metrics {
         let queued = Family::<ControllerLabels, Gauge>::default();
         let leader = Gauge::<i64, AtomicI64>::default();
         let desired_replicas = Family::<TrackLabels, Gauge>::default();
+        let triggers = Family::<OutcomeLabels, Counter>::default();
+        let attempts = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "feedback_triggers",
+            "FeedbackPolicy triggers, by reason and outcome (retrain, suggested, postponed)",
+            triggers.clone(),
+        );
+        registry.register("retrain_attempts", "Ended trainer attempts, by outcome", attempts.clone());
         registry.register("reconciles", "Reconciles run, by controller", reconciles.clone());
         registry.register(
             "reconcile_failures",
@@ -86,7 +105,18 @@ impl Default for Metrics {
             "Replicas the autoscaler wants, by ModelDeployment and track",
             desired_replicas.clone(),
         );
-        Self { registry, reconciles, failures, duration, in_flight, queued, leader, desired_replicas }
+        Self {
+            registry,
+            reconciles,
+            failures,
+            duration,
+            in_flight,
+            queued,
+            leader,
+            desired_replicas,
+            triggers,
+            attempts,
+        }
     }
 }
 
@@ -144,5 +174,15 @@ impl Metrics {
     pub fn set_desired_replicas(&self, namespace: &str, name: &str, track: &str, replicas: i32) {
         let labels = TrackLabels { namespace: namespace.to_string(), name: name.to_string(), track: track.to_string() };
         self.desired_replicas.get_or_create(&labels).set(i64::from(replicas));
+    }
+
+    /// Counts a FeedbackPolicy trigger.
+    pub fn count_trigger(&self, reason: &str, outcome: &str) {
+        self.triggers.get_or_create(&OutcomeLabels { reason: reason.into(), outcome: outcome.into() }).inc();
+    }
+
+    /// Counts an ended trainer attempt.
+    pub fn count_attempt(&self, outcome: &str) {
+        self.attempts.get_or_create(&OutcomeLabels { reason: "attempt".into(), outcome: outcome.into() }).inc();
     }
 }

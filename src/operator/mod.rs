@@ -1,9 +1,12 @@
 //! `flywheel operator`: the controllers, leader election, health and metrics endpoints, and
 //! graceful shutdown.
 
+pub mod collector_client;
+pub mod feedback_policy;
 pub mod leader;
 pub mod metrics;
 pub mod model_deployment;
+pub mod retrain_job;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,10 +21,12 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Service;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use rand::Rng;
@@ -30,14 +35,17 @@ use tokio_util::sync::CancellationToken;
 
 use self::metrics::Metrics;
 use self::model_deployment::children::ChildSettings;
-use self::model_deployment::{AnalysisSource, NoAnalysis, ReconcileError};
-use crate::api::ModelDeployment;
+use self::model_deployment::{AnalysisSource, NoAnalysis};
+use crate::api::{FeedbackPolicy, ModelDeployment, RetrainJob};
 
 /// How the operator runs.
 #[derive(Clone)]
 pub struct OperatorConfig {
     /// Base URL of the feedback collector.
     pub collector_url: Option<String>,
+    /// Token the operator presents to the collector (statistics and dataset snapshots need
+    /// `write` for snapshots).
+    pub collector_token: Option<String>,
     /// Address of `/healthz`, `/readyz` and `/metrics` (port 0 picks one).
     pub metrics_listen: SocketAddr,
     /// Leader election, or `None` to reconcile without it.
@@ -62,6 +70,7 @@ impl OperatorConfig {
     pub fn local() -> Self {
         Self {
             collector_url: None,
+            collector_token: None,
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             leader_election: None,
             concurrency: 8,
@@ -110,6 +119,10 @@ pub struct Context {
     pub scale_interval: std::time::Duration,
     /// The autoscaler's memory per ModelDeployment track (`namespace/name/track`).
     pub scalers: Mutex<HashMap<String, crate::autoscale::TrackState>>,
+    /// The collector, when the operator has one.
+    pub collector: Option<collector_client::CollectorClient>,
+    /// The collector's change feeds that wake FeedbackPolicies.
+    pub feeds: feedback_policy::feed::Feeds,
     failures: Mutex<HashMap<String, u32>>,
     scheduled: Mutex<HashMap<String, Instant>>,
 }
@@ -130,8 +143,13 @@ mod tests {
     }
 }
 
-fn key<K: Resource>(obj: &K) -> String {
-    format!("{}/{}", obj.meta().namespace.clone().unwrap_or_default(), obj.meta().name.clone().unwrap_or_default())
+fn key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        obj.meta().namespace.clone().unwrap_or_default(),
+        obj.meta().name.clone().unwrap_or_default()
+    )
 }
 
 impl Context {
@@ -145,7 +163,17 @@ impl Context {
 
     /// The action for a successful reconcile that wants another look after `after` (or only on
     /// a change): records it for the queue depth metric and resets the failure count.
-    pub fn requeue<K: Resource>(&self, obj: &K, after: Option<Duration>) -> Action {
+    pub fn requeue<K: Resource<DynamicType = ()>>(&self, obj: &K, after: Option<Duration>) -> Action {
+        self.requeue_for(model_deployment::CONTROLLER, obj, after)
+    }
+
+    /// [`Self::requeue`] for the controller named `controller`.
+    pub fn requeue_for<K: Resource<DynamicType = ()>>(
+        &self,
+        controller: &str,
+        obj: &K,
+        after: Option<Duration>,
+    ) -> Action {
         let k = key(obj);
         self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&k);
         let mut scheduled = self.scheduled.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -159,12 +187,14 @@ impl Context {
         }
         let now = Instant::now();
         scheduled.retain(|_, due| *due > now);
-        self.metrics.set_queued(model_deployment::CONTROLLER, i64::try_from(scheduled.len()).unwrap_or(i64::MAX));
+        let prefix = format!("{}/", K::kind(&()));
+        let depth = scheduled.keys().filter(|k| k.starts_with(&prefix)).count();
+        self.metrics.set_queued(controller, i64::try_from(depth).unwrap_or(i64::MAX));
         after.map_or_else(Action::await_change, Action::requeue)
     }
 
     /// Backoff with jitter for an object whose reconcile failed: 1 s doubling to 5 min, ±20 %.
-    fn backoff<K: Resource>(&self, obj: &K) -> Duration {
+    fn backoff<K: Resource<DynamicType = ()>>(&self, obj: &K) -> Duration {
         let k = key(obj);
         let mut failures = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = failures.entry(k).or_insert(0);
@@ -175,9 +205,13 @@ impl Context {
     }
 }
 
-fn error_policy(md: Arc<ModelDeployment>, error: &ReconcileError, ctx: Arc<Context>) -> Action {
-    let wait = ctx.backoff(md.as_ref());
-    tracing::debug!(name = %md.name_any(), category = error.category(), retry_in = ?wait, "backing off");
+fn error_policy<K, E>(obj: Arc<K>, error: &E, ctx: Arc<Context>) -> Action
+where
+    K: Resource<DynamicType = ()>,
+    E: std::fmt::Display,
+{
+    let wait = ctx.backoff(obj.as_ref());
+    tracing::debug!(kind = %K::kind(&()), name = %obj.meta().name.clone().unwrap_or_default(), error = %error, retry_in = ?wait, "backing off");
     Action::requeue(wait)
 }
 
@@ -342,6 +376,11 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
         load_source: config.load_source.clone(),
         scale_interval: config.scale_interval,
         scalers: Mutex::new(HashMap::new()),
+        collector: config
+            .collector_url
+            .as_deref()
+            .map(|url| collector_client::CollectorClient::new(url, config.collector_token.clone())),
+        feeds: feedback_policy::feed::Feeds::default(),
         failures: Mutex::new(HashMap::new()),
         scheduled: Mutex::new(HashMap::new()),
     });
@@ -407,29 +446,82 @@ async fn run_controllers(
     stop: CancellationToken,
     tasks: Tasks,
 ) {
-    let mds: Api<ModelDeployment> = Api::all(client.clone());
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=flywheel");
-    let controller = Controller::new(mds, watcher::Config::default())
+    let config = ControllerConfig::default().concurrency(concurrency);
+
+    let mds = Controller::new(Api::<ModelDeployment>::all(client.clone()), watcher::Config::default())
         .owns(Api::<Deployment>::all(client.clone()), managed.clone())
-        .owns(Api::<Service>::all(client.clone()), managed)
-        .with_config(ControllerConfig::default().concurrency(concurrency));
-    let store = controller.store();
+        .owns(Api::<Service>::all(client.clone()), managed.clone())
+        .with_config(config.clone());
+
+    // FeedbackPolicies: woken by their RetrainJobs, by their target ModelDeployment, and by the
+    // collector's change feed.
+    let policies = Controller::new(Api::<FeedbackPolicy>::all(client.clone()), watcher::Config::default());
+    let policy_store = policies.store();
+    let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded();
+    ctx.feeds.attach(wake_tx, policy_store.clone());
+    let targets = policy_store.clone();
+    let policies = policies
+        .owns(Api::<RetrainJob>::all(client.clone()), managed.clone())
+        .watches(Api::<ModelDeployment>::all(client.clone()), watcher::Config::default(), move |md| {
+            let ns = md.namespace();
+            let name = md.name_any();
+            targets
+                .state()
+                .into_iter()
+                .filter(|p| p.namespace() == ns && p.spec.target_ref.name == name)
+                .map(|p| ObjectRef::from_obj(p.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .reconcile_on(wake_rx)
+        .with_config(config.clone());
+
+    let rtjs = Controller::new(Api::<RetrainJob>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<Job>::all(client.clone()), managed)
+        .with_config(config);
+
+    let stores = (mds.store(), policy_store, rtjs.store());
     let ready_flag = ready.clone();
     tasks.spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
+        let (a, b, c) = stores;
+        let (a, b, c) = futures::join!(a.wait_until_ready(), b.wait_until_ready(), c.wait_until_ready());
+        if a.is_ok() && b.is_ok() && c.is_ok() {
             ready_flag.store(true, Ordering::Release);
             tracing::info!("caches synced");
         }
     });
-    let shutdown = stop.clone();
-    let run = controller
-        .graceful_shutdown_on(async move { shutdown.cancelled().await })
-        .run(model_deployment::reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
+    let log = |result: Result<_, _>| async move {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "controller event");
+        }
+    };
+    let shutdown = |stop: &CancellationToken| {
+        let stop = stop.clone();
+        async move { stop.cancelled().await }
+    };
+    let md_run = mds
+        .graceful_shutdown_on(shutdown(&stop))
+        .run(model_deployment::reconcile, error_policy, ctx.clone())
+        .for_each(log);
+    let policy_run = policies
+        .graceful_shutdown_on(shutdown(&stop))
+        .run(feedback_policy::reconcile, error_policy, ctx.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
                 tracing::debug!(error = %e, "controller event");
             }
         });
+    let rtj_run = rtjs
+        .graceful_shutdown_on(shutdown(&stop))
+        .run(retrain_job::reconcile, error_policy, ctx.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "controller event");
+            }
+        });
+    let run = async {
+        futures::join!(md_run, policy_run, rtj_run);
+    };
     // Graceful shutdown lets reconciles in flight finish, for at most GRACE. A controller stopped
     // before its caches synced has nothing in flight and would wait for a sync that never
     // comes: it stops at once.
@@ -444,4 +536,5 @@ async fn run_controllers(
         () = run => {}
         () = deadline => tracing::warn!("controllers did not stop within the grace period"),
     }
+    ctx.feeds.detach();
 }

@@ -1,0 +1,409 @@
+//! The batch/v1 Job of one attempt of a RetrainJob (pure): the trainer container with the
+//! trainer contract's environment (`docs/trainer-contract.md`), the volumes its URIs need, and
+//! the failure policy that fails fast on bad configuration and ignores disruptions.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::Job;
+use kube::{Resource, ResourceExt};
+use serde_json::{Value, json};
+
+use crate::api::feedback_policy::DatasetFormat;
+use crate::api::retrain_job::RetrainJob;
+use crate::operator::model_deployment::children::{ChildSettings, ModelSource};
+
+/// The trainer's container name (the failure policy and the result reader refer to it).
+pub const CONTAINER: &str = "trainer";
+/// The trainer's reserved exit code for bad configuration.
+pub const EXIT_BAD_CONFIGURATION: i32 = 3;
+/// Label on a Job naming its RetrainJob.
+pub const LABEL_RETRAIN_JOB: &str = "flywheel.dev/retrain-job";
+/// Label on a Job carrying its attempt number.
+pub const LABEL_ATTEMPT: &str = "flywheel.dev/attempt";
+
+const BASE_DIR: &str = "/var/run/flywheel/base";
+const DATASET_DIR: &str = "/var/run/flywheel/dataset";
+const CHECKPOINT_DIR: &str = "/var/run/flywheel/checkpoints";
+const TOKEN_DIR: &str = "/var/run/flywheel/collector";
+
+/// Why a RetrainJob's spec cannot become a Job.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JobSpecError {
+    /// A URI the trainer cannot be given.
+    #[error("{field}: {message}")]
+    Uri {
+        /// Which field.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The object lacks a name, namespace or uid.
+    #[error("the RetrainJob lacks {0}")]
+    Malformed(&'static str),
+}
+
+/// The Job name of attempt `attempt` (1 first).
+pub fn job_name(rtj: &str, attempt: i32) -> String {
+    format!("{rtj}-{attempt}")
+}
+
+/// `learningRate` → `LEARNINGRATE`, `lora-rank` → `LORA_RANK`.
+pub fn hp_env_name(name: &str) -> String {
+    let upper: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect();
+    format!("FLYWHEEL_HP_{upper}")
+}
+
+struct Mounts {
+    volumes: Vec<Value>,
+    mounts: Vec<Value>,
+    init: Vec<Value>,
+}
+
+impl Mounts {
+    fn pvc(&mut self, volume: &str, claim: &str, at: &str, read_only: bool) {
+        self.volumes
+            .push(json!({"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}));
+        self.mounts.push(json!({"name": volume, "mountPath": at, "readOnly": read_only}));
+    }
+
+    fn empty(&mut self, volume: &str, at: &str) {
+        self.volumes.push(json!({"name": volume, "emptyDir": {}}));
+        self.mounts.push(json!({"name": volume, "mountPath": at}));
+    }
+
+    fn fetch(&mut self, settings: &ChildSettings, name: &str, uri: &str, dir: &str, volume: &str) {
+        self.init.push(json!({
+            "name": name,
+            "image": settings.operator_image,
+            "args": ["fetch-model", uri, dir],
+            "volumeMounts": [{"name": volume, "mountPath": dir}, {"name": "tmp", "mountPath": "/tmp"}],
+            "securityContext": restricted_container(true),
+        }));
+    }
+}
+
+fn restricted_container(read_only_root: bool) -> Value {
+    json!({
+        "allowPrivilegeEscalation": false,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": read_only_root,
+        "runAsNonRoot": true,
+    })
+}
+
+fn joined(path: &str, rest: &str) -> String {
+    let rest = rest.trim_matches('/');
+    if rest.is_empty() { path.to_string() } else { format!("{path}/{rest}") }
+}
+
+/// The Job of `attempt` (pure).
+pub fn build(rtj: &RetrainJob, attempt: i32, settings: &ChildSettings) -> Result<Job, JobSpecError> {
+    let name = rtj.metadata.name.clone().ok_or(JobSpecError::Malformed("a name"))?;
+    let namespace = rtj.metadata.namespace.clone().ok_or(JobSpecError::Malformed("a namespace"))?;
+    let uid = rtj.metadata.uid.clone().ok_or(JobSpecError::Malformed("a uid"))?;
+    let spec = &rtj.spec;
+    let trainer = &spec.trainer;
+    let mut m = Mounts { volumes: vec![json!({"name": "tmp", "emptyDir": {}})], mounts: vec![], init: vec![] };
+    m.mounts.push(json!({"name": "tmp", "mountPath": "/tmp"}));
+
+    // The base model: a mounted claim, a path in the image, or fetched before the trainer starts.
+    let base = match ModelSource::parse(&spec.base.uri) {
+        Ok(ModelSource::Pvc { claim, path }) => {
+            m.pvc("base-model", &claim, "/var/run/flywheel/base-claim", true);
+            joined("/var/run/flywheel/base-claim", &path)
+        }
+        Ok(ModelSource::File { path }) => path,
+        Ok(ModelSource::Fetch { uri }) => {
+            m.empty("base-model", BASE_DIR);
+            m.fetch(settings, "fetch-base-model", &uri, BASE_DIR, "base-model");
+            BASE_DIR.to_string()
+        }
+        Err(e) => return Err(JobSpecError::Uri { field: "spec.base.uri", message: e.to_string() }),
+    };
+
+    // The dataset: the collector's (or any) HTTP(S) URL with the token file, a claim, a path, or
+    // fetched from an object store.
+    let dataset_uri = &spec.dataset.uri;
+    let mut token_file = None;
+    let dataset = if dataset_uri.starts_with("http://") || dataset_uri.starts_with("https://") {
+        m.volumes.push(json!({"name": "collector-token", "secret": {
+            "secretName": settings.collector_token_secret, "optional": true,
+            "items": [{"key": "token", "path": "token"}]}}));
+        m.mounts.push(json!({"name": "collector-token", "mountPath": TOKEN_DIR, "readOnly": true}));
+        token_file = Some(format!("{TOKEN_DIR}/token"));
+        dataset_uri.clone()
+    } else {
+        match ModelSource::parse(dataset_uri) {
+            Ok(ModelSource::Pvc { claim, path }) => {
+                m.pvc("dataset", &claim, "/var/run/flywheel/dataset-claim", true);
+                joined("/var/run/flywheel/dataset-claim", &path)
+            }
+            Ok(ModelSource::File { path }) => path,
+            Ok(ModelSource::Fetch { uri }) => {
+                m.empty("dataset", DATASET_DIR);
+                m.fetch(settings, "fetch-dataset", &uri, DATASET_DIR, "dataset");
+                DATASET_DIR.to_string()
+            }
+            Err(e) => return Err(JobSpecError::Uri { field: "spec.dataset.uri", message: e.to_string() }),
+        }
+    };
+
+    // The output, and checkpoints that survive a retry when the output is a claim.
+    let (output, checkpoints) = match ModelSource::parse(&spec.output_uri) {
+        Ok(ModelSource::Pvc { claim, path }) => {
+            m.pvc("output", &claim, "/var/run/flywheel/output-claim", false);
+            (
+                joined("/var/run/flywheel/output-claim", &path),
+                format!("/var/run/flywheel/output-claim/.flywheel-checkpoints/{name}"),
+            )
+        }
+        Ok(ModelSource::File { .. } | ModelSource::Fetch { .. }) => {
+            m.empty("checkpoints", CHECKPOINT_DIR);
+            (spec.output_uri.clone(), CHECKPOINT_DIR.to_string())
+        }
+        Err(e) => return Err(JobSpecError::Uri { field: "spec.outputUri", message: e.to_string() }),
+    };
+
+    let formats: Vec<&str> = spec
+        .dataset
+        .formats
+        .iter()
+        .map(|f| match f {
+            DatasetFormat::Sft => "SFT",
+            DatasetFormat::Dpo => "DPO",
+        })
+        .collect();
+    let mut env: Vec<Value> = trainer.env.iter().filter_map(|e| serde_json::to_value(e).ok()).collect();
+    let mut contract: Vec<(String, String)> = vec![
+        ("FLYWHEEL_DATASET_URI".into(), dataset),
+        ("FLYWHEEL_DATASET_SHA256".into(), spec.dataset.sha256.clone()),
+        ("FLYWHEEL_DATASET_FORMATS".into(), formats.join(",")),
+        ("FLYWHEEL_BASE_MODEL_URI".into(), base),
+        ("FLYWHEEL_BASE_VERSION".into(), spec.base.version.clone()),
+        ("FLYWHEEL_OUTPUT_URI".into(), output),
+        ("FLYWHEEL_HYPERPARAMETERS".into(), serde_json::to_string(&trainer.hyperparameters).unwrap_or_default()),
+        ("FLYWHEEL_CHECKPOINT_DIR".into(), checkpoints),
+        ("FLYWHEEL_RETRAINJOB".into(), name.clone()),
+        ("FLYWHEEL_NAMESPACE".into(), namespace.clone()),
+        ("FLYWHEEL_ATTEMPT".into(), attempt.to_string()),
+        ("FLYWHEEL_TERMINATION_LOG".into(), "/dev/termination-log".into()),
+    ];
+    if let Some(t) = token_file {
+        contract.push(("FLYWHEEL_DATASET_TOKEN_FILE".into(), t));
+    }
+    if let Some(v) = &spec.version {
+        contract.push(("FLYWHEEL_VERSION".into(), v.clone()));
+    }
+    for (k, v) in &trainer.hyperparameters {
+        contract.push((hp_env_name(k), v.clone()));
+    }
+    env.retain(|e| !e.get("name").and_then(Value::as_str).is_some_and(|n| n.starts_with("FLYWHEEL_")));
+    env.extend(contract.into_iter().map(|(k, v)| json!({"name": k, "value": v})));
+
+    let job = job_name(&name, attempt);
+    let mut labels: BTreeMap<String, String> = BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "flywheel-trainer".into()),
+        ("app.kubernetes.io/component".into(), "trainer".into()),
+        ("app.kubernetes.io/managed-by".into(), "flywheel".into()),
+        ("app.kubernetes.io/part-of".into(), "flywheel".into()),
+        (LABEL_RETRAIN_JOB.into(), name.clone()),
+        (LABEL_ATTEMPT.into(), attempt.to_string()),
+        ("flywheel.dev/model-deployment".into(), spec.target_ref.name.clone()),
+    ]);
+    let mut pod_labels = trainer.pod_labels.clone();
+    pod_labels.append(&mut labels.clone());
+    let mut container = json!({
+        "name": CONTAINER,
+        "image": trainer.image,
+        "env": env,
+        "volumeMounts": m.mounts,
+        "terminationMessagePath": "/dev/termination-log",
+        // The result line on success; the log's tail when the trainer dies without writing one.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": restricted_container(false),
+    });
+    if let Some(p) = trainer.image_pull_policy {
+        container["imagePullPolicy"] = json!(p.as_str());
+    }
+    if !trainer.command.is_empty() {
+        container["command"] = json!(trainer.command);
+    }
+    if !trainer.args.is_empty() {
+        container["args"] = json!(trainer.args);
+    }
+    if let Some(r) = &trainer.resources {
+        container["resources"] = serde_json::to_value(r).unwrap_or(Value::Null);
+    }
+    let mut pod_spec = json!({
+        "restartPolicy": "Never",
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": 65532,
+            "runAsGroup": 65532,
+            "fsGroup": 65532,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": m.volumes,
+    });
+    if !m.init.is_empty() {
+        pod_spec["initContainers"] = json!(m.init);
+    }
+    if !trainer.node_selector.is_empty() {
+        pod_spec["nodeSelector"] = json!(trainer.node_selector);
+    }
+    if !trainer.tolerations.is_empty() {
+        pod_spec["tolerations"] = serde_json::to_value(&trainer.tolerations).unwrap_or(Value::Null);
+    }
+    if let Some(sa) = &trainer.service_account_name {
+        pod_spec["serviceAccountName"] = json!(sa);
+    } else {
+        pod_spec["automountServiceAccountToken"] = json!(false);
+    }
+    labels.insert("app.kubernetes.io/instance".into(), name.clone());
+    let value = json!({
+        "apiVersion": Job::api_version(&()),
+        "kind": Job::kind(&()),
+        "metadata": {
+            "name": job,
+            "namespace": namespace,
+            "labels": labels,
+            "ownerReferences": [{
+                "apiVersion": RetrainJob::api_version(&()),
+                "kind": RetrainJob::kind(&()),
+                "name": rtj.name_any(),
+                "uid": uid,
+                "controller": true,
+                "blockOwnerDeletion": true,
+            }],
+        },
+        "spec": {
+            // One pod per attempt: a failure that counts ends the attempt, and the RetrainJob
+            // decides on the next one. Disruptions do not end it.
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": trainer.deadline_seconds,
+            "ttlSecondsAfterFinished": trainer.ttl_seconds_after_finished,
+            "podFailurePolicy": {"rules": [
+                {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_BAD_CONFIGURATION]}},
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]},
+            "template": {
+                "metadata": {"labels": pod_labels, "annotations": trainer.pod_annotations},
+                "spec": pod_spec,
+            },
+        },
+    });
+    serde_json::from_value(value).map_err(|_| JobSpecError::Malformed("a trainer template that makes a valid Job"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::common::{DatasetCounts, LocalRef, Promotion, TrainerTemplate};
+    use crate::api::retrain_job::{BaseModel, DatasetRef, RetrainJobSpec};
+
+    fn rtj(base: &str, dataset: &str, output: &str) -> RetrainJob {
+        let mut trainer = TrainerTemplate::with_image("ghcr.io/flywheel-dev/trainer:0.1.0");
+        trainer.hyperparameters.insert("learningRate".into(), "2e-4".into());
+        trainer.env.push(
+            serde_json::from_value(json!({"name": "HF_HOME", "value": "/tmp/hf"})).unwrap_or_else(|e| panic!("{e}")),
+        );
+        let mut r = RetrainJob::new(
+            "chat-3",
+            RetrainJobSpec {
+                target_ref: LocalRef { name: "chat".into() },
+                base: BaseModel { version: "v1".into(), uri: base.into() },
+                dataset: DatasetRef {
+                    uri: dataset.into(),
+                    snapshot_id: None,
+                    sha256: "a".repeat(64),
+                    formats: vec![DatasetFormat::Sft, DatasetFormat::Dpo],
+                    counts: DatasetCounts { sft: 10, dpo: 2, held_out: 1 },
+                },
+                trainer,
+                output_uri: output.into(),
+                version: Some("v2".into()),
+                promotion: Promotion::Canary,
+                origin: None,
+            },
+        );
+        r.metadata.namespace = Some("team".into());
+        r.metadata.uid = Some("uid-1".into());
+        r
+    }
+
+    fn settings() -> ChildSettings {
+        ChildSettings {
+            operator_image: "ghcr.io/flywheel-dev/flywheel:test".into(),
+            collector_url: None,
+            collector_token_secret: "flywheel-collector-token".into(),
+        }
+    }
+
+    fn env(job: &Job) -> BTreeMap<String, String> {
+        let v = serde_json::to_value(job).unwrap_or_default();
+        v.pointer("/spec/template/spec/containers/0/env")
+            .and_then(Value::as_array)
+            .map(|e| {
+                e.iter()
+                    .map(|e| {
+                        (
+                            e["name"].as_str().unwrap_or_default().to_string(),
+                            e["value"].as_str().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn the_job_carries_the_trainer_contract() {
+        let r = rtj(
+            "hf://Qwen/Qwen2.5-0.5B-Instruct",
+            "http://collector:8080/v1/datasets/ds-1/files",
+            "pvc://models/chat-3",
+        );
+        let job = build(&r, 2, &settings()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(job.metadata.name.as_deref(), Some("chat-3-2"));
+        let e = env(&job);
+        assert_eq!(e["FLYWHEEL_BASE_MODEL_URI"], BASE_DIR);
+        assert_eq!(e["FLYWHEEL_BASE_VERSION"], "v1");
+        assert_eq!(e["FLYWHEEL_DATASET_URI"], "http://collector:8080/v1/datasets/ds-1/files");
+        assert_eq!(e["FLYWHEEL_DATASET_TOKEN_FILE"], "/var/run/flywheel/collector/token");
+        assert_eq!(e["FLYWHEEL_DATASET_FORMATS"], "SFT,DPO");
+        assert_eq!(e["FLYWHEEL_OUTPUT_URI"], "/var/run/flywheel/output-claim/chat-3");
+        assert_eq!(e["FLYWHEEL_CHECKPOINT_DIR"], "/var/run/flywheel/output-claim/.flywheel-checkpoints/chat-3");
+        assert_eq!(e["FLYWHEEL_VERSION"], "v2");
+        assert_eq!(e["FLYWHEEL_ATTEMPT"], "2");
+        assert_eq!(e["FLYWHEEL_HP_LEARNINGRATE"], "2e-4");
+        assert_eq!(e["FLYWHEEL_HYPERPARAMETERS"], r#"{"learningRate":"2e-4"}"#);
+        assert_eq!(e["HF_HOME"], "/tmp/hf");
+        let v = serde_json::to_value(&job).unwrap_or_default();
+        assert_eq!(v.pointer("/spec/backoffLimit"), Some(&json!(0)));
+        assert_eq!(v.pointer("/spec/podFailurePolicy/rules/0/onExitCodes/values"), Some(&json!([3])));
+        assert_eq!(v.pointer("/spec/podFailurePolicy/rules/1/action"), Some(&json!("Ignore")));
+        assert_eq!(
+            v.pointer("/spec/template/spec/initContainers/0/args/1"),
+            Some(&json!("hf://Qwen/Qwen2.5-0.5B-Instruct"))
+        );
+        assert_eq!(v.pointer("/spec/template/spec/securityContext/runAsNonRoot"), Some(&json!(true)));
+        assert_eq!(v.pointer("/metadata/ownerReferences/0/controller"), Some(&json!(true)));
+        assert_eq!(v.pointer("/spec/template/metadata/labels/flywheel.dev~1retrain-job"), Some(&json!("chat-3")));
+    }
+
+    #[test]
+    fn local_uris_pass_through_and_bad_ones_are_refused() {
+        let r = rtj("file:///models/v1", "pvc://datasets/snap-1", "file:///out/chat-3");
+        let job = build(&r, 1, &settings()).unwrap_or_else(|e| panic!("{e}"));
+        let e = env(&job);
+        assert_eq!(e["FLYWHEEL_BASE_MODEL_URI"], "/models/v1");
+        assert_eq!(e["FLYWHEEL_DATASET_URI"], "/var/run/flywheel/dataset-claim/snap-1");
+        assert!(!e.contains_key("FLYWHEEL_DATASET_TOKEN_FILE"));
+        assert_eq!(e["FLYWHEEL_CHECKPOINT_DIR"], CHECKPOINT_DIR);
+        let bad = rtj("ftp://x/y", "pvc://datasets/snap-1", "file:///out");
+        assert!(matches!(build(&bad, 1, &settings()), Err(JobSpecError::Uri { field: "spec.base.uri", .. })));
+        assert_eq!(hp_env_name("lora-rank"), "FLYWHEEL_HP_LORA_RANK");
+    }
+}

@@ -1,0 +1,234 @@
+//! How an attempt ended (pure): the Job's terminal condition, the trainer container's exit code
+//! and termination message, and the result line the trainer contract asks for.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::Value;
+
+use super::job::{CONTAINER, EXIT_BAD_CONFIGURATION};
+use crate::api::retrain_job::{AttemptOutcome, TrainResult};
+
+/// The most of a termination message kept in status.
+const MESSAGE_LIMIT: usize = 1024;
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ended {
+    /// The outcome.
+    pub outcome: AttemptOutcome,
+    /// The trainer's exit code, when it exited.
+    pub exit_code: Option<i32>,
+    /// Why, in words.
+    pub message: String,
+    /// The result, on success.
+    pub result: Option<TrainResult>,
+}
+
+/// The trainer container's end in the newest terminated pod of a Job.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PodEnd {
+    /// Exit code of the trainer container.
+    pub exit_code: Option<i32>,
+    /// Its termination message.
+    pub message: Option<String>,
+}
+
+/// The trainer's end in `pods` (the Job's pods): a succeeded pod first, else the newest
+/// terminated one.
+pub fn pod_end(pods: &[Pod]) -> Option<PodEnd> {
+    let terminated = |p: &Pod| {
+        p.status
+            .as_ref()?
+            .container_statuses
+            .as_ref()?
+            .iter()
+            .find(|c| c.name == CONTAINER)
+            .and_then(|c| c.state.as_ref())
+            .and_then(|s| s.terminated.clone())
+    };
+    let mut ends: Vec<(bool, String, PodEnd)> = pods
+        .iter()
+        .filter_map(|p| {
+            let t = terminated(p)?;
+            let finished = t.finished_at.as_ref().map(|f| f.0.to_string()).unwrap_or_default();
+            Some((t.exit_code == 0, finished, PodEnd { exit_code: Some(t.exit_code), message: t.message }))
+        })
+        .collect();
+    ends.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    ends.pop().map(|(_, _, e)| e)
+}
+
+/// The Job's terminal condition: `Complete`, or `Failed` with its reason.
+pub fn terminal(job: &Job) -> Option<Result<(), String>> {
+    let conditions = job.status.as_ref()?.conditions.as_ref()?;
+    for c in conditions {
+        if c.status != "True" {
+            continue;
+        }
+        match c.type_.as_str() {
+            "Complete" => return Some(Ok(())),
+            "Failed" => return Some(Err(c.reason.clone().unwrap_or_default())),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Parse the trainer's result: the last line of the message that is a JSON object.
+pub fn parse_result(message: &str, expected_version: Option<&str>) -> Result<TrainResult, String> {
+    let line = message
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('{'))
+        .ok_or_else(|| "the termination message holds no JSON result line".to_string())?;
+    let v: Value = serde_json::from_str(line).map_err(|e| format!("the result line is not JSON: {e}"))?;
+    let version = v
+        .get("version")
+        .and_then(Value::as_str)
+        .ok_or_else(|| "the result line has no string \"version\"".to_string())?;
+    if !crate::api::common::is_version_label(version) {
+        return Err(format!("the result's version {version:?} is not a valid version label"));
+    }
+    if let Some(expected) = expected_version
+        && expected != version
+    {
+        return Err(format!("the result's version {version:?} is not the {expected:?} the RetrainJob asked for"));
+    }
+    let uri = v
+        .get("uri")
+        .and_then(Value::as_str)
+        .filter(|u| !u.is_empty() && u.len() <= 2048)
+        .ok_or_else(|| "the result line has no \"uri\"".to_string())?;
+    let mut metrics = BTreeMap::new();
+    if let Some(m) = v.get("metrics") {
+        let m = m.as_object().ok_or_else(|| "\"metrics\" is not an object".to_string())?;
+        for (k, value) in m.iter().take(64) {
+            let n = value.as_f64().filter(|n| n.is_finite()).ok_or_else(|| format!("metric {k:?} is not a number"))?;
+            metrics.insert(k.clone(), n);
+        }
+    }
+    Ok(TrainResult { version: version.to_string(), uri: uri.to_string(), metrics })
+}
+
+fn clip(s: &str) -> String {
+    let s = s.trim();
+    if s.len() <= MESSAGE_LIMIT {
+        return s.to_string();
+    }
+    let mut end = MESSAGE_LIMIT;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// How the attempt whose Job is `job` ended, or `None` while it runs.
+pub fn ended(job: &Job, pods: &[Pod], expected_version: Option<&str>) -> Option<Ended> {
+    let end = pod_end(pods).unwrap_or_default();
+    let text = end.message.clone().unwrap_or_default();
+    Some(match terminal(job)? {
+        Ok(()) => match parse_result(&text, expected_version) {
+            Ok(result) => Ended {
+                outcome: AttemptOutcome::Succeeded,
+                exit_code: end.exit_code.or(Some(0)),
+                message: format!("trained {} at {}", result.version, result.uri),
+                result: Some(result),
+            },
+            Err(why) => Ended {
+                outcome: AttemptOutcome::MalformedResult,
+                exit_code: end.exit_code.or(Some(0)),
+                message: clip(&format!("the trainer exited 0 but {why}")),
+                result: None,
+            },
+        },
+        Err(reason) => {
+            let outcome = match reason.as_str() {
+                "PodFailurePolicy" => AttemptOutcome::BadConfiguration,
+                "DeadlineExceeded" => AttemptOutcome::DeadlineExceeded,
+                _ if end.exit_code == Some(EXIT_BAD_CONFIGURATION) => AttemptOutcome::BadConfiguration,
+                _ => AttemptOutcome::Failed,
+            };
+            let said = if text.trim().is_empty() { String::new() } else { format!(": {}", text.trim()) };
+            let code = end.exit_code.map_or_else(String::new, |c| format!(" with exit code {c}"));
+            let message = match outcome {
+                AttemptOutcome::BadConfiguration => format!("the trainer reported bad configuration{code}{said}"),
+                AttemptOutcome::DeadlineExceeded => "the attempt ran past spec.trainer.deadlineSeconds".to_string(),
+                _ => format!("the trainer failed{code} ({reason}){said}"),
+            };
+            Ended { outcome, exit_code: end.exit_code, message: clip(&message), result: None }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn job(condition: Option<(&str, &str)>) -> Job {
+        let conditions: Vec<Value> =
+            condition.map(|(t, r)| vec![json!({"type": t, "status": "True", "reason": r})]).unwrap_or_default();
+        serde_json::from_value(json!({"metadata": {"name": "j"}, "status": {"conditions": conditions}}))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn pod(code: i32, message: &str, finished: &str) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "p"}, "status": {"containerStatuses": [{
+            "name": "trainer", "image": "t", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": code, "message": message, "finishedAt": finished}}}]}}))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_result_line_is_read_and_checked() {
+        let ok = parse_result(
+            "loading…\n{\"version\":\"v2\",\"uri\":\"s3://m/v2\",\"metrics\":{\"evalLoss\":1.5}}\n",
+            Some("v2"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ok.version, "v2");
+        assert_eq!(ok.metrics.get("evalLoss"), Some(&1.5));
+        for (bad, why) in [
+            ("", "no JSON"),
+            ("{not json", "not JSON"),
+            (r#"{"uri":"s3://m"}"#, "version"),
+            (r#"{"version":"V2!","uri":"s3://m"}"#, "valid version"),
+            (r#"{"version":"v2"}"#, "uri"),
+            (r#"{"version":"v2","uri":"s3://m","metrics":{"loss":"low"}}"#, "not a number"),
+            (r#"{"version":"v3","uri":"s3://m"}"#, "asked for"),
+        ] {
+            let e = parse_result(bad, Some("v2")).err().unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn outcomes_follow_the_job_and_the_exit_code() {
+        let t = "2026-11-27T10:00:00Z";
+        let good = pod(0, r#"{"version":"v2","uri":"file:///m/v2"}"#, t);
+        assert_eq!(ended(&job(None), &[good.clone()], None), None);
+        let e = ended(&job(Some(("Complete", "CompletionsReached"))), &[good], None).unwrap_or_else(|| panic!("ended"));
+        assert_eq!(e.outcome, AttemptOutcome::Succeeded);
+        let e = ended(&job(Some(("Complete", "CompletionsReached"))), &[pod(0, "done", t)], None)
+            .unwrap_or_else(|| panic!("ended"));
+        assert_eq!(e.outcome, AttemptOutcome::MalformedResult);
+        let e =
+            ended(&job(Some(("Failed", "PodFailurePolicy"))), &[pod(3, "FLYWHEEL_DATASET_SHA256 mismatch", t)], None)
+                .unwrap_or_else(|| panic!("ended"));
+        assert_eq!((e.outcome, e.exit_code), (AttemptOutcome::BadConfiguration, Some(3)));
+        assert!(e.message.contains("mismatch"), "{}", e.message);
+        let e = ended(&job(Some(("Failed", "BackoffLimitExceeded"))), &[pod(75, "disk full", t)], None)
+            .unwrap_or_else(|| panic!("ended"));
+        assert_eq!(e.outcome, AttemptOutcome::Failed);
+        assert!(e.message.contains("exit code 75") && e.message.contains("disk full"), "{}", e.message);
+        let e = ended(&job(Some(("Failed", "DeadlineExceeded"))), &[], None).unwrap_or_else(|| panic!("ended"));
+        assert_eq!(e.outcome, AttemptOutcome::DeadlineExceeded);
+        let long = "x".repeat(5000);
+        let e = ended(&job(Some(("Failed", "BackoffLimitExceeded"))), &[pod(1, &long, t)], None)
+            .unwrap_or_else(|| panic!("ended"));
+        assert!(e.message.len() < 1100);
+    }
+}
