@@ -7,6 +7,7 @@ pub mod api;
 pub mod autoscale;
 pub mod cli;
 pub mod collector;
+pub mod demo;
 pub mod fetch_model;
 pub mod operator;
 pub mod rollout;
