@@ -21,6 +21,11 @@ pub const SUPPORTED_URI_SCHEMES: [&str; 6] = ["pvc://", "s3://", "gs://", "https
 
 /// CEL rule shared by every URI field: the scheme must be one Flywheel can fetch from.
 pub(crate) const URI_SCHEME_RULE: &str = "self.startsWith('pvc://') || self.startsWith('s3://') || self.startsWith('gs://') || self.startsWith('https://') || self.startsWith('hf://') || self.startsWith('file://')";
+/// The URI rule of a dataset snapshot: the collector's in-cluster `http://` download URL too.
+pub(crate) const DATASET_URI_RULE: &str = "self.startsWith('http://') || self.startsWith('pvc://') || self.startsWith('s3://') || self.startsWith('gs://') || self.startsWith('https://') || self.startsWith('hf://') || self.startsWith('file://')";
+/// Message of [`DATASET_URI_RULE`].
+pub(crate) const DATASET_URI_MESSAGE: &str =
+    "must start with one of http://, https://, pvc://, s3://, gs://, hf://, file://";
 /// Message of [`URI_SCHEME_RULE`].
 pub(crate) const URI_SCHEME_MESSAGE: &str = "must start with one of pvc://, s3://, gs://, https://, hf://, file://";
 

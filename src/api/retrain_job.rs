@@ -8,8 +8,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    Condition, DatasetCounts, Lineage, LocalRef, Promotion, TrainerTemplate, TriggerReason, URI_SCHEME_MESSAGE,
-    URI_SCHEME_RULE, VERSION_PATTERN,
+    Condition, DATASET_URI_MESSAGE, DATASET_URI_RULE, DatasetCounts, Lineage, LocalRef, Promotion, TrainerTemplate,
+    TriggerReason, URI_SCHEME_MESSAGE, URI_SCHEME_RULE, VERSION_PATTERN,
 };
 use super::feedback_policy::DatasetFormat;
 
@@ -109,9 +109,9 @@ pub struct BaseModel {
 #[serde(rename_all = "camelCase")]
 pub struct DatasetRef {
     /// Where the snapshot is: a directory holding `sft.jsonl`, `dpo.jsonl` and their held-out
-    /// splits (`file://`, `pvc://`, `s3://`, `gs://`, or the collector's `https://` download URL).
+    /// splits (`file://`, `pvc://`, `s3://`, `gs://`, or the collector's `http(s)://` download URL).
     #[schemars(length(min = 1, max = 2048))]
-    #[x_kube(validation = Rule::new(URI_SCHEME_RULE).message(URI_SCHEME_MESSAGE))]
+    #[x_kube(validation = Rule::new(DATASET_URI_RULE).message(DATASET_URI_MESSAGE))]
     pub uri: String,
     /// The collector's identifier of the snapshot.
     #[serde(default, skip_serializing_if = "Option::is_none")]

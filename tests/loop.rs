@@ -1,0 +1,593 @@
+//! The whole feedback loop against the cluster under test, with a real collector and simulated
+//! users: a quality dip fires the FeedbackPolicy, its RetrainJob's Job runs (scripted by the
+//! simulated kubelet, or a busybox stand-in on a real cluster), the new version canaries and is
+//! promoted or rolled back on the users' feedback; failed runs are retried per policy;
+//! `suggest` mode creates nothing; a crashing operator never duplicates a RetrainJob or a Job.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Cluster, TestNamespace, eventually};
+use flywheel::api::model_deployment::HistoryType;
+use flywheel::api::retrain_job::{AttemptOutcome, RetrainPhase};
+use flywheel::api::{ConditionStatus, FeedbackPolicy, ModelDeployment, RetrainJob, TriggerReason};
+use flywheel::collector::{Collector, CollectorConfig};
+use flywheel::operator::model_deployment::feedback_analysis::CollectorAnalysis;
+use flywheel::operator::{self, Operator, OperatorConfig};
+use flywheel::sim::{Outcome, PodBehavior, SimConfig, WorkloadConfig};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "loop-test-token-0123456789abcdef";
+const TARGET: &str = "support-chat";
+const POLICY: &str = "support-chat-quality";
+const NEW_VERSION: &str = "v1-ft-1";
+
+/// The cluster, a collector and the operator of one test.
+struct Loop {
+    cluster: Cluster,
+    ns: TestNamespace,
+    collector: Collector,
+    base: String,
+    http: reqwest::Client,
+    op: Option<Operator>,
+    _dir: tempfile::TempDir,
+    seq: std::sync::atomic::AtomicUsize,
+}
+
+impl Loop {
+    async fn start(prefix: &str, sim: SimConfig) -> Self {
+        let cluster = Cluster::start_with(sim).await;
+        cluster.install_crds().await;
+        let ns = cluster.namespace(prefix).await;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.path().join("tokens"), format!("{TOKEN} write\n")).unwrap_or_else(|e| panic!("{e}"));
+        let mut cc =
+            CollectorConfig::new("127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")), dir.path().join("data"));
+        cc.token_file = Some(dir.path().join("tokens"));
+        let collector = Collector::start(cc).await.unwrap_or_else(|e| panic!("{e}"));
+        let base = format!("http://{}", collector.addr());
+        let mut l = Self {
+            cluster,
+            ns,
+            collector,
+            base,
+            http: reqwest::Client::new(),
+            op: None,
+            _dir: dir,
+            seq: std::sync::atomic::AtomicUsize::new(0),
+        };
+        l.op = Some(l.start_operator().await);
+        l
+    }
+
+    async fn start_operator(&self) -> Operator {
+        let config = OperatorConfig {
+            collector_url: Some(self.base.clone()),
+            collector_token: Some(TOKEN.to_string()),
+            analysis: Arc::new(CollectorAnalysis::new(&self.base, Some(TOKEN.to_string()))),
+            ..OperatorConfig::local()
+        };
+        operator::start(self.cluster.client.clone(), config).await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        Api::namespaced(self.cluster.client.clone(), &self.ns.name)
+    }
+
+    /// `n` users ask `version` a question each; `up` of them like the answer, the others
+    /// dislike it (every other one sends a correction instead).
+    async fn users(&self, version: &str, n: usize, up: usize) {
+        let start = self.seq.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        let mut interactions = Vec::new();
+        let mut feedback = Vec::new();
+        for i in start..start + n {
+            let id = format!("i-{version}-{i}");
+            interactions.push(json!({"id": id, "namespace": self.ns.name, "deployment": TARGET, "version": version,
+                "prompt": [{"role": "user", "content": format!("question {i}")}], "answer": format!("answer {i} from {version}")}));
+            let f = if i - start < up {
+                json!({"kind": "thumbs", "value": true})
+            } else if i % 2 == 0 {
+                json!({"kind": "correction", "value": format!("the right answer to question {i}")})
+            } else {
+                json!({"kind": "thumbs", "value": false})
+            };
+            let mut f = f;
+            f["id"] = json!(format!("f-{version}-{i}"));
+            f["interactionId"] = json!(id);
+            feedback.push(f);
+        }
+        for (path, items) in [("/v1/interactions", interactions), ("/v1/feedback", feedback)] {
+            for chunk in items.chunks(500) {
+                let r = self
+                    .http
+                    .post(format!("{}{path}", self.base))
+                    .bearer_auth(TOKEN)
+                    .json(&chunk)
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(r.status().as_u16(), 207, "{path}");
+            }
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(op) = self.op.take() {
+            op.shutdown().await;
+        }
+        self.collector.shutdown().await;
+        self.ns.cleanup().await;
+        self.cluster.stop().await;
+    }
+}
+
+fn model_deployment() -> ModelDeployment {
+    let mut md: ModelDeployment =
+        serde_yaml::from_str(include_str!("../config/samples/modeldeployment.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    let rollout = json!({
+        "steps": [{"weight": 50, "gate": "Analysis", "deadlineSeconds": 600}],
+        "analysis": {"minSamplesPerArm": 200, "margin": 0.05, "confidence": 0.95, "intervalSeconds": 1}
+    });
+    md.spec.replicas = Some(2);
+    md.spec.rollout = Some(serde_json::from_value(rollout).unwrap_or_else(|e| panic!("{e}")));
+    md
+}
+
+/// The trainer of the tests: the simulated kubelet follows the annotations; on a real cluster
+/// busybox does the same.
+fn policy(mode: &str, cooldown: i64) -> FeedbackPolicy {
+    let result = format!(
+        r#"{{"version":"{NEW_VERSION}","uri":"file:///models/{NEW_VERSION}","metrics":{{"evalLoss":1.25,"trainRows":180}}}}"#
+    );
+    serde_json::from_value(json!({
+        "apiVersion": "flywheel.dev/v1alpha1", "kind": "FeedbackPolicy",
+        "metadata": {"name": POLICY},
+        "spec": {
+            "targetRef": {"name": TARGET},
+            "mode": mode,
+            "windowSeconds": 3600,
+            "triggers": {"minSamples": 200, "qualityBelow": 0.7},
+            "cooldownSeconds": cooldown,
+            "maxRetrainsPerDay": 5,
+            "dataset": {"minRows": 20, "heldOutFraction": 0.1},
+            "trainer": {
+                "image": "busybox:1.36",
+                "command": ["sh", "-c", format!("sleep 1; echo '{result}' > /dev/termination-log")],
+                "podAnnotations": {
+                    "sim.flywheel.dev/duration": "1",
+                    "sim.flywheel.dev/termination-message": result,
+                },
+                "retries": 1,
+                "deadlineSeconds": 600,
+            },
+            "outputUriPrefix": "file:///models/",
+            "promotion": "Canary",
+        }
+    }))
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn until<K, F>(api: &Api<K>, name: &str, what: &str, secs: u64, check: F) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    F: Fn(&K) -> bool,
+{
+    let found = eventually(Duration::from_secs(secs), || {
+        let api = api.clone();
+        let check = &check;
+        async move {
+            let o = api.get(name).await.ok()?;
+            check(&o).then_some(o)
+        }
+    })
+    .await;
+    match found {
+        Some(o) => o,
+        None => panic!("{name} never reached: {what}; last: {:?}", api.get(name).await.ok()),
+    }
+}
+
+fn stable_of(md: &ModelDeployment) -> String {
+    md.status.as_ref().and_then(|s| s.stable.as_ref()).map(|s| s.version.clone()).unwrap_or_default()
+}
+
+/// Drive one cycle: healthy traffic, a dip, the trigger, the training, the canary, the verdict.
+/// Returns the trigger latency.
+async fn cycle(l: &Loop, canary_up: usize, expect: HistoryType, crashing: bool) -> Duration {
+    let mds: Api<ModelDeployment> = l.api();
+    let policies: Api<FeedbackPolicy> = l.api();
+    let rtjs: Api<RetrainJob> = l.api();
+    mds.create(&PostParams::default(), &model_deployment()).await.unwrap_or_else(|e| panic!("{e}"));
+    until(&mds, TARGET, "Ready", 60, |m| stable_of(m) == "v1").await;
+    policies.create(&PostParams::default(), &policy("auto", 3600)).await.unwrap_or_else(|e| panic!("{e}"));
+
+    // Healthy: 80% positive, no trigger.
+    l.users("v1", 300, 240).await;
+    let p = until(&policies, POLICY, "statistics of 300 judgments", 30, |p| {
+        p.status.as_ref().and_then(|s| s.stats.as_ref()).is_some_and(|s| s.judged == 300)
+    })
+    .await;
+    let stats = p.status.and_then(|s| s.stats).unwrap_or_default();
+    assert_eq!((stats.version.as_str(), stats.positive), ("v1", 240));
+    assert!(rtjs.list(&ListParams::default()).await.unwrap_or_else(|e| panic!("{e}")).items.is_empty());
+
+    // The dip: 400 more at 40% brings v1 to 400/700 = 57%, below 70%. The watch is opened first
+    // so the latency is measured from the acknowledged crossing to the RetrainJob's creation.
+    let mut created = watcher(rtjs.clone(), watcher::Config::default()).applied_objects().boxed();
+    let first = tokio::spawn(async move { created.try_next().await.ok().flatten().map(|_| Instant::now()) });
+    l.users("v1", 400, 160).await;
+    let crossed = Instant::now();
+    let seen = tokio::time::timeout(Duration::from_secs(30), first)
+        .await
+        .unwrap_or_else(|_| panic!("no RetrainJob within 30 s of the crossing"))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|| panic!("the watch ended"));
+    let latency = seen.saturating_duration_since(crossed);
+    eprintln!("trigger latency (crossing acknowledged → RetrainJob created): {} ms", latency.as_millis());
+
+    let list = rtjs.list(&ListParams::default()).await.unwrap_or_else(|e| panic!("{e}")).items;
+    assert_eq!(list.len(), 1);
+    let rtj = &list[0];
+    let name = rtj.metadata.name.clone().unwrap_or_default();
+    assert_eq!(name, format!("{POLICY}-1"));
+    let origin = rtj.spec.origin.clone().unwrap_or_else(|| panic!("origin"));
+    assert_eq!((origin.feedback_policy.as_str(), origin.reason), (POLICY, TriggerReason::Quality));
+    assert_eq!(rtj.spec.base.version, "v1");
+    assert!(rtj.spec.dataset.counts.sft >= 20, "{:?}", rtj.spec.dataset.counts);
+    assert!(rtj.spec.dataset.uri.starts_with(&l.base) && rtj.spec.dataset.uri.ends_with("/files"));
+    assert_eq!(rtj.spec.output_uri, format!("file:///models/{name}"));
+
+    // Training: the Job of attempt 1, the result, the hand-over.
+    let done = until(&rtjs, &name, "handed over", 60, |r| {
+        r.status.as_ref().is_some_and(|s| s.phase == RetrainPhase::Succeeded && s.handed_over_at.is_some())
+    })
+    .await;
+    let status = done.status.clone().unwrap_or_default();
+    assert_eq!(status.attempt_count, 1);
+    assert_eq!(status.attempts[0].job_name, format!("{name}-1"));
+    assert_eq!(status.result.as_ref().map(|r| r.version.as_str()), Some(NEW_VERSION));
+    assert_eq!(status.result.as_ref().and_then(|r| r.metrics.get("evalLoss")), Some(&1.25));
+    let lineage = status.lineage.clone().unwrap_or_default();
+    assert_eq!(lineage.dataset_sha256.as_deref(), Some(rtj.spec.dataset.sha256.as_str()));
+    let jobs: Api<Job> = l.api();
+    let job = jobs.get(&format!("{name}-1")).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(job.spec.as_ref().and_then(|s| s.backoff_limit), Some(0));
+
+    // The canary, judged on the users' feedback over the same period.
+    until(&mds, TARGET, "a canary of the new version", 60, |m| {
+        m.status
+            .as_ref()
+            .and_then(|s| s.canary.as_ref())
+            .is_some_and(|c| c.version == NEW_VERSION && c.step_started_at.is_some())
+    })
+    .await;
+    // While the canary runs, the policy holds its (still true) trigger.
+    until(&policies, POLICY, "the trigger held while the canary runs", 30, |p| {
+        p.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.reason == "TriggerHeld"))
+    })
+    .await;
+    l.users("v1", 400, 180).await;
+    l.users(NEW_VERSION, 400, canary_up).await;
+    let md = until(&mds, TARGET, "a verdict", 60, |m| {
+        m.status.as_ref().is_some_and(|s| s.history.iter().any(|h| h.version == NEW_VERSION) && s.canary.is_none())
+    })
+    .await;
+    let entry = md
+        .status
+        .as_ref()
+        .and_then(|s| s.history.iter().find(|h| h.version == NEW_VERSION).cloned())
+        .unwrap_or_else(|| panic!("history"));
+    assert_eq!(entry.type_, expect, "{}", entry.message);
+    let lineage = entry.lineage.clone().unwrap_or_else(|| panic!("the history entry carries its lineage"));
+    assert_eq!(lineage.retrain_job.as_deref(), Some(name.as_str()));
+    assert_eq!(lineage.feedback_policy.as_deref(), Some(POLICY));
+    assert_eq!(lineage.trigger_id.as_deref(), Some("trigger-1"));
+    assert_eq!(lineage.trigger_reason, Some(TriggerReason::Quality));
+    assert!(lineage.dataset_sha256.is_some() && lineage.base_version.as_deref() == Some("v1"));
+    let evidence = entry.evidence.unwrap_or_else(|| panic!("the verdict carries its evidence"));
+    assert!(evidence.stable_samples >= 200 && evidence.canary_samples >= 200, "{evidence:?}");
+    let expected_stable = if expect == HistoryType::Promoted { NEW_VERSION } else { "v1" };
+    assert_eq!(stable_of(&md), expected_stable);
+    if crashing {
+        // An Event published just before a crash is lost; status is not.
+        return latency;
+    }
+    let events: Api<Event> = l.api();
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    for r in ["Triggered", "AttemptStarted", "Succeeded", "HandedOver"] {
+        assert!(reasons.iter().any(|x| x == r), "Event {r} in {reasons:?}");
+    }
+    latency
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quality_dip_retrains_and_the_better_version_is_promoted() {
+    let l = Loop::start("loop-improve", SimConfig::default()).await;
+    cycle(&l, 340, HistoryType::Promoted, false).await;
+    // The promoted version is good: nothing fires again.
+    let policies: Api<FeedbackPolicy> = l.api();
+    let p = until(&policies, POLICY, "watching the new stable version", 30, |p| {
+        p.status.as_ref().and_then(|s| s.stats.as_ref()).is_some_and(|s| s.version == NEW_VERSION)
+    })
+    .await;
+    let status = p.status.unwrap_or_default();
+    assert_eq!(status.last_retrain_job.as_deref(), Some(format!("{POLICY}-1").as_str()));
+    assert_eq!(status.last_trigger.map(|t| t.reason), Some(TriggerReason::Quality));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rtjs: Api<RetrainJob> = l.api();
+    assert_eq!(rtjs.list(&ListParams::default()).await.unwrap_or_else(|e| panic!("{e}")).items.len(), 1);
+    l.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worse_candidate_is_rolled_back_and_the_cooldown_holds_the_next_trigger() {
+    let l = Loop::start("loop-regress", SimConfig::default()).await;
+    cycle(&l, 100, HistoryType::RolledBack, false).await;
+    // v1 is still below the threshold, but the hour of cooldown holds the trigger.
+    let policies: Api<FeedbackPolicy> = l.api();
+    let p = until(&policies, POLICY, "the trigger held by the cooldown", 30, |p| {
+        p.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.reason == "TriggerHeld" && c.message.contains("cooling down"))
+        })
+    })
+    .await;
+    assert!(p.status.and_then(|s| s.next_eligible_time).is_some());
+    let rtjs: Api<RetrainJob> = l.api();
+    assert_eq!(rtjs.list(&ListParams::default()).await.unwrap_or_else(|e| panic!("{e}")).items.len(), 1);
+    l.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suggest_mode_records_the_trigger_and_creates_nothing() {
+    let l = Loop::start("loop-suggest", SimConfig::default()).await;
+    let mds: Api<ModelDeployment> = l.api();
+    let policies: Api<FeedbackPolicy> = l.api();
+    mds.create(&PostParams::default(), &model_deployment()).await.unwrap_or_else(|e| panic!("{e}"));
+    policies.create(&PostParams::default(), &policy("suggest", 0)).await.unwrap_or_else(|e| panic!("{e}"));
+    l.users("v1", 400, 160).await;
+    let p = until(&policies, POLICY, "TriggerSuggested", 30, |p| {
+        p.status.as_ref().is_some_and(|s| {
+            s.conditions.iter().any(|c| c.type_ == "TriggerSuggested" && c.status == ConditionStatus::True)
+        })
+    })
+    .await;
+    let c = p.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "TriggerSuggested").cloned());
+    let c = c.unwrap_or_else(|| panic!("condition"));
+    assert_eq!(c.reason, "Quality");
+    assert!(c.message.contains("40.0%"), "{}", c.message);
+    let events: Api<Event> = l.api();
+    let suggested = eventually(Duration::from_secs(10), || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items.into_iter().find(|e| e.reason.as_deref() == Some("TriggerSuggested"))
+        }
+    })
+    .await;
+    assert!(suggested.is_some(), "an Event records the would-be trigger");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rtjs: Api<RetrainJob> = l.api();
+    assert!(rtjs.list(&ListParams::default()).await.unwrap_or_else(|e| panic!("{e}")).items.is_empty());
+    assert!(p.status.as_ref().and_then(|s| s.last_retrain_job.clone()).is_none());
+    l.stop().await;
+}
+
+/// A hand-made RetrainJob (no policy) on a local snapshot.
+fn manual(name: &str, retries: i32) -> RetrainJob {
+    serde_json::from_value(json!({
+        "apiVersion": "flywheel.dev/v1alpha1", "kind": "RetrainJob",
+        "metadata": {"name": name},
+        "spec": {
+            "targetRef": {"name": TARGET},
+            "base": {"version": "v1", "uri": "file:///models/v1"},
+            "dataset": {"uri": "file:///datasets/snap-1", "sha256": "a".repeat(64), "formats": ["SFT"],
+                        "counts": {"sft": 100, "dpo": 0, "heldOut": 10}},
+            "trainer": {"image": "busybox:1.36", "retries": retries, "deadlineSeconds": 600},
+            "outputUri": format!("file:///models/{name}"),
+            "version": format!("{name}-v"),
+            "promotion": "None",
+        }
+    }))
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn env_of(pod: &Value, name: &str) -> Option<String> {
+    pod.pointer("/spec/containers/0/env")?
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+        .and_then(|e| e["value"].as_str())
+        .map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_runs_are_retried_per_policy_and_bad_configuration_is_not() {
+    // The simulated trainer, per RetrainJob and attempt: `flaky` is disrupted once and then
+    // fails with 75 on attempt 1 and succeeds on attempt 2; `broken` exits 3 (bad
+    // configuration); `doomed` always exits 1; `liar` exits 0 without a result line.
+    let pods_seen: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let seen = pods_seen.clone();
+    let script: flywheel::sim::PodScript = Arc::new(move |pod: &Value| {
+        let rtj = env_of(pod, "FLYWHEEL_RETRAINJOB")?;
+        let attempt = env_of(pod, "FLYWHEEL_ATTEMPT")?;
+        let n = {
+            let mut m = seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let c = m.entry(format!("{rtj}/{attempt}")).or_insert(0);
+            *c += 1;
+            *c
+        };
+        let version = env_of(pod, "FLYWHEEL_VERSION").unwrap_or_default();
+        let ok = format!(r#"{{"version":"{version}","uri":"file:///models/{version}","metrics":{{"evalLoss":0.9}}}}"#);
+        let finish = match (rtj.as_str(), attempt.as_str(), n) {
+            ("flaky", "1", 1) => (Outcome::Disrupted, String::new()),
+            ("flaky", "1", _) => (Outcome::Fail(75), "CUDA out of memory".to_string()),
+            ("broken", _, _) => (Outcome::Fail(3), "FLYWHEEL_DATASET_SHA256 does not match the dataset".to_string()),
+            ("doomed", _, _) => (Outcome::Fail(1), "segfault".to_string()),
+            ("liar", _, _) => (Outcome::Succeed, "all done!".to_string()),
+            _ => (Outcome::Succeed, ok),
+        };
+        Some(PodBehavior {
+            ready_after: Duration::from_millis(50),
+            finish: Some((Duration::from_millis(300), finish.0, finish.1)),
+        })
+    });
+    let sim = SimConfig {
+        workloads: WorkloadConfig { script: Some(script), ..WorkloadConfig::default() },
+        ..SimConfig::default()
+    };
+    let l = Loop::start("loop-retry", sim).await;
+    if l.cluster.sim_only("a scripted trainer").is_none() {
+        l.stop().await;
+        return;
+    }
+    let rtjs: Api<RetrainJob> = l.api();
+    for (name, retries) in [("flaky", 1), ("broken", 3), ("doomed", 2), ("liar", 2)] {
+        rtjs.create(&PostParams::default(), &manual(name, retries)).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let finished = |r: &RetrainJob| {
+        r.status.as_ref().is_some_and(|s| matches!(s.phase, RetrainPhase::Succeeded | RetrainPhase::Failed))
+    };
+
+    let flaky = until(&rtjs, "flaky", "finished", 60, finished).await.status.unwrap_or_default();
+    assert_eq!(flaky.phase, RetrainPhase::Succeeded, "{flaky:?}");
+    let outcomes: Vec<_> = flaky.attempts.iter().map(|a| (a.job_name.clone(), a.outcome, a.exit_code)).collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            ("flaky-1".to_string(), Some(AttemptOutcome::Failed), Some(75)),
+            ("flaky-2".to_string(), Some(AttemptOutcome::Succeeded), Some(0)),
+        ],
+        "the preemption did not count: the Job of attempt 1 ran a second pod"
+    );
+    assert!(flaky.attempts[0].message.as_deref().unwrap_or("").contains("out of memory"));
+    assert_eq!(pods_seen.lock().map(|m| m.get("flaky/1").copied()).unwrap_or_default(), Some(2));
+    assert_eq!(flaky.result.map(|r| r.version), Some("flaky-v".to_string()));
+
+    let broken = until(&rtjs, "broken", "finished", 60, finished).await.status.unwrap_or_default();
+    assert_eq!((broken.phase, broken.attempt_count), (RetrainPhase::Failed, 1), "no retry of bad configuration");
+    assert_eq!(broken.attempts[0].outcome, Some(AttemptOutcome::BadConfiguration));
+    let stalled = broken.conditions.iter().find(|c| c.type_ == "Stalled").cloned().unwrap_or_else(|| panic!("Stalled"));
+    assert_eq!((stalled.status, stalled.reason.as_str()), (ConditionStatus::True, "BadConfiguration"));
+    assert!(stalled.message.contains("does not match"), "{}", stalled.message);
+
+    let doomed = until(&rtjs, "doomed", "finished", 60, finished).await.status.unwrap_or_default();
+    assert_eq!((doomed.phase, doomed.attempt_count), (RetrainPhase::Failed, 3), "1 attempt + 2 retries");
+    let reason = doomed.conditions.iter().find(|c| c.type_ == "Stalled").map(|c| c.reason.clone());
+    assert_eq!(reason.as_deref(), Some("RetriesExhausted"));
+
+    let liar = until(&rtjs, "liar", "finished", 60, finished).await.status.unwrap_or_default();
+    assert_eq!((liar.phase, liar.attempt_count), (RetrainPhase::Failed, 1));
+    assert_eq!(liar.attempts[0].outcome, Some(AttemptOutcome::MalformedResult));
+    let reason = liar.conditions.iter().find(|c| c.type_ == "Stalled").map(|c| c.reason.clone());
+    assert_eq!(reason.as_deref(), Some("MalformedResult"));
+
+    // One Job per attempt, no more.
+    let jobs: Api<Job> = l.api();
+    let mut names: Vec<String> = jobs
+        .list(&ListParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .items
+        .into_iter()
+        .filter_map(|j| j.metadata.name)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["broken-1", "doomed-1", "doomed-2", "doomed-3", "flaky-1", "flaky-2", "liar-1"]);
+    l.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashing_operator_converges_without_duplicates() {
+    use rand::Rng;
+    let runs: usize = std::env::var("FLYWHEEL_CRASH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    for run in 0..runs {
+        let mut l = Loop::start("loop-crash", SimConfig::default()).await;
+        // Kill the operator at random points of the whole scenario and start a new one, until
+        // the scenario is done; the last one runs to the end.
+        let stop = tokio_util::sync::CancellationToken::new();
+        let kills = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let chaos = {
+            let stop = stop.clone();
+            let kills = kills.clone();
+            let op = l.op.take();
+            let base = l.base.clone();
+            let client = l.cluster.client.clone();
+            tokio::spawn(async move {
+                let mut op = op;
+                let start = |client: kube::Client, base: String| async move {
+                    let config = OperatorConfig {
+                        collector_url: Some(base.clone()),
+                        collector_token: Some(TOKEN.to_string()),
+                        analysis: Arc::new(CollectorAnalysis::new(&base, Some(TOKEN.to_string()))),
+                        ..OperatorConfig::local()
+                    };
+                    operator::start(client, config).await.unwrap_or_else(|e| panic!("{e}"))
+                };
+                while kills.load(std::sync::atomic::Ordering::Relaxed) < 30 {
+                    let wait = rand::rng().random_range(100..900);
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        () = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                    }
+                    if let Some(o) = op.take() {
+                        o.kill();
+                    }
+                    kills.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let pause = rand::rng().random_range(0..200);
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    op = Some(start(client.clone(), base.clone()).await);
+                }
+                op
+            })
+        };
+        let latency = cycle(&l, 340, HistoryType::Promoted, true).await;
+        stop.cancel();
+        l.op = chaos.await.unwrap_or_else(|e| panic!("{e}"));
+        let rtjs: Api<RetrainJob> = l.api();
+        let jobs: Api<Job> = l.api();
+        let mds: Api<ModelDeployment> = l.api();
+        let all = rtjs.list(&ListParams::default()).await.unwrap_or_else(|e| panic!("{e}")).items;
+        assert_eq!(all.len(), 1, "run {run}: one RetrainJob for one trigger");
+        let job_names: Vec<String> = jobs
+            .list(&ListParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .items
+            .into_iter()
+            .filter_map(|j| j.metadata.name)
+            .collect();
+        assert_eq!(job_names, [format!("{POLICY}-1-1")], "run {run}: one Job for one attempt");
+        let md = mds.get(TARGET).await.unwrap_or_else(|e| panic!("{e}"));
+        let promoted = md.status.as_ref().map_or(0, |s| s.history.iter().filter(|h| h.version == NEW_VERSION).count());
+        assert_eq!(promoted, 1, "run {run}: one verdict");
+        eprintln!(
+            "crash run {run}: {} operator kills, converged; trigger latency {} ms",
+            kills.load(std::sync::atomic::Ordering::Relaxed),
+            latency.as_millis()
+        );
+        l.stop().await;
+    }
+}
