@@ -1173,21 +1173,19 @@ async fn the_chart_and_the_manifest_install_and_reconcile_the_samples() {
     let lease = leases.get(&args.lease_name).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(lease.data["spec"]["holderIdentity"], identity.as_str());
 
-    let audit = audit.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    assert!(audit.denied.is_empty(), "requests the manifest's RBAC refuses: {:?}", audit.denied);
+    let (allowed, denied) = {
+        let audit = audit.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        (audit.allowed.clone(), audit.denied.clone())
+    };
+    assert!(denied.is_empty(), "requests the manifest's RBAC refuses: {denied:?}");
     for expected in [
         "watch flywheel.dev/modeldeployments in (cluster)",
         "patch flywheel.dev/modeldeployments/status in",
         "patch apps/deployments in",
         "create coordination.k8s.io/leases in flywheel-system",
     ] {
-        assert!(
-            audit.allowed.iter().any(|l| l.starts_with(expected)),
-            "no request `{expected}` seen: {:?}",
-            audit.allowed
-        );
+        assert!(allowed.iter().any(|l| l.starts_with(expected)), "no request `{expected}` seen: {allowed:?}");
     }
-    drop(audit);
     operator.shutdown().await;
     collector.shutdown().await;
     ns.cleanup().await;
