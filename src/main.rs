@@ -10,7 +10,11 @@ use flywheel::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    flywheel::telemetry::init(cli.log_format);
+    match &cli.command {
+        // The demo's output is its live view: logs stay quiet unless RUST_LOG asks.
+        Command::Demo(_) => flywheel::demo::init_logging(cli.log_format),
+        _ => flywheel::telemetry::init(cli.log_format),
+    }
     match cli.command {
         Command::Crds(args) => match args.output_dir {
             Some(dir) => write_crds(&dir),
@@ -22,7 +26,7 @@ fn main() -> ExitCode {
         Command::Collector(args) => run_async(run_collector(args)),
         Command::Agent(args) => run_async(run_agent(args)),
         Command::Sim(args) => run_async(run_sim(args)),
-        Command::Demo(_) => not_implemented("demo"),
+        Command::Demo(args) => run_async(run_demo(args)),
     }
 }
 
@@ -291,9 +295,45 @@ async fn run_fetch_model(args: flywheel::cli::FetchModelArgs) -> ExitCode {
     }
 }
 
-fn not_implemented(component: &str) -> ExitCode {
-    eprintln!("flywheel {component}: not implemented yet");
-    ExitCode::from(2)
+async fn run_demo(args: flywheel::cli::DemoArgs) -> ExitCode {
+    use flywheel::demo::{DemoOptions, ViewMode};
+    use std::io::IsTerminal;
+    // With --json, stdout carries only the summary; the live view goes to stderr.
+    let terminal = if args.json { std::io::stderr().is_terminal() } else { std::io::stdout().is_terminal() };
+    let dumb = std::env::var("TERM").is_ok_and(|t| t == "dumb");
+    let options = DemoOptions {
+        cycles: args.cycles,
+        speed: args.speed,
+        kubeconfig_out: args.kubeconfig_out.clone(),
+        view: if terminal && !dumb { ViewMode::Live } else { ViewMode::Log },
+        view_to_stderr: args.json,
+        ..DemoOptions::new(args.scenario)
+    };
+    let result = tokio::select! {
+        result = flywheel::demo::run(options) => result,
+        () = shutdown_signal() => {
+            eprintln!("flywheel demo: interrupted");
+            return ExitCode::from(130);
+        }
+    };
+    match result {
+        Ok(summary) => {
+            if args.json {
+                match serde_json::to_string(&summary) {
+                    Ok(line) => println!("{line}"),
+                    Err(e) => {
+                        eprintln!("flywheel demo: encoding the summary: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("flywheel demo: {e}");
+            ExitCode::from(if matches!(e, flywheel::demo::DemoError::Options(_)) { 2 } else { 1 })
+        }
+    }
 }
 
 fn print_crds() -> ExitCode {

@@ -438,7 +438,7 @@ pub struct Tracker {
 }
 
 fn pct(x: f64) -> String {
-    format!("{:.0}%", x * 100.0)
+    format!("{:.1}%", x * 100.0)
 }
 
 impl Tracker {
@@ -588,7 +588,12 @@ impl Tracker {
                 self.note(at, "canary", format!("canary of {version} started at {weight}% of traffic"));
             }
             Change::StepAdvanced { version, step, weight, evidence } => {
-                let why = evidence.map(|e| format!(" ({})", evidence_brief(&e))).unwrap_or_default();
+                // The evidence that passed the step is cleared with the step; only a passing look
+                // seen before it is worth showing.
+                let why = evidence
+                    .filter(|e| e.verdict == crate::api::model_deployment::Verdict::Pass)
+                    .map(|e| format!(" ({})", evidence_brief(&e)))
+                    .unwrap_or_default();
                 self.note(at, "canary", format!("canary of {version} passed step {step}, now at {weight}%{why}"));
             }
             Change::Decided(entry) => {
