@@ -526,14 +526,14 @@ impl Tracker {
                 self.note(at, "trigger", format!("policy fired ({reason:?}): {message}{rtj}"));
             }
             Change::RetrainJobCreated { name, base, rows } => {
-                if let Some(c) = self.open_mut() {
-                    if c.retrain_job.as_deref().is_none_or(|r| r == name) {
-                        c.retrain_job = Some(name.clone());
-                        c.times.retrain_job.get_or_insert(at);
-                        // The RetrainJob is the trigger's first visible effect when its status
-                        // write comes later.
-                        c.times.trigger = Some(c.times.trigger.map_or(at, |t| t.min(at)));
-                    }
+                if let Some(c) = self.open_mut()
+                    && c.retrain_job.as_deref().is_none_or(|r| r == name)
+                {
+                    c.retrain_job = Some(name.clone());
+                    c.times.retrain_job.get_or_insert(at);
+                    // The RetrainJob is the trigger's first visible effect when its status
+                    // write comes later.
+                    c.times.trigger = Some(c.times.trigger.map_or(at, |t| t.min(at)));
                 }
                 self.note(at, "retrainjob", format!("RetrainJob {name} created: base {base}, {rows} training rows"));
             }
