@@ -90,6 +90,10 @@ pub struct OperatorArgs {
     /// injected agents send captures with.
     #[arg(long, default_value = "flywheel-collector-token")]
     pub collector_token_secret: String,
+    /// Least seconds between two status writes of a FeedbackPolicy whose statistics alone
+    /// changed (a busy deployment's statistics change with every commit).
+    #[arg(long, default_value_t = 10)]
+    pub stats_write_interval: u64,
 }
 
 /// `flywheel rollout`.

@@ -122,6 +122,7 @@ async fn run_operator(args: flywheel::cli::OperatorArgs) -> ExitCode {
         concurrency: args.concurrency.max(1),
         operator_image: args.image.clone().unwrap_or_else(flywheel::operator::default_image),
         collector_token_secret: args.collector_token_secret.clone(),
+        stats_write_interval: Duration::from_secs(args.stats_write_interval.max(1)),
         ..flywheel::operator::OperatorConfig::local()
     };
     let mut config = config;

@@ -60,6 +60,8 @@ pub struct OperatorConfig {
     pub load_source: Arc<dyn crate::autoscale::scrape::LoadSource>,
     /// How often a ModelDeployment with `spec.scaling` is re-evaluated.
     pub scale_interval: std::time::Duration,
+    /// Least time between two status writes of a FeedbackPolicy whose statistics alone changed.
+    pub stats_write_interval: std::time::Duration,
     /// Secret (in each ModelDeployment's namespace, key `token`) holding the collector token
     /// the injected agents use.
     pub collector_token_secret: String,
@@ -78,6 +80,7 @@ impl OperatorConfig {
             analysis: Arc::new(NoAnalysis),
             load_source: Arc::new(crate::autoscale::scrape::HttpScraper::default()),
             scale_interval: std::time::Duration::from_secs(2),
+            stats_write_interval: std::time::Duration::from_secs(1),
             collector_token_secret: "flywheel-collector-token".to_string(),
         }
     }
@@ -117,6 +120,8 @@ pub struct Context {
     pub load_source: Arc<dyn crate::autoscale::scrape::LoadSource>,
     /// How often scaled ModelDeployments are re-evaluated.
     pub scale_interval: std::time::Duration,
+    /// Least time between two statistics-only status writes of a FeedbackPolicy.
+    pub stats_write_interval: std::time::Duration,
     /// The autoscaler's memory per ModelDeployment track (`namespace/name/track`).
     pub scalers: Mutex<HashMap<String, crate::autoscale::TrackState>>,
     /// The collector, when the operator has one.
@@ -375,6 +380,7 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
         analysis: config.analysis.clone(),
         load_source: config.load_source.clone(),
         scale_interval: config.scale_interval,
+        stats_write_interval: config.stats_write_interval,
         scalers: Mutex::new(HashMap::new()),
         collector: config
             .collector_url

@@ -450,7 +450,23 @@ async fn reconcile_inner(policy: &FeedbackPolicy, ctx: &Context) -> Result<Actio
     }
     conditions::set_health(&mut next.conditions, &health, generation, &now_time);
     next.observed_generation = generation;
-    write_status(policy, ctx, &current, &next).await?;
+    // A busy deployment's statistics change with every commit: when nothing but the statistics
+    // changed, they are written at most once per interval (decisions use the fresh ones).
+    let only_stats = FeedbackPolicyStatus {
+        stats: current.stats.clone(),
+        signals_since_last_retrain: current.signals_since_last_retrain,
+        ..next.clone()
+    } == current;
+    let last_write = current.stats.as_ref().and_then(|s| s.observed_at.as_ref()).map(|t| t.0);
+    let due = last_write.map_or(now, |t| {
+        t.saturating_add(SignedDuration::try_from(ctx.stats_write_interval).unwrap_or_default()).unwrap_or(t)
+    });
+    if only_stats && due > now {
+        let wait = (due - now).get_milliseconds().max(1);
+        requeue = requeue.min(Duration::from_millis(u64::try_from(wait).unwrap_or(1000)));
+    } else {
+        write_status(policy, ctx, &current, &next).await?;
+    }
     for (type_, reason, note) in events {
         ctx.publish(policy, type_, reason, &note).await;
     }

@@ -209,7 +209,7 @@ mod tests {
     fn outcomes_follow_the_job_and_the_exit_code() {
         let t = "2026-11-27T10:00:00Z";
         let good = pod(0, r#"{"version":"v2","uri":"file:///m/v2"}"#, t);
-        assert_eq!(ended(&job(None), &[good.clone()], None), None);
+        assert_eq!(ended(&job(None), std::slice::from_ref(&good), None), None);
         let e = ended(&job(Some(("Complete", "CompletionsReached"))), &[good], None).unwrap_or_else(|| panic!("ended"));
         assert_eq!(e.outcome, AttemptOutcome::Succeeded);
         let e = ended(&job(Some(("Complete", "CompletionsReached"))), &[pod(0, "done", t)], None)
