@@ -307,14 +307,14 @@ async fn cycle(l: &Loop, canary_up: usize, expect: HistoryType, crashing: bool) 
         return latency;
     }
     let events: Api<Event> = l.api();
-    let reasons: Vec<String> = events
-        .list(&ListParams::default())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .items
-        .into_iter()
-        .filter_map(|e| e.reason)
-        .collect();
+    let listed = events.list(&ListParams::default()).await.unwrap_or_else(|e| panic!("{e}")).items;
+    let verdict = listed
+        .iter()
+        .filter_map(|e| e.note.clone())
+        .find(|n| n.contains(NEW_VERSION) && n.contains("evidence:"))
+        .unwrap_or_else(|| panic!("an Event carries the verdict's evidence"));
+    assert!(verdict.contains("of 400 signals"), "{verdict}");
+    let reasons: Vec<String> = listed.into_iter().filter_map(|e| e.reason).collect();
     for r in ["Triggered", "AttemptStarted", "Succeeded", "HandedOver"] {
         assert!(reasons.iter().any(|x| x == r), "Event {r} in {reasons:?}");
     }

@@ -295,6 +295,7 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
         .and_then(|c| steps.get(usize::try_from(c.step).unwrap_or(usize::MAX)))
         .is_some_and(|s| s.gate == crate::api::model_deployment::Gate::Analysis);
     let analysis = if wants_analysis && canary_ready { ctx.analysis.evidence(md).await } else { None };
+    let decided = analysis.clone().filter(|e| e.verdict != Verdict::Inconclusive);
     let Plan { status: mut next, transitions, requeue_after } =
         rollout::plan(&md.spec, &current, &Observations { canary_ready, analysis }, now);
 
@@ -428,8 +429,18 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
     for t in &transitions {
         let type_ =
             if matches!(t, rollout::Transition::Aborted { .. }) { EventType::Warning } else { EventType::Normal };
-        ctx.publish(md, type_, t.reason(), &t.message()).await;
-        tracing::info!(reason = t.reason(), message = %t.message(), "rollout transition");
+        // A decision of the analysis carries its evidence in the Event too.
+        let message = match (&decided, t) {
+            (
+                Some(e),
+                rollout::Transition::StepAdvanced { .. }
+                | rollout::Transition::Promoted { .. }
+                | rollout::Transition::Aborted { .. },
+            ) => format!("{}; evidence: {}", t.message(), evidence_summary(e)),
+            _ => t.message(),
+        };
+        ctx.publish(md, type_, t.reason(), &message).await;
+        tracing::info!(reason = t.reason(), message = %message, "rollout transition");
     }
     let mut after = match (requeue_after, conditions::is_true(&next.conditions, CONDITION_READY)) {
         (Some(d), _) => Some(d.max(Duration::from_millis(200))),
@@ -524,6 +535,24 @@ async fn stalled(
     }
     tracing::warn!(reason, message, "stalled");
     Ok(ctx.requeue(md, Some(Duration::from_secs(30))))
+}
+
+/// The evidence of a verdict in one line: samples and rates per arm, the interval, the verdict.
+pub fn evidence_summary(e: &Evidence) -> String {
+    let pct = |r: Option<f64>| r.map_or_else(|| "n/a".to_string(), |r| format!("{:.1}%", r * 100.0));
+    let interval = match (e.difference_lower, e.difference_upper) {
+        (Some(lo), Some(hi)) => format!("[{:+.1}, {:+.1}] points", lo * 100.0, hi * 100.0),
+        _ => "none".to_string(),
+    };
+    format!(
+        "{:?}: stable {} of {} signals, canary {} of {}, canary − stable {interval}; {}",
+        e.verdict,
+        pct(e.stable_positive_rate),
+        e.stable_samples,
+        pct(e.canary_positive_rate),
+        e.canary_samples,
+        e.message
+    )
 }
 
 /// Build an Event for this controller.
