@@ -231,10 +231,10 @@ fn cases() -> Vec<Case> {
         },
         Case {
             kind: "RetrainJob",
-            rule: URI_RULE,
-            breaks: |o| set(o, "/spec/dataset/uri", json!("http://insecure/ds")),
+            rule: "self.startsWith('http://') || self.startsWith('pvc://') || self.startsWith('s3://') || self.startsWith('gs://') || self.startsWith('https://') || self.startsWith('hf://') || self.startsWith('file://')",
+            breaks: |o| set(o, "/spec/dataset/uri", json!("ftp://elsewhere/ds")),
             field: "spec.dataset.uri",
-            message: URI_MSG,
+            message: "must start with one of http://, https://, pvc://, s3://, gs://, hf://, file://",
             update: false,
         },
         Case {

@@ -303,7 +303,16 @@ async fn reconcile_inner(policy: &FeedbackPolicy, ctx: &Context) -> Result<Actio
     );
     let window_from = now.saturating_sub(SignedDuration::from_secs(policy.spec.window_seconds)).unwrap_or(now);
     let created = policy.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0);
-    let last_retrain = next.recent_retrains.iter().map(|t| t.0).max();
+    // The last retrain: the last trigger that created a RetrainJob (kept for good; the list of
+    // recent retrains only covers 24 hours).
+    let last_retrain = next
+        .last_trigger
+        .as_ref()
+        .filter(|t| t.retrain_job.is_some())
+        .map(|t| t.time.0)
+        .into_iter()
+        .chain(next.recent_retrains.iter().map(|t| t.0))
+        .max();
     let since = last_retrain.unwrap_or(created);
     let query = |from: Timestamp| StatsQuery {
         namespace: &ns,
