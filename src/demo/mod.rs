@@ -422,7 +422,6 @@ fn version_roles(tracker: &Tracker, last: &Snapshot, world: &World) -> Vec<(Stri
         .collect()
 }
 
-#[allow(clippy::too_many_lines, reason = "one loop: observe, record, direct the scenario, show")]
 async fn drive(
     options: &DemoOptions,
     stack: &Stack,
@@ -504,6 +503,17 @@ async fn drive(
                 poll_error = None;
                 routes_tx.send_replace(cur.routes.clone());
                 let at = started.elapsed();
+                // The collector's statistics first: the policy fires on them, so a crossing and
+                // the trigger seen in one look happened in that order.
+                if tracker.wants_signal()
+                    && let Some(stable) = cur.stable()
+                    && let Some(q) = cur.window.get(stable)
+                    && q.judged >= MIN_SAMPLES
+                    && q.positive_rate.is_some_and(|r| r < QUALITY_BELOW)
+                {
+                    tracker.signal(at, stable, q, QUALITY_BELOW);
+                    last_progress = Instant::now();
+                }
                 for change in changes(&prev, &cur) {
                     last_progress = Instant::now();
                     if matches!(change, observe::Change::Serving { .. }) && first_drift.is_none() {
@@ -521,15 +531,6 @@ async fn drive(
                             drift_at = Some(Instant::now() + pace.next_drift_after());
                         }
                     }
-                }
-                if tracker.wants_signal()
-                    && let Some(stable) = cur.stable()
-                    && let Some(q) = cur.window.get(stable)
-                    && q.judged >= MIN_SAMPLES
-                    && q.positive_rate.is_some_and(|r| r < QUALITY_BELOW)
-                {
-                    tracker.signal(at, stable, q, QUALITY_BELOW);
-                    last_progress = Instant::now();
                 }
                 prev = cur;
             }

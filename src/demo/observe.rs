@@ -169,6 +169,8 @@ pub enum Change {
         base: String,
         /// Training rows of its dataset (SFT plus DPO).
         rows: i64,
+        /// The trigger it records as its origin: id, reason, message.
+        trigger: Option<(String, TriggerReason, String)>,
     },
     /// A trainer Job appeared.
     JobCreated {
@@ -272,10 +274,12 @@ pub fn changes(prev: &Snapshot, cur: &Snapshot) -> Vec<Change> {
         let before = prev.retrain_jobs.iter().find(|r| r.name_any() == name);
         if before.is_none() {
             let counts = &rtj.spec.dataset.counts;
+            let message = rtj.annotations().get("flywheel.dev/trigger-message").cloned().unwrap_or_default();
             out.push(Change::RetrainJobCreated {
                 name: name.clone(),
                 base: rtj.spec.base.version.clone(),
                 rows: counts.sft + counts.dpo,
+                trigger: rtj.spec.origin.as_ref().map(|o| (o.trigger_id.clone(), o.reason, message)),
             });
         }
         let phase = rtj_phase(rtj);
@@ -505,6 +509,22 @@ impl Tracker {
         );
     }
 
+    /// The open cycle's trigger fired: record it, and the signal too when the policy saw the
+    /// crossing before the demo's own look at the collector did.
+    fn fired(&mut self, at: Duration, trigger: (String, TriggerReason, String), text: String) {
+        if self.wants_signal() {
+            if let Some(c) = self.open_mut() {
+                c.times.signal = Some(at);
+            }
+            self.note(at, "signal", "the policy saw the threshold crossed before the demo's next look".into());
+        }
+        if let Some(c) = self.open_mut() {
+            c.times.trigger = Some(c.times.trigger.map_or(at, |t| t.min(at)));
+            c.trigger = Some(trigger);
+        }
+        self.note(at, "trigger", text);
+    }
+
     /// Take in one change seen at `at`.
     pub fn record(&mut self, at: Duration, change: Change) {
         match change {
@@ -512,28 +532,44 @@ impl Tracker {
                 self.note(at, "serving", format!("{version} serving on {pods} ready pods"));
             }
             Change::Triggered { id, reason, message, retrain_job, positive_rate } => {
-                if let Some(c) = self.open_mut()
-                    && c.trigger.is_none()
-                {
-                    c.times.trigger = Some(c.times.trigger.map_or(at, |t| t.min(at)));
-                    c.trigger = Some((id.clone(), reason, message.clone()));
-                    c.quality_at_trigger = positive_rate;
-                    if c.retrain_job.is_none() {
-                        c.retrain_job.clone_from(&retrain_job);
+                let known = self.open().and_then(|c| c.trigger.as_ref()).is_some_and(|t| t.0 == id);
+                if known {
+                    // Seen first through its RetrainJob: only the policy's numbers are new.
+                    if let Some(c) = self.open_mut() {
+                        c.quality_at_trigger = c.quality_at_trigger.or(positive_rate);
                     }
+                    return;
                 }
-                let rtj = retrain_job.map(|r| format!(" -> RetrainJob {r}")).unwrap_or_default();
-                self.note(at, "trigger", format!("policy fired ({reason:?}): {message}{rtj}"));
+                let rtj = retrain_job.as_ref().map(|r| format!(" -> RetrainJob {r}")).unwrap_or_default();
+                let text = format!("policy fired ({reason:?}): {message}{rtj}");
+                if self.open().is_some_and(|c| c.trigger.is_none()) {
+                    self.fired(at, (id, reason, message), text);
+                    if let Some(c) = self.open_mut() {
+                        c.quality_at_trigger = positive_rate;
+                        if c.retrain_job.is_none() {
+                            c.retrain_job = retrain_job;
+                        }
+                    }
+                } else {
+                    self.note(at, "trigger", text);
+                }
             }
-            Change::RetrainJobCreated { name, base, rows } => {
-                if let Some(c) = self.open_mut()
-                    && c.retrain_job.as_deref().is_none_or(|r| r == name)
-                {
-                    c.retrain_job = Some(name.clone());
-                    c.times.retrain_job.get_or_insert(at);
-                    // The RetrainJob is the trigger's first visible effect when its status
-                    // write comes later.
-                    c.times.trigger = Some(c.times.trigger.map_or(at, |t| t.min(at)));
+            Change::RetrainJobCreated { name, base, rows, trigger } => {
+                let mine = self.open().is_some_and(|c| c.retrain_job.as_deref().is_none_or(|r| r == name));
+                if mine {
+                    // The policy creates the RetrainJob before it records the trigger in its
+                    // status: the RetrainJob may be the first sign of the trigger.
+                    if let Some(t) = trigger
+                        && self.open().is_some_and(|c| c.trigger.is_none())
+                    {
+                        let text = format!("policy fired ({:?}): {} -> RetrainJob {name}", t.1, t.2);
+                        self.fired(at, t, text);
+                    }
+                    if let Some(c) = self.open_mut() {
+                        c.retrain_job = Some(name.clone());
+                        c.times.retrain_job.get_or_insert(at);
+                        c.times.trigger.get_or_insert(at);
+                    }
                 }
                 self.note(at, "retrainjob", format!("RetrainJob {name} created: base {base}, {rows} training rows"));
             }
@@ -942,6 +978,34 @@ mod tests {
         // Nothing new between identical snapshots.
         let last = snaps.last().cloned().unwrap_or_default();
         assert!(changes(&last, &last).is_empty());
+    }
+
+    #[test]
+    fn a_retrain_job_seen_before_the_policy_status_counts_as_the_trigger() {
+        let mut tracker = Tracker::default();
+        tracker.begin(true, Some("v1".into()));
+        tracker.drift(Duration::from_secs(5), &[("v1".into(), 0.86, 0.56)]);
+        let serving = Snapshot { policy: Some(policy(None)), ..Snapshot::default() };
+        let mut created = rtj("support-chat-quality-1", "Pending", None);
+        created.spec.origin = Some(crate::api::retrain_job::Origin {
+            feedback_policy: "support-chat-quality".into(),
+            trigger_id: "trigger-1".into(),
+            reason: TriggerReason::Quality,
+        });
+        let rtj_first = Snapshot { retrain_jobs: vec![created], ..serving.clone() };
+        let recorded =
+            Snapshot { policy: Some(policy(Some(("trigger-1", "support-chat-quality-1")))), ..rtj_first.clone() };
+        for (at, (a, b)) in [(8, (&serving, &rtj_first)), (9, (&rtj_first, &recorded))] {
+            for change in changes(a, b) {
+                tracker.record(Duration::from_secs(at), change);
+            }
+        }
+        let kinds: Vec<&str> = tracker.timeline.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, ["drift", "signal", "trigger", "retrainjob"]);
+        let c = &tracker.cycles[0];
+        assert_eq!((c.times.signal, c.times.trigger), (Some(Duration::from_secs(8)), Some(Duration::from_secs(8))));
+        assert_eq!(c.trigger.as_ref().map(|t| t.0.as_str()), Some("trigger-1"));
+        assert_eq!(c.quality_at_trigger, Some(0.5), "the policy's numbers arrive with its status");
     }
 
     #[test]
