@@ -500,8 +500,8 @@ impl Tracker {
             at,
             "signal",
             format!(
-                "quality of {version} in the collector: {} ({} of {} judged), below {}",
-                pct(rate),
+                "quality of {version} in the collector: {:.2}% ({} of {} judged), below {}",
+                rate * 100.0,
                 q.positive,
                 q.judged,
                 pct(threshold)
