@@ -591,3 +591,36 @@ async fn a_crashing_operator_converges_without_duplicates() {
         l.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_collector_shows_in_status_and_nothing_fires() {
+    let mut l = Loop::start("loop-nocollector", SimConfig::default()).await;
+    if let Some(op) = l.op.take() {
+        op.shutdown().await;
+    }
+    // Port 1 on loopback: connections are refused.
+    let config = OperatorConfig {
+        collector_url: Some("http://127.0.0.1:1".into()),
+        collector_token: Some(TOKEN.to_string()),
+        ..OperatorConfig::local()
+    };
+    l.op = Some(operator::start(l.cluster.client.clone(), config).await.unwrap_or_else(|e| panic!("{e}")));
+    let mds: Api<ModelDeployment> = l.api();
+    let policies: Api<FeedbackPolicy> = l.api();
+    mds.create(&PostParams::default(), &model_deployment()).await.unwrap_or_else(|e| panic!("{e}"));
+    policies.create(&PostParams::default(), &policy("auto", 0)).await.unwrap_or_else(|e| panic!("{e}"));
+    let p = until(&policies, POLICY, "the failure in status", 30, |p| {
+        p.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == ConditionStatus::False && c.reason == "CollectorUnreachable")
+        })
+    })
+    .await;
+    let ready =
+        p.status.and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready")).unwrap_or_else(|| panic!("Ready"));
+    assert!(ready.message.contains("did not answer"), "{}", ready.message);
+    let rtjs: Api<RetrainJob> = l.api();
+    assert!(rtjs.list(&ListParams::default()).await.unwrap_or_else(|e| panic!("{e}")).items.is_empty());
+    l.stop().await;
+}

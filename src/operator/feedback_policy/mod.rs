@@ -216,6 +216,15 @@ pub async fn reconcile(policy: Arc<FeedbackPolicy>, ctx: Arc<Context>) -> Result
     if let Err(e) = &result {
         tracing::warn!(name = %policy.name_any(), namespace = ?policy.namespace(), category = e.category(), error = %e, "reconcile failed");
         ctx.publish(policy.as_ref(), EventType::Warning, e.category(), &e.to_string()).await;
+        // The failure shows in status too (not Ready, reconciling, with the reason) until a
+        // reconcile succeeds; a failure to write it is already covered by the Event and log.
+        let current = policy.status.clone().unwrap_or_default();
+        let mut next = current.clone();
+        let health = Health::Progressing { reason: e.category().into(), message: e.to_string() };
+        conditions::set_health(&mut next.conditions, &health, policy.metadata.generation, &Time(Timestamp::now()));
+        if let Err(w) = write_status(&policy, &ctx, &current, &next).await {
+            tracing::debug!(error = %w, "could not record the failure in status");
+        }
     }
     result
 }

@@ -100,6 +100,16 @@ pub async fn reconcile(rtj: Arc<RetrainJob>, ctx: Arc<Context>) -> Result<Action
     if let Err(e) = &result {
         tracing::warn!(name = %rtj.name_any(), namespace = ?rtj.namespace(), category = e.category(), error = %e, "reconcile failed");
         ctx.publish(rtj.as_ref(), EventType::Warning, e.category(), &e.to_string()).await;
+        // A run still under way shows the failure in status until a reconcile succeeds.
+        let current = rtj.status.clone().unwrap_or_default();
+        if matches!(current.phase, RetrainPhase::Pending | RetrainPhase::Running) {
+            let mut next = current.clone();
+            let health = Health::Progressing { reason: e.category().into(), message: e.to_string() };
+            conditions::set_health(&mut next.conditions, &health, rtj.metadata.generation, &Time(Timestamp::now()));
+            if let Err(w) = write_status(&rtj, &ctx, &current, &next).await {
+                tracing::debug!(error = %w, "could not record the failure in status");
+            }
+        }
     }
     result
 }
