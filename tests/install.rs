@@ -17,13 +17,13 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
 use clap::Parser as _;
-use common::{Cluster, TempDir, eventually};
+use common::{Cluster, TempDir, eventually, kubectl, ok};
 use flywheel::cli::{Cli, CollectorArgs, OperatorArgs};
 use flywheel::collector::{Collector, CollectorConfig};
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -791,28 +791,6 @@ fn generated_files_do_not_drift() {
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-}
-
-fn kubectl(cluster: &Cluster, args: &[&str], stdin: Option<&str>) -> Output {
-    use std::io::Write;
-    let mut cmd = Command::new("kubectl");
-    cmd.env("KUBECONFIG", &cluster.kubeconfig).args(args);
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child =
-        cmd.spawn().unwrap_or_else(|e| panic!("running kubectl (is it installed? .ci/run installs it): {e}"));
-    if let Some(input) = stdin
-        && let Some(mut pipe) = child.stdin.take()
-    {
-        pipe.write_all(input.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
-    }
-    drop(child.stdin.take());
-    child.wait_with_output().unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "kubectl {what} failed: {}{stdout}", String::from_utf8_lossy(&out.stderr));
-    stdout
 }
 
 /// `kubectl create secret generic`, rendered client-side and applied server-side (the

@@ -4,30 +4,12 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-use common::Cluster;
+use common::{Cluster, ok};
 
 fn kubectl(cluster: &Cluster, ns: &str, args: &[&str], stdin: Option<&str>) -> Output {
-    use std::io::Write;
-    let mut cmd = Command::new("kubectl");
-    cmd.env("KUBECONFIG", &cluster.kubeconfig).args(["--namespace", ns]).args(args);
-    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
-    let mut child =
-        cmd.spawn().unwrap_or_else(|e| panic!("running kubectl (is it installed? .ci/run installs it): {e}"));
-    if let Some(input) = stdin
-        && let Some(mut pipe) = child.stdin.take()
-    {
-        pipe.write_all(input.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
-    }
-    drop(child.stdin.take());
-    child.wait_with_output().unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "kubectl {what} failed: {}{stdout}", String::from_utf8_lossy(&out.stderr));
-    stdout
+    common::kubectl(cluster, &[&["--namespace", ns], args].concat(), stdin)
 }
 
 fn root(path: &str) -> String {

@@ -278,6 +278,16 @@ pub enum DatasetFormat {
     Dpo,
 }
 
+impl DatasetFormat {
+    /// The name the CRD, the collector and the trainer contract use: `SFT` or `DPO`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sft => "SFT",
+            Self::Dpo => "DPO",
+        }
+    }
+}
+
 /// The observed state of a FeedbackPolicy.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]

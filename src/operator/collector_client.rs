@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::api::common::DatasetCounts;
-use crate::api::feedback_policy::{DatasetFormat, DatasetRecipe, SignalMapping, SignalStats};
+use crate::api::feedback_policy::{DatasetRecipe, SignalMapping, SignalStats};
 
 /// Why a call to the collector failed.
 #[derive(Debug, thiserror::Error)]
@@ -181,14 +181,7 @@ fn parse_stats(body: &Value) -> Result<Stats, CollectorError> {
 
 /// The collector's recipe for a policy's `dataset`.
 pub fn recipe(dataset: &DatasetRecipe, mapping: &SignalMapping) -> Value {
-    let formats: Vec<&str> = dataset
-        .formats
-        .iter()
-        .map(|f| match f {
-            DatasetFormat::Sft => "SFT",
-            DatasetFormat::Dpo => "DPO",
-        })
-        .collect();
+    let formats: Vec<&str> = dataset.formats.iter().map(|f| f.as_str()).collect();
     json!({
         "formats": formats,
         "includeCorrections": dataset.include_corrections,

@@ -182,3 +182,28 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Run `kubectl` against the cluster under test, feeding `stdin` when given.
+pub fn kubectl(cluster: &Cluster, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new("kubectl");
+    cmd.env("KUBECONFIG", &cluster.kubeconfig).args(args);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child =
+        cmd.spawn().unwrap_or_else(|e| panic!("running kubectl (is it installed? .ci/run installs it): {e}"));
+    if let Some(input) = stdin
+        && let Some(mut pipe) = child.stdin.take()
+    {
+        pipe.write_all(input.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The standard output of a kubectl run that must have succeeded.
+pub fn ok(out: &std::process::Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "kubectl {what} failed: {}{stdout}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}

@@ -8,7 +8,6 @@ use k8s_openapi::api::batch::v1::Job;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::api::feedback_policy::DatasetFormat;
 use crate::api::retrain_job::RetrainJob;
 use crate::operator::model_deployment::children::{ChildSettings, ModelSource};
 
@@ -165,15 +164,7 @@ pub fn build(rtj: &RetrainJob, attempt: i32, settings: &ChildSettings) -> Result
         Err(e) => return Err(JobSpecError::Uri { field: "spec.outputUri", message: e.to_string() }),
     };
 
-    let formats: Vec<&str> = spec
-        .dataset
-        .formats
-        .iter()
-        .map(|f| match f {
-            DatasetFormat::Sft => "SFT",
-            DatasetFormat::Dpo => "DPO",
-        })
-        .collect();
+    let formats: Vec<&str> = spec.dataset.formats.iter().map(|f| f.as_str()).collect();
     let mut env: Vec<Value> = trainer.env.iter().filter_map(|e| serde_json::to_value(e).ok()).collect();
     let mut contract: Vec<(String, String)> = vec![
         ("FLYWHEEL_DATASET_URI".into(), dataset),
@@ -301,6 +292,7 @@ pub fn build(rtj: &RetrainJob, attempt: i32, settings: &ChildSettings) -> Result
 mod tests {
     use super::*;
     use crate::api::common::{DatasetCounts, LocalRef, Promotion, TrainerTemplate};
+    use crate::api::feedback_policy::DatasetFormat;
     use crate::api::retrain_job::{BaseModel, DatasetRef, RetrainJobSpec};
 
     fn rtj(base: &str, dataset: &str, output: &str) -> RetrainJob {

@@ -48,16 +48,27 @@ pub fn pod_end(pods: &[Pod]) -> Option<PodEnd> {
             .and_then(|c| c.state.as_ref())
             .and_then(|s| s.terminated.clone())
     };
-    let mut ends: Vec<(bool, String, PodEnd)> = pods
+    // A disrupted pod (preempted, evicted) did not decide the attempt: the failure policy
+    // ignored it.
+    let disrupted = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "DisruptionTarget" && c.status == "True"))
+    };
+    let mut ends: Vec<((bool, bool, String), PodEnd)> = pods
         .iter()
         .filter_map(|p| {
             let t = terminated(p)?;
             let finished = t.finished_at.as_ref().map(|f| f.0.to_string()).unwrap_or_default();
-            Some((t.exit_code == 0, finished, PodEnd { exit_code: Some(t.exit_code), message: t.message }))
+            Some((
+                (t.exit_code == 0, !disrupted(p), finished),
+                PodEnd { exit_code: Some(t.exit_code), message: t.message },
+            ))
         })
         .collect();
-    ends.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-    ends.pop().map(|(_, _, e)| e)
+    ends.sort_by(|a, b| a.0.cmp(&b.0));
+    ends.pop().map(|(_, e)| e)
 }
 
 /// The Job's terminal condition: `Complete`, or `Failed` with its reason.
@@ -224,6 +235,16 @@ mod tests {
             .unwrap_or_else(|| panic!("ended"));
         assert_eq!(e.outcome, AttemptOutcome::Failed);
         assert!(e.message.contains("exit code 75") && e.message.contains("disk full"), "{}", e.message);
+        // A preempted pod finished in the same second does not hide the failure that counted.
+        let mut preempted = pod(137, "", t);
+        if let Some(s) = preempted.status.as_mut() {
+            s.conditions = serde_json::from_value(json!([{"type": "DisruptionTarget", "status": "True"}])).ok();
+        }
+        for pods in [[preempted.clone(), pod(75, "oom", t)], [pod(75, "oom", t), preempted]] {
+            let e =
+                ended(&job(Some(("Failed", "BackoffLimitExceeded"))), &pods, None).unwrap_or_else(|| panic!("ended"));
+            assert_eq!(e.exit_code, Some(75));
+        }
         let e = ended(&job(Some(("Failed", "DeadlineExceeded"))), &[], None).unwrap_or_else(|| panic!("ended"));
         assert_eq!(e.outcome, AttemptOutcome::DeadlineExceeded);
         let long = "x".repeat(5000);
