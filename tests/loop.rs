@@ -306,13 +306,18 @@ async fn cycle(l: &Loop, canary_up: usize, expect: HistoryType, crashing: bool) 
         // An Event published just before a crash is lost; status is not.
         return latency;
     }
+    // Events follow the status write that records the verdict.
     let events: Api<Event> = l.api();
+    let verdict = eventually(Duration::from_secs(10), || {
+        let events = events.clone();
+        async move {
+            let listed = events.list(&ListParams::default()).await.ok()?.items;
+            listed.into_iter().filter_map(|e| e.note).find(|n| n.contains(NEW_VERSION) && n.contains("evidence:"))
+        }
+    })
+    .await
+    .unwrap_or_else(|| panic!("an Event carries the verdict's evidence"));
     let listed = events.list(&ListParams::default()).await.unwrap_or_else(|e| panic!("{e}")).items;
-    let verdict = listed
-        .iter()
-        .filter_map(|e| e.note.clone())
-        .find(|n| n.contains(NEW_VERSION) && n.contains("evidence:"))
-        .unwrap_or_else(|| panic!("an Event carries the verdict's evidence"));
     assert!(verdict.contains("of 400 signals"), "{verdict}");
     let reasons: Vec<String> = listed.into_iter().filter_map(|e| e.reason).collect();
     for r in ["Triggered", "AttemptStarted", "Succeeded", "HandedOver"] {
