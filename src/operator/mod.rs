@@ -220,6 +220,39 @@ where
     Action::requeue(wait)
 }
 
+/// Write `next` as `obj`'s status when it differs from `current`: a merge patch of the
+/// difference (removed fields as `null`), guarded by `obj`'s resourceVersion when `guarded` (a
+/// write based on a stale read then fails with 409 instead of overwriting). Returns whether it
+/// wrote.
+pub async fn patch_status<K, S>(
+    client: &Client,
+    obj: &K,
+    current: &S,
+    next: &S,
+    guarded: bool,
+) -> Result<bool, kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    S: serde::Serialize + PartialEq,
+{
+    if current == next {
+        return Ok(false);
+    }
+    let api: Api<K> = Api::namespaced(client.clone(), &obj.meta().namespace.clone().unwrap_or_default());
+    let before = serde_json::to_value(current).unwrap_or(serde_json::Value::Null);
+    let after = serde_json::to_value(next).unwrap_or(serde_json::Value::Null);
+    let mut patch = serde_json::json!({"status": merge_patch_between(&before, &after)});
+    if guarded && let Some(rv) = obj.meta().resource_version.clone() {
+        patch["metadata"] = serde_json::json!({"resourceVersion": rv});
+    }
+    let name = obj.meta().name.clone().unwrap_or_default();
+    api.patch_status(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(patch)).await?;
+    Ok(true)
+}
+
 /// The JSON merge patch (RFC 7396) that turns `before` into `after`: changed and new fields
 /// with their new value, removed fields as `null`, objects compared key by key.
 pub fn merge_patch_between(before: &serde_json::Value, after: &serde_json::Value) -> serde_json::Value {

@@ -15,11 +15,10 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
-use serde_json::{Value, json};
 
 use self::trigger::{Decision, Firing, Inputs};
 use super::Context;
@@ -497,16 +496,7 @@ async fn write_status(
     current: &FeedbackPolicyStatus,
     next: &FeedbackPolicyStatus,
 ) -> Result<(), PolicyError> {
-    if current == next {
-        return Ok(());
-    }
-    let api: Api<FeedbackPolicy> = Api::namespaced(ctx.client.clone(), &policy.namespace().unwrap_or_default());
-    let before = serde_json::to_value(current).unwrap_or(Value::Null);
-    let after = serde_json::to_value(next).unwrap_or(Value::Null);
-    let patch = json!({"status": super::merge_patch_between(&before, &after)});
-    api.patch_status(&policy.name_any(), &PatchParams::default(), &Patch::Merge(patch))
-        .await
-        .map_err(kube_err("writing status"))?;
+    super::patch_status(&ctx.client, policy, current, next, false).await.map_err(kube_err("writing status"))?;
     Ok(())
 }
 

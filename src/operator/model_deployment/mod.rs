@@ -500,18 +500,8 @@ async fn write_status(
     current: &ModelDeploymentStatus,
     next: &ModelDeploymentStatus,
 ) -> Result<(), ReconcileError> {
-    if current == next {
-        return Ok(());
-    }
-    let ns = md.namespace().unwrap_or_default();
-    let api: Api<ModelDeployment> = Api::namespaced(ctx.client.clone(), &ns);
     // A merge patch names removed fields with null (a finished canary, a consumed action).
-    let before = serde_json::to_value(current).unwrap_or(Value::Null);
-    let after = serde_json::to_value(next).unwrap_or(Value::Null);
-    let patch = json!({"status": super::merge_patch_between(&before, &after)});
-    api.patch_status(&md.name_any(), &PatchParams::default(), &Patch::Merge(patch))
-        .await
-        .map_err(kube_err("writing status"))?;
+    super::patch_status(&ctx.client, md, current, next, false).await.map_err(kube_err("writing status"))?;
     Ok(())
 }
 

@@ -21,7 +21,7 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use self::job::{JobSpecError, LABEL_RETRAIN_JOB};
 use super::Context;
@@ -429,19 +429,7 @@ async fn write_status(
     current: &RetrainJobStatus,
     next: &RetrainJobStatus,
 ) -> Result<(), RetrainError> {
-    if current == next {
-        return Ok(());
-    }
-    let api: Api<RetrainJob> = Api::namespaced(ctx.client.clone(), &rtj.namespace().unwrap_or_default());
-    let before = serde_json::to_value(current).unwrap_or(Value::Null);
-    let after = serde_json::to_value(next).unwrap_or(Value::Null);
-    let mut patch = json!({"status": super::merge_patch_between(&before, &after)});
     // The attempts decide Jobs: a write based on a stale read must fail, not overwrite.
-    if let Some(rv) = rtj.resource_version() {
-        patch["metadata"] = json!({"resourceVersion": rv});
-    }
-    api.patch_status(&rtj.name_any(), &PatchParams::default(), &Patch::Merge(patch))
-        .await
-        .map_err(kube_err("writing status"))?;
+    super::patch_status(&ctx.client, rtj, current, next, true).await.map_err(kube_err("writing status"))?;
     Ok(())
 }
