@@ -56,14 +56,8 @@ fn run<R: Rng>(
 fn main() {
     let benching = std::env::args().any(|a| a == "--bench");
     let runs = arg("--runs", if benching { 2000 } else { 100 });
-    let spec = AnalysisSpec {
-        min_samples_per_arm: 200,
-        margin: 0.05,
-        confidence: 0.95,
-        max_error_rate_increase: 0.05,
-        max_correction_rate_increase: 0.05,
-        interval_seconds: 10,
-    };
+    // The defaults a ModelDeployment gets when it names no analysis settings.
+    let spec = AnalysisSpec::default();
     let (batch, deadline) = (50, 10_000);
     println!(
         "{runs} runs per row; stable positive rate 0.80; looks every {batch} signals per arm up to {deadline}; margin {}, confidence {}",

@@ -125,6 +125,11 @@ impl Loop {
         }
     }
 
+    /// The RetrainJobs of the test's namespace.
+    async fn retrain_jobs(&self) -> Vec<RetrainJob> {
+        self.api::<RetrainJob>().list(&ListParams::default()).await.unwrap_or_else(|e| panic!("{e}")).items
+    }
+
     async fn stop(mut self) {
         if let Some(op) = self.op.take() {
             op.shutdown().await;
@@ -223,7 +228,7 @@ async fn cycle(l: &Loop, canary_up: usize, expect: HistoryType, crashing: bool) 
     .await;
     let stats = p.status.and_then(|s| s.stats).unwrap_or_default();
     assert_eq!((stats.version.as_str(), stats.positive), ("v1", 240));
-    assert!(rtjs.list(&ListParams::default()).await.unwrap_or_else(|e| panic!("{e}")).items.is_empty());
+    assert!(l.retrain_jobs().await.is_empty());
 
     // The dip: 400 more at 40% brings v1 to 400/700 = 57%, below 70%. The watch is opened first
     // so the latency is measured from the acknowledged crossing to the RetrainJob's creation.
@@ -239,7 +244,7 @@ async fn cycle(l: &Loop, canary_up: usize, expect: HistoryType, crashing: bool) 
     let latency = seen.saturating_duration_since(crossed);
     eprintln!("trigger latency (crossing acknowledged → RetrainJob created): {} ms", latency.as_millis());
 
-    let list = rtjs.list(&ListParams::default()).await.unwrap_or_else(|e| panic!("{e}")).items;
+    let list = l.retrain_jobs().await;
     assert_eq!(list.len(), 1);
     let rtj = &list[0];
     let name = rtj.metadata.name.clone().unwrap_or_default();
@@ -340,8 +345,7 @@ async fn a_quality_dip_retrains_and_the_better_version_is_promoted() {
     assert_eq!(status.last_retrain_job.as_deref(), Some(format!("{POLICY}-1").as_str()));
     assert_eq!(status.last_trigger.map(|t| t.reason), Some(TriggerReason::Quality));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rtjs: Api<RetrainJob> = l.api();
-    assert_eq!(rtjs.list(&ListParams::default()).await.unwrap_or_else(|e| panic!("{e}")).items.len(), 1);
+    assert_eq!(l.retrain_jobs().await.len(), 1);
     l.stop().await;
 }
 
@@ -360,8 +364,7 @@ async fn a_worse_candidate_is_rolled_back_and_the_cooldown_holds_the_next_trigge
     })
     .await;
     assert!(p.status.and_then(|s| s.next_eligible_time).is_some());
-    let rtjs: Api<RetrainJob> = l.api();
-    assert_eq!(rtjs.list(&ListParams::default()).await.unwrap_or_else(|e| panic!("{e}")).items.len(), 1);
+    assert_eq!(l.retrain_jobs().await.len(), 1);
     l.stop().await;
 }
 
@@ -394,8 +397,7 @@ async fn suggest_mode_records_the_trigger_and_creates_nothing() {
     .await;
     assert!(suggested.is_some(), "an Event records the would-be trigger");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rtjs: Api<RetrainJob> = l.api();
-    assert!(rtjs.list(&ListParams::default()).await.unwrap_or_else(|e| panic!("{e}")).items.is_empty());
+    assert!(l.retrain_jobs().await.is_empty());
     assert!(p.status.as_ref().and_then(|s| s.last_retrain_job.clone()).is_none());
     l.stop().await;
 }
@@ -571,10 +573,9 @@ async fn a_crashing_operator_converges_without_duplicates() {
         let latency = cycle(&l, 340, HistoryType::Promoted, true).await;
         stop.cancel();
         l.op = chaos.await.unwrap_or_else(|e| panic!("{e}"));
-        let rtjs: Api<RetrainJob> = l.api();
         let jobs: Api<Job> = l.api();
         let mds: Api<ModelDeployment> = l.api();
-        let all = rtjs.list(&ListParams::default()).await.unwrap_or_else(|e| panic!("{e}")).items;
+        let all = l.retrain_jobs().await;
         assert_eq!(all.len(), 1, "run {run}: one RetrainJob for one trigger");
         let job_names: Vec<String> = jobs
             .list(&ListParams::default())
@@ -625,7 +626,6 @@ async fn an_unreachable_collector_shows_in_status_and_nothing_fires() {
     let ready =
         p.status.and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Ready")).unwrap_or_else(|| panic!("Ready"));
     assert!(ready.message.contains("did not answer"), "{}", ready.message);
-    let rtjs: Api<RetrainJob> = l.api();
-    assert!(rtjs.list(&ListParams::default()).await.unwrap_or_else(|e| panic!("{e}")).items.is_empty());
+    assert!(l.retrain_jobs().await.is_empty());
     l.stop().await;
 }

@@ -151,14 +151,7 @@ mod tests {
     use super::*;
 
     fn spec() -> AnalysisSpec {
-        AnalysisSpec {
-            min_samples_per_arm: 200,
-            margin: 0.05,
-            confidence: 0.95,
-            max_error_rate_increase: 0.05,
-            max_correction_rate_increase: 0.05,
-            interval_seconds: 10,
-        }
+        AnalysisSpec::default()
     }
 
     fn arm(n: i64, positive_rate: f64, error_rate: f64, correction_rate: f64) -> Arm {

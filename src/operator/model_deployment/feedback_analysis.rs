@@ -1,67 +1,31 @@
 //! The `Analysis` gate fed by the collector: per-version statistics of the stable and canary
 //! versions over the current step's period, judged by `rollout::analysis`.
 
-use std::time::Duration;
-
 use futures::future::BoxFuture;
 use kube::ResourceExt;
-use serde_json::Value;
 
 use super::AnalysisSource;
 use crate::api::ModelDeployment;
+use crate::api::feedback_policy::{SignalMapping, SignalStats};
 use crate::api::model_deployment::{Evidence, Verdict};
+use crate::operator::collector_client::{CollectorClient, StatsQuery};
 use crate::rollout::analysis::{Arm, analyze};
 
 /// Reads `GET /v1/stats` of the collector.
 pub struct CollectorAnalysis {
-    base: String,
-    token: Option<String>,
-    client: reqwest::Client,
+    client: CollectorClient,
 }
 
 impl CollectorAnalysis {
     /// A source reading the collector at `base` with a read (or write) token.
     pub fn new(base: &str, token: Option<String>) -> Self {
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
-        Self { base: base.trim_end_matches('/').to_string(), token, client }
-    }
-
-    async fn stats(&self, namespace: &str, deployment: &str, from: &str) -> Result<Value, String> {
-        let mut url = reqwest::Url::parse(&format!("{}/v1/stats", self.base))
-            .map_err(|e| format!("the collector URL {:?} is not a URL: {e}", self.base))?;
-        url.query_pairs_mut()
-            .append_pair("namespace", namespace)
-            .append_pair("deployment", deployment)
-            .append_pair("from", from);
-        let mut request = self.client.get(url);
-        if let Some(t) = &self.token {
-            request = request.bearer_auth(t);
-        }
-        let response = request.send().await.map_err(|e| format!("the collector did not answer: {e}"))?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(format!("the collector answered {status}"));
-        }
-        response.json().await.map_err(|e| format!("the collector's statistics are unreadable: {e}"))
+        Self { client: CollectorClient::new(base, token) }
     }
 }
 
-/// One version's arm from the collector's statistics (zero when it has none).
-pub fn arm_of(stats: &Value, version: &str) -> Arm {
-    let Some(v) = stats["versions"].as_array().and_then(|vs| vs.iter().find(|v| v["version"] == version)) else {
-        return Arm::default();
-    };
-    let n = |p: &str| v.pointer(p).and_then(Value::as_i64).unwrap_or(0);
-    Arm {
-        positive: n("/positiveRate/numerator"),
-        judged: n("/positiveRate/denominator"),
-        errors: n("/errorRate/numerator"),
-        corrections: n("/correctionRate/numerator"),
-        signals: n("/total"),
-    }
+/// One version's arm from its statistics.
+pub fn arm_of(s: &SignalStats) -> Arm {
+    Arm { positive: s.positive, judged: s.judged, errors: s.errors, corrections: s.corrections, signals: s.total }
 }
 
 impl AnalysisSource for CollectorAnalysis {
@@ -76,14 +40,27 @@ impl AnalysisSource for CollectorAnalysis {
             let from = canary.step_started_at.as_ref().map_or(now, |t| t.0);
             let namespace = md.namespace().unwrap_or_default();
             let time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
-            match self.stats(&namespace, &md.name_any(), &from.to_string()).await {
+            // The collector's default mapping: what a signal counts as is the same for both arms.
+            let mapping = SignalMapping::default();
+            let deployment = md.name_any();
+            let q = StatsQuery {
+                namespace: &namespace,
+                deployment: &deployment,
+                from: from.to_string(),
+                mapping: &mapping,
+            };
+            match self.client.stats(&q).await {
                 Ok(stats) => {
-                    let mut evidence =
-                        analyze(&spec, &arm_of(&stats, &stable.version), &arm_of(&stats, &canary.version));
+                    let mut evidence = analyze(
+                        &spec,
+                        &arm_of(&stats.version(&stable.version)),
+                        &arm_of(&stats.version(&canary.version)),
+                    );
                     evidence.time = time;
                     Some(evidence)
                 }
-                Err(message) => {
+                Err(e) => {
+                    let message = e.to_string();
                     tracing::warn!(name = %md.name_any(), %namespace, error = %message, "no feedback statistics");
                     Some(Evidence {
                         time,
@@ -100,15 +77,15 @@ impl AnalysisSource for CollectorAnalysis {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operator::collector_client::signal_stats;
     use serde_json::json;
 
     #[test]
     fn arms_come_from_the_counts_behind_the_rates() {
-        let stats = json!({"versions": [
-            {"version": "v1", "total": 10, "positiveRate": {"numerator": 6, "denominator": 8},
-             "errorRate": {"numerator": 1, "denominator": 10}, "correctionRate": {"numerator": 2, "denominator": 10}}
-        ]});
-        assert_eq!(arm_of(&stats, "v1"), Arm { positive: 6, judged: 8, errors: 1, corrections: 2, signals: 10 });
-        assert_eq!(arm_of(&stats, "v2"), Arm::default());
+        let v1 = json!({"version": "v1", "total": 10, "positiveRate": {"numerator": 6, "denominator": 8},
+             "errorRate": {"numerator": 1, "denominator": 10}, "correctionRate": {"numerator": 2, "denominator": 10}});
+        let stats = signal_stats(&v1).unwrap_or_else(|| panic!("readable"));
+        assert_eq!(arm_of(&stats), Arm { positive: 6, judged: 8, errors: 1, corrections: 2, signals: 10 });
+        assert_eq!(arm_of(&SignalStats::default()), Arm::default());
     }
 }
