@@ -94,6 +94,15 @@ pub struct OperatorArgs {
     /// changed (a busy deployment's statistics change with every commit).
     #[arg(long, default_value_t = 10)]
     pub stats_write_interval: u64,
+    /// Watch, list and write only in this namespace (repeat the flag for several; the
+    /// environment variable takes a comma-separated list). Unset: every namespace.
+    #[arg(
+        long = "watch-namespace",
+        env = "FLYWHEEL_WATCH_NAMESPACES",
+        value_delimiter = ',',
+        value_name = "NAMESPACE"
+    )]
+    pub watch_namespaces: Vec<String>,
 }
 
 /// `flywheel rollout`.

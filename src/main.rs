@@ -123,6 +123,12 @@ async fn run_operator(args: flywheel::cli::OperatorArgs) -> ExitCode {
         operator_image: args.image.clone().unwrap_or_else(flywheel::operator::default_image),
         collector_token_secret: args.collector_token_secret.clone(),
         stats_write_interval: Duration::from_secs(args.stats_write_interval.max(1)),
+        watch_namespaces: args
+            .watch_namespaces
+            .iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect(),
         ..flywheel::operator::OperatorConfig::local()
     };
     let mut config = config;

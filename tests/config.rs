@@ -192,3 +192,54 @@ fn every_sample_is_valid() {
         assert!(admitted.pruned.is_empty(), "sample {} has unknown fields {:?}", name(&sample), admitted.pruned);
     }
 }
+
+/// `config/namespaced`: the operator watches one namespace, holds the same rules as the
+/// cluster-wide install in a Role there, and has no ClusterRole of its own.
+#[test]
+fn the_namespaced_install_grants_the_same_rules_in_the_watched_namespace_only() {
+    let cluster_wide = render("default");
+    let cluster_rules = cluster_wide
+        .iter()
+        .find(|o| kind(o) == "ClusterRole" && name(o) == "flywheel-operator")
+        .map(|r| r["rules"].clone())
+        .unwrap_or_else(|| panic!("no operator ClusterRole in config/default"));
+    let objects = render("namespaced");
+    assert!(
+        !objects
+            .iter()
+            .any(|o| matches!(kind(o), "ClusterRole" | "ClusterRoleBinding") && name(o) == "flywheel-operator"),
+        "a namespace-scoped install has no operator ClusterRole or ClusterRoleBinding"
+    );
+    let role = objects
+        .iter()
+        .find(|o| kind(o) == "Role" && name(o) == "flywheel-operator")
+        .unwrap_or_else(|| panic!("no operator Role"));
+    assert_eq!(role["rules"], cluster_rules, "the Role's rules drifted from config/rbac/cluster_role.yaml");
+    let watched = role.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default();
+    let binding = objects
+        .iter()
+        .find(|o| kind(o) == "RoleBinding" && name(o) == "flywheel-operator")
+        .unwrap_or_else(|| panic!("no operator RoleBinding"));
+    assert_eq!(binding.pointer("/metadata/namespace").and_then(Value::as_str), Some(watched));
+    assert_eq!(binding["subjects"][0]["name"], "flywheel-operator");
+    assert_eq!(binding["subjects"][0]["namespace"], "flywheel-system");
+    let operator = objects
+        .iter()
+        .find(|o| kind(o) == "Deployment" && name(o) == "flywheel-operator")
+        .unwrap_or_else(|| panic!("no operator Deployment"));
+    let args: Vec<String> = operator
+        .pointer("/spec/template/spec/containers/0/args")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    let cli = <flywheel::cli::Cli as clap::Parser>::try_parse_from(std::iter::once("flywheel".to_string()).chain(args))
+        .unwrap_or_else(|e| panic!("the operator's arguments do not parse: {e}"));
+    match cli.command {
+        flywheel::cli::Command::Operator(a) => assert_eq!(a.watch_namespaces, vec![watched.to_string()]),
+        other => panic!("the operator container runs {other:?}"),
+    }
+    // The leader-election Role stays in the operator's own namespace.
+    assert!(objects.iter().any(|o| kind(o) == "Role"
+        && name(o) == "flywheel-leader-election"
+        && o.pointer("/metadata/namespace").and_then(Value::as_str) == Some("flywheel-system")));
+}

@@ -238,7 +238,9 @@ async fn the_operator_never_writes_spec() {
         let name = body["metadata"]["name"].as_str().unwrap_or_default();
         api.patch(name, &gitops, &Patch::Apply(body)).await.unwrap_or_else(|e| panic!("applying {name}: {e}"));
     }
-    let op = operator::start(cluster.client.clone(), OperatorConfig::local()).await.unwrap_or_else(|e| panic!("{e}"));
+    let op = operator::start(cluster.client.clone(), OperatorConfig::local().scoped_to(&ns.name))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
 
     let mds: Api<DynamicObject> = Api::namespaced_with(cluster.client.clone(), &ns.name, &resources[0].0);
     let get = |api: Api<DynamicObject>, name: &'static str| async move {

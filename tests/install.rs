@@ -173,6 +173,11 @@ impl Rendering {
         self.objects.iter().filter(|o| kind(o) == kind_).collect()
     }
 
+    /// The namespaces a namespace-scoped rendering watches (empty: every namespace).
+    fn watched(&self) -> Vec<String> {
+        strings(&self.values.get("/watchNamespaces"))
+    }
+
     fn workload(&self, component: &str) -> &Value {
         self.objects
             .iter()
@@ -318,6 +323,7 @@ fn check_pods_are_restricted(r: &Rendering) {
 
 fn check_rbac(r: &Rendering) {
     let roles: Vec<&Value> = r.objects.iter().filter(|o| matches!(kind(o), "ClusterRole" | "Role")).collect();
+    let watched = r.watched();
     let rbac = r.values.get("/rbac/create") != false;
     assert_eq!(!roles.is_empty(), rbac, "{}: RBAC rendered iff rbac.create", r.label);
     for role in &roles {
@@ -339,7 +345,8 @@ fn check_rbac(r: &Rendering) {
                 name(role)
             );
             if kind(role) == "Role" {
-                assert_eq!(role.pointer("/metadata/namespace"), Some(&json!(NAMESPACE)));
+                let ns = role.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default();
+                assert!(ns == NAMESPACE || watched.iter().any(|w| w == ns), "{}: Role {} in {ns}", r.label, name(role));
             }
         }
     }
@@ -347,15 +354,38 @@ fn check_rbac(r: &Rendering) {
         return;
     }
     let operator = format!("{}-operator", r.fullname());
-    let cluster_role =
-        r.find("ClusterRole", &operator).unwrap_or_else(|| panic!("{}: no ClusterRole {operator}", r.label));
-    // The same rules as config/rbac (the kustomize install): one least-privilege set.
+    // The same rules as config/rbac (the kustomize install): one least-privilege set, in a
+    // ClusterRole, or in a Role per watched namespace for a namespace-scoped install.
     let config_rules = yaml(&root().join("config/rbac/cluster_role.yaml"))["rules"].clone();
-    assert_eq!(cluster_role["rules"], config_rules, "{}: the operator's ClusterRole differs from config/rbac", r.label);
+    let operator_roles: Vec<&Value> = if watched.is_empty() {
+        vec![r.find("ClusterRole", &operator).unwrap_or_else(|| panic!("{}: no ClusterRole {operator}", r.label))]
+    } else {
+        assert!(
+            r.find("ClusterRole", &operator).is_none(),
+            "{}: a namespace-scoped install has no ClusterRole",
+            r.label
+        );
+        assert!(r.find("ClusterRoleBinding", &operator).is_none(), "{}: nor a ClusterRoleBinding", r.label);
+        watched
+            .iter()
+            .map(|ns| {
+                r.objects
+                    .iter()
+                    .find(|o| {
+                        kind(o) == "Role" && name(o) == operator && o.pointer("/metadata/namespace") == Some(&json!(ns))
+                    })
+                    .unwrap_or_else(|| panic!("{}: no Role {operator} in {ns}", r.label))
+            })
+            .collect()
+    };
+    for role in &operator_roles {
+        assert_eq!(role["rules"], config_rules, "{}: the operator's {} differs from config/rbac", r.label, kind(role));
+    }
+    let cluster_role = operator_roles[0];
     let election = r
         .find("Role", &format!("{}-leader-election", r.fullname()))
         .unwrap_or_else(|| panic!("{}: no leader election Role", r.label));
-    assert_eq!(election["rules"], yaml(&root().join("config/rbac/leader_election_role.yaml"))["rules"]);
+    assert_eq!(election["rules"], yaml(&root().join("config/rbac/common/leader_election_role.yaml"))["rules"]);
     let rules = cluster_role["rules"].as_array().cloned().unwrap_or_default();
     let verbs_for = |resource: &str| -> Vec<String> {
         rules
@@ -376,8 +406,11 @@ fn check_rbac(r: &Rendering) {
         assert_eq!(binding["subjects"][0]["namespace"], NAMESPACE);
         let role_kind = binding["roleRef"]["kind"].as_str().unwrap_or_default();
         let role_name = binding["roleRef"]["name"].as_str().unwrap_or_default();
+        let binding_ns = binding.pointer("/metadata/namespace");
         assert!(
-            r.find(role_kind, role_name).is_some(),
+            r.objects.iter().any(|o| kind(o) == role_kind
+                && name(o) == role_name
+                && (role_kind == "ClusterRole" || o.pointer("/metadata/namespace") == binding_ns)),
             "{}: {} binds a missing {role_kind} {role_name}",
             r.label,
             name(binding)
@@ -404,8 +437,11 @@ fn check_labels(r: &Rendering) {
         assert_eq!(l.get("helm.sh/chart"), Some(&format!("flywheel-{}", env!("CARGO_PKG_VERSION"))), "{what}");
         let cluster_scoped =
             matches!(kind(o), "Namespace" | "ClusterRole" | "ClusterRoleBinding" | "CustomResourceDefinition");
-        if !cluster_scoped {
-            assert_eq!(o.pointer("/metadata/namespace"), Some(&json!(NAMESPACE)), "{what}: namespace");
+        let ns = o.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default();
+        if matches!(kind(o), "Role" | "RoleBinding") && r.watched().iter().any(|w| w == ns) {
+            // A namespace-scoped install's Role and RoleBinding in a watched namespace.
+        } else if !cluster_scoped {
+            assert_eq!(ns, NAMESPACE, "{what}: namespace");
         }
         if matches!(kind(o), "Deployment" | "StatefulSet") {
             let pod_labels = labels(&o["spec"]["template"]);
@@ -428,6 +464,7 @@ fn check_operator(r: &Rendering) {
     assert!(args.leader_elect, "{}: leader election is on", r.label);
     assert!(args.retry_period < args.renew_deadline && args.renew_deadline < args.lease_duration);
     assert_eq!(args.lease_name, format!("{}-operator", r.fullname()));
+    assert_eq!(args.watch_namespaces, r.watched(), "{}: the operator watches what its RBAC allows", r.label);
     assert_eq!(args.metrics_listen.port(), port_of(c, "metrics"), "{}: metrics port", r.label);
     for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
         assert_eq!(c[probe]["httpGet"]["port"], "metrics", "{} {probe}", r.label);
@@ -978,6 +1015,16 @@ async fn the_chart_and_the_manifest_install_and_reconcile_the_samples() {
     let mut variants: Vec<(String, Option<PathBuf>)> = vec![("default".into(), None)];
     variants.extend(ci_values().into_iter().map(|f| (stem(&f), Some(f))));
     for (label, values) in &variants {
+        // A namespace-scoped install puts its Roles into namespaces that must exist.
+        for ns in strings(&Values::new(values.as_deref()).get("/watchNamespaces")) {
+            let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(cluster.client.clone());
+            let body = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap_or_else(|e| panic!("{e}"));
+            match api.create(&kube::api::PostParams::default(), &body).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => panic!("creating namespace {ns}: {e}"),
+            }
+        }
         let rendered = template(&helm, &format!("ci-{label}"), values.as_deref());
         let count = docs(&rendered).len();
         let out = ok(
@@ -1167,5 +1214,98 @@ async fn the_chart_and_the_manifest_install_and_reconcile_the_samples() {
     operator.shutdown().await;
     collector.shutdown().await;
     ns.cleanup().await;
+    cluster.stop().await;
+}
+
+/// A namespace-scoped install (`watchNamespaces`): the operator, from the rendering's own
+/// arguments and under the rendering's RBAC (Roles only, no ClusterRole), reconciles a
+/// ModelDeployment in the namespace it watches, never reads or writes another namespace, and
+/// makes no cluster-wide request. Runs on a real cluster too: it installs nothing cluster-wide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_scoped_install_reconciles_only_the_namespaces_it_watches() {
+    let Some(helm) = helm() else { return };
+    let cluster = Cluster::start().await;
+    cluster.install_crds().await;
+    // The operator's own namespace (its Lease), the team namespace it watches, and one it does not.
+    let home = cluster.namespace("scoped-home").await;
+    let team = cluster.namespace("scoped-team").await;
+    let other = cluster.namespace("scoped-other").await;
+    let dir = TempDir::new("flywheel-scoped");
+    let values = dir.0.join("values.yaml");
+    std::fs::write(&values, format!("watchNamespaces: [{}]\n", team.name)).unwrap_or_else(|e| panic!("{e}"));
+    let mut cmd = Command::new(&helm);
+    cmd.args(["template", "flywheel"]).arg(root().join("charts/flywheel")).args(["--namespace", &home.name]);
+    cmd.arg("--values").arg(&values);
+    let objects = docs(&run(cmd, "helm template (namespace-scoped)"));
+    let deployment = objects
+        .iter()
+        .find(|o| kind(o) == "Deployment" && name(o) == "flywheel-operator")
+        .unwrap_or_else(|| panic!("no operator Deployment"));
+    let args = operator_args(container(deployment, "operator"));
+    assert_eq!(args.watch_namespaces, vec![team.name.clone()]);
+    let service_account = pod_spec(deployment)["serviceAccountName"].as_str().unwrap_or_default().to_string();
+    let grants = Grants::of(&objects, &home.name, &service_account);
+    assert!(grants.cluster.is_empty(), "no cluster-wide grant: {:?}", grants.cluster);
+    assert!(grants.namespaced.contains_key(&team.name) && grants.namespaced.contains_key(&home.name), "{grants:?}");
+    let audit = Arc::new(Mutex::new(Audit::default()));
+    let client = client_as(&cluster, grants, audit.clone()).await;
+    let config = flywheel::operator::OperatorConfig {
+        leader_election: args.leader_elect.then(|| flywheel::operator::leader::LeaseConfig {
+            name: args.lease_name.clone(),
+            namespace: home.name.clone(),
+            identity: "scoped-operator".to_string(),
+            lease_duration: Duration::from_secs(args.lease_duration),
+            renew_deadline: Duration::from_secs(args.renew_deadline),
+            retry_period: Duration::from_secs(args.retry_period),
+        }),
+        watch_namespaces: args.watch_namespaces.clone(),
+        ..flywheel::operator::OperatorConfig::local()
+    };
+    let operator = flywheel::operator::start(client, config).await.unwrap_or_else(|e| panic!("{e}"));
+
+    let md = |ns: &str| -> flywheel::api::ModelDeployment {
+        serde_json::from_value(json!({
+            "apiVersion": "flywheel.dev/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": "support-chat", "namespace": ns},
+            "spec": {"model": {"name": "m", "version": "v1", "uri": "hf://org/m"},
+                     "runtime": {"image": "example/runtime:1", "port": 8000}, "replicas": 1}
+        }))
+        .unwrap_or_else(|e| panic!("{e}"))
+    };
+    for ns in [&team.name, &other.name] {
+        let api: Api<flywheel::api::ModelDeployment> = Api::namespaced(cluster.client.clone(), ns);
+        api.create(&kube::api::PostParams::default(), &md(ns)).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let watched: Api<flywheel::api::ModelDeployment> = Api::namespaced(cluster.client.clone(), &team.name);
+    let ready = eventually(Duration::from_secs(60), || {
+        let watched = watched.clone();
+        async move {
+            let md = watched.get("support-chat").await.ok()?;
+            let conditions = md.status?.conditions;
+            conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == flywheel::api::ConditionStatus::True)
+                .then_some(())
+        }
+    })
+    .await;
+    let denied = audit.lock().unwrap_or_else(std::sync::PoisonError::into_inner).denied.clone();
+    assert!(denied.is_empty(), "requests the namespace-scoped RBAC refuses: {denied:?}");
+    assert!(ready.is_some(), "the ModelDeployment in the watched namespace never became Ready");
+    // Give a cluster-wide operator every chance to have touched the other namespace.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let unwatched: Api<flywheel::api::ModelDeployment> = Api::namespaced(cluster.client.clone(), &other.name);
+    let untouched = unwatched.get("support-chat").await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(untouched.status.is_none(), "the unwatched namespace's object got a status: {:?}", untouched.status);
+    let allowed = audit.lock().unwrap_or_else(std::sync::PoisonError::into_inner).allowed.clone();
+    let outside: Vec<&String> = allowed
+        .iter()
+        .filter(|line| !line.ends_with(&format!(" in {}", team.name)) && !line.ends_with(&format!(" in {}", home.name)))
+        .collect();
+    assert!(outside.is_empty(), "requests outside the watched and the operator's own namespace: {outside:?}");
+    operator.shutdown().await;
+    for ns in [home, team, other] {
+        ns.cleanup().await;
+    }
     cluster.stop().await;
 }

@@ -73,7 +73,7 @@ impl Loop {
             collector_url: Some(self.base.clone()),
             collector_token: Some(TOKEN.to_string()),
             analysis: Arc::new(CollectorAnalysis::new(&self.base, Some(TOKEN.to_string()))),
-            ..OperatorConfig::local()
+            ..OperatorConfig::local().scoped_to(&self.ns.name)
         };
         operator::start(self.cluster.client.clone(), config).await.unwrap_or_else(|e| panic!("{e}"))
     }
@@ -542,16 +542,20 @@ async fn a_crashing_operator_converges_without_duplicates() {
             let op = l.op.take();
             let base = l.base.clone();
             let client = l.cluster.client.clone();
+            let scope = l.ns.name.clone();
             tokio::spawn(async move {
                 let mut op = op;
-                let start = |client: kube::Client, base: String| async move {
-                    let config = OperatorConfig {
-                        collector_url: Some(base.clone()),
-                        collector_token: Some(TOKEN.to_string()),
-                        analysis: Arc::new(CollectorAnalysis::new(&base, Some(TOKEN.to_string()))),
-                        ..OperatorConfig::local()
-                    };
-                    operator::start(client, config).await.unwrap_or_else(|e| panic!("{e}"))
+                let start = |client: kube::Client, base: String| {
+                    let scope = scope.clone();
+                    async move {
+                        let config = OperatorConfig {
+                            collector_url: Some(base.clone()),
+                            collector_token: Some(TOKEN.to_string()),
+                            analysis: Arc::new(CollectorAnalysis::new(&base, Some(TOKEN.to_string()))),
+                            ..OperatorConfig::local().scoped_to(&scope)
+                        };
+                        operator::start(client, config).await.unwrap_or_else(|e| panic!("{e}"))
+                    }
                 };
                 while kills.load(std::sync::atomic::Ordering::Relaxed) < 30 {
                     let wait = rand::rng().random_range(100..900);
@@ -608,7 +612,7 @@ async fn an_unreachable_collector_shows_in_status_and_nothing_fires() {
     let config = OperatorConfig {
         collector_url: Some("http://127.0.0.1:1".into()),
         collector_token: Some(TOKEN.to_string()),
-        ..OperatorConfig::local()
+        ..OperatorConfig::local().scoped_to(&l.ns.name)
     };
     l.op = Some(operator::start(l.cluster.client.clone(), config).await.unwrap_or_else(|e| panic!("{e}")));
     let mds: Api<ModelDeployment> = l.api();

@@ -34,8 +34,11 @@ fn pause_steps(seconds: i64) -> RolloutSpec {
     }
 }
 
-async fn start_operator(cluster: &Cluster) -> Operator {
-    operator::start(cluster.client.clone(), OperatorConfig::local()).await.unwrap_or_else(|e| panic!("{e}"))
+/// An operator that reconciles only the test's namespace (other suites may share the cluster).
+async fn start_operator(cluster: &Cluster, ns: &str) -> Operator {
+    operator::start(cluster.client.clone(), OperatorConfig::local().scoped_to(ns))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn condition(md: &ModelDeployment, type_: &str) -> Option<(ConditionStatus, String)> {
@@ -74,7 +77,7 @@ async fn sample_becomes_ready_with_its_children() {
     let cluster = Cluster::start().await;
     cluster.install_crds().await;
     let ns = cluster.namespace("md-ready").await;
-    let op = start_operator(&cluster).await;
+    let op = start_operator(&cluster, &ns.name).await;
     let api: Api<ModelDeployment> = Api::namespaced(cluster.client.clone(), &ns.name);
     api.create(&PostParams::default(), &sample(2)).await.unwrap_or_else(|e| panic!("{e}"));
     let md = until(&api, "support-chat", "Ready", 60, is_ready).await;
@@ -152,7 +155,7 @@ async fn a_version_change_canaries_to_promotion_and_an_abort_returns_to_stable()
     let cluster = Cluster::start().await;
     cluster.install_crds().await;
     let ns = cluster.namespace("md-canary").await;
-    let op = start_operator(&cluster).await;
+    let op = start_operator(&cluster, &ns.name).await;
     let api: Api<ModelDeployment> = Api::namespaced(cluster.client.clone(), &ns.name);
     let mut md = sample(4);
     md.spec.rollout = Some(pause_steps(1));
@@ -241,7 +244,7 @@ async fn a_restarted_operator_resumes_the_rollout_where_it_was() {
     let cluster = Cluster::start().await;
     cluster.install_crds().await;
     let ns = cluster.namespace("md-restart").await;
-    let op = start_operator(&cluster).await;
+    let op = start_operator(&cluster, &ns.name).await;
     let api: Api<ModelDeployment> = Api::namespaced(cluster.client.clone(), &ns.name);
     let mut md = sample(2);
     md.spec.rollout = Some(RolloutSpec {
@@ -262,7 +265,7 @@ async fn a_restarted_operator_resumes_the_rollout_where_it_was() {
     .await;
     let canary_before = before.status.clone().and_then(|s| s.canary).unwrap_or_default();
     op.kill();
-    let op = start_operator(&cluster).await;
+    let op = start_operator(&cluster, &ns.name).await;
     flywheel::rollout_cli::request(cluster.client.clone(), &ns.name, "support-chat", RolloutAction::Promote, "test")
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -309,7 +312,7 @@ async fn an_unchanged_object_costs_no_write() {
     let Some(sim) = cluster.sim_only("counts write requests at the server") else { return };
     cluster.install_crds().await;
     let ns = cluster.namespace("md-quiet").await;
-    let op = start_operator(&cluster).await;
+    let op = start_operator(&cluster, &ns.name).await;
     let api: Api<ModelDeployment> = Api::namespaced(cluster.client.clone(), &ns.name);
     api.create(&PostParams::default(), &sample(2)).await.unwrap_or_else(|e| panic!("{e}"));
     until(&api, "support-chat", "Ready", 60, is_ready).await;
@@ -351,7 +354,7 @@ async fn missing_references_stall_with_a_reason_and_an_event() {
     let cluster = Cluster::start().await;
     cluster.install_crds().await;
     let ns = cluster.namespace("md-stall").await;
-    let op = start_operator(&cluster).await;
+    let op = start_operator(&cluster, &ns.name).await;
     let api: Api<ModelDeployment> = Api::namespaced(cluster.client.clone(), &ns.name);
     let mut pvc = sample(1);
     pvc.metadata.name = Some("from-pvc".into());
@@ -405,7 +408,10 @@ async fn only_the_leader_reconciles_and_a_killed_leader_is_replaced_within_the_l
         renew_deadline: Duration::from_secs(2),
         retry_period: Duration::from_millis(300),
     };
-    let config = |identity: &str| OperatorConfig { leader_election: Some(lease(identity)), ..OperatorConfig::local() };
+    let config = |identity: &str| OperatorConfig {
+        leader_election: Some(lease(identity)),
+        ..OperatorConfig::local().scoped_to(&ns.name)
+    };
     let a = operator::start(cluster.client.clone(), config("a")).await.unwrap_or_else(|e| panic!("{e}"));
     tokio::time::sleep(Duration::from_millis(800)).await;
     let b = operator::start(cluster.client.clone(), config("b")).await.unwrap_or_else(|e| panic!("{e}"));
@@ -493,7 +499,7 @@ async fn gateway_api_traffic_follows_the_step_weight() {
     })
     .await;
     assert!(created.is_some(), "HTTPRoute created");
-    let op = start_operator(&cluster).await;
+    let op = start_operator(&cluster, &ns.name).await;
     let api: Api<ModelDeployment> = Api::namespaced(cluster.client.clone(), &ns.name);
     let mut md = sample(2);
     md.spec.traffic = serde_json::from_value(json!({"mode": "GatewayAPI", "httpRouteRef": {"name": "chat"}}))
@@ -579,7 +585,7 @@ async fn load_on_the_pods_moves_the_replicas() {
     let config = OperatorConfig {
         load_source: load.clone(),
         scale_interval: Duration::from_millis(500),
-        ..OperatorConfig::local()
+        ..OperatorConfig::local().scoped_to(&ns.name)
     };
     let op = operator::start(cluster.client.clone(), config).await.unwrap_or_else(|e| panic!("{e}"));
     let api: Api<ModelDeployment> = Api::namespaced(cluster.client.clone(), &ns.name);
@@ -692,7 +698,7 @@ async fn the_canary_is_judged_on_live_feedback() {
     let base = format!("http://{}", collector.addr());
     let config = OperatorConfig {
         analysis: std::sync::Arc::new(CollectorAnalysis::new(&base, Some(token.to_string()))),
-        ..OperatorConfig::local()
+        ..OperatorConfig::local().scoped_to(&ns.name)
     };
     let op = operator::start(cluster.client.clone(), config).await.unwrap_or_else(|e| panic!("{e}"));
     let api: Api<ModelDeployment> = Api::namespaced(cluster.client.clone(), &ns.name);
@@ -761,6 +767,65 @@ async fn the_canary_is_judged_on_live_feedback() {
     }
     op.shutdown().await;
     collector.shutdown().await;
+    ns.cleanup().await;
+    cluster.stop().await;
+}
+
+/// Captured log output of the code under test.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Out of cluster the default lease namespace usually does not exist: the operator says so once,
+/// as an error naming the flags to set, instead of a warning every retry period.
+// One thread: the log capture below is this thread's subscriber, and every task runs here.
+#[tokio::test]
+async fn a_missing_lease_namespace_is_one_error_naming_the_flags() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_env_filter(tracing_subscriber::EnvFilter::new("flywheel=debug"))
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let cluster = Cluster::start().await;
+    cluster.install_crds().await;
+    let ns = cluster.namespace("md-nolease").await;
+    let missing = format!("{}-missing", ns.name);
+    let config = OperatorConfig {
+        leader_election: Some(operator::leader::LeaseConfig {
+            name: "flywheel-operator".into(),
+            namespace: missing.clone(),
+            identity: "a".into(),
+            lease_duration: Duration::from_secs(3),
+            renew_deadline: Duration::from_secs(2),
+            retry_period: Duration::from_millis(100),
+        }),
+        ..OperatorConfig::local().scoped_to(&ns.name)
+    };
+    let op = operator::start(cluster.client.clone(), config).await.unwrap_or_else(|e| panic!("{e}"));
+    // At least ten retry periods.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!*op.leading.borrow(), "no lease, no leadership");
+    op.shutdown().await;
+    let text =
+        String::from_utf8_lossy(&captured.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)).into_owned();
+    let errors: Vec<&str> = text.lines().filter(|l| l.contains("ERROR") && l.contains(&missing)).collect();
+    assert_eq!(errors.len(), 1, "one error about the missing namespace: {text}");
+    assert!(errors[0].contains("--lease-namespace") && errors[0].contains("--leader-elect=false"), "{}", errors[0]);
+    let repeats = text.lines().filter(|l| l.contains("DEBUG") && l.contains("lease request failed again")).count();
+    assert!(repeats >= 5, "the election kept trying, quietly ({repeats} retries logged at debug): {text}");
+    assert!(!text.lines().any(|l| l.contains("WARN") && l.contains("lease request failed")), "{text}");
     ns.cleanup().await;
     cluster.stop().await;
 }

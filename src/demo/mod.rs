@@ -226,7 +226,7 @@ impl Stack {
             collector_url: Some(self.base.clone()),
             collector_token: Some(self.token.clone()),
             analysis: Arc::new(CollectorAnalysis::new(&self.base, Some(self.token.clone()))),
-            ..OperatorConfig::local()
+            ..OperatorConfig::local().scoped_to(NAMESPACE)
         };
         self.operator = Some(crate::operator::start(self.client.clone(), config).await?);
         Ok(())

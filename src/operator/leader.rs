@@ -30,6 +30,28 @@ pub struct LeaseConfig {
     pub retry_period: Duration,
 }
 
+/// Why one attempt to acquire or renew the lease failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// The lease's namespace does not exist (typical out of cluster, where the default
+    /// `flywheel-system` was never created).
+    #[error(
+        "the lease namespace {0:?} does not exist: create it, point --lease-namespace at an existing namespace, \
+         or run with --leader-elect=false (out of cluster, a single replica)"
+    )]
+    NamespaceMissing(String),
+    /// The API server refused or failed the request.
+    #[error("lease request failed: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+impl LeaseError {
+    /// Whether this failure is the same kind as `other` (so a repeat is not logged again).
+    fn same_kind(&self, other: &Self) -> bool {
+        matches!((self, other), (Self::NamespaceMissing(a), Self::NamespaceMissing(b)) if a == b)
+    }
+}
+
 fn now_micro() -> String {
     k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S.%6fZ").to_string()
 }
@@ -40,11 +62,16 @@ pub async fn run(api: Api<Lease>, config: LeaseConfig, leading: watch::Sender<bo
     // What we last saw of the lease: its resourceVersion and when (on our clock) it changed.
     let mut observed: Option<(String, Instant)> = None;
     let mut last_renew = Instant::now();
+    // A failure that repeats every retry period is logged when it starts, not every time.
+    let mut failing: Option<LeaseError> = None;
     loop {
         let is_leader = *leading.borrow();
         match try_acquire_or_renew(&api, &config, &mut observed).await {
             Ok(true) => {
                 last_renew = Instant::now();
+                if failing.take().is_some() {
+                    tracing::info!(identity = %config.identity, lease = %config.name, "lease requests succeed again");
+                }
                 if !is_leader {
                     tracing::info!(identity = %config.identity, lease = %config.name, "became leader");
                     let _sent = leading.send(true);
@@ -57,7 +84,16 @@ pub async fn run(api: Api<Lease>, config: LeaseConfig, leading: watch::Sender<bo
                 }
             }
             Err(e) => {
-                tracing::warn!(identity = %config.identity, error = %e, "lease request failed");
+                match (&e, &failing) {
+                    (_, Some(previous)) if e.same_kind(previous) => {
+                        tracing::debug!(identity = %config.identity, error = %e, "lease request failed again");
+                    }
+                    (LeaseError::NamespaceMissing(_), _) => {
+                        tracing::error!(identity = %config.identity, lease = %config.name, error = %e, "cannot elect a leader");
+                    }
+                    _ => tracing::warn!(identity = %config.identity, error = %e, "lease request failed"),
+                }
+                failing = Some(e);
                 if is_leader && last_renew.elapsed() > config.renew_deadline {
                     tracing::error!(identity = %config.identity, "could not renew the lease within the renew deadline; stepping down");
                     let _sent = leading.send(false);
@@ -79,7 +115,7 @@ async fn try_acquire_or_renew(
     api: &Api<Lease>,
     config: &LeaseConfig,
     observed: &mut Option<(String, Instant)>,
-) -> Result<bool, kube::Error> {
+) -> Result<bool, LeaseError> {
     let duration_secs = i32::try_from(config.lease_duration.as_secs()).unwrap_or(i32::MAX);
     let Some(lease) = api.get_opt(&config.name).await? else {
         let lease: Lease = serde_json::from_value(json!({
@@ -90,7 +126,9 @@ async fn try_acquire_or_renew(
         return match api.create(&PostParams::default(), &lease).await {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-            Err(e) => Err(e),
+            // Creating in a namespace that does not exist: 404 naming the namespace.
+            Err(kube::Error::Api(s)) if s.code == 404 => Err(LeaseError::NamespaceMissing(config.namespace.clone())),
+            Err(e) => Err(e.into()),
         };
     };
     let rv = lease.metadata.resource_version.clone().unwrap_or_default();
@@ -129,7 +167,7 @@ async fn try_acquire_or_renew(
             Ok(true)
         }
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 

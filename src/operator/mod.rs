@@ -65,6 +65,8 @@ pub struct OperatorConfig {
     /// Secret (in each ModelDeployment's namespace, key `token`) holding the collector token
     /// the injected agents use.
     pub collector_token_secret: String,
+    /// The namespaces the operator watches, lists and writes in; empty: every namespace.
+    pub watch_namespaces: Vec<String>,
 }
 
 impl OperatorConfig {
@@ -82,6 +84,54 @@ impl OperatorConfig {
             scale_interval: std::time::Duration::from_secs(2),
             stats_write_interval: std::time::Duration::from_secs(1),
             collector_token_secret: "flywheel-collector-token".to_string(),
+            watch_namespaces: Vec::new(),
+        }
+    }
+
+    /// These settings, reconciling only in `namespace` (as every test's operator does, so two
+    /// operators on one cluster never reconcile each other's objects).
+    #[must_use]
+    pub fn scoped_to(mut self, namespace: &str) -> Self {
+        self.watch_namespaces = vec![namespace.to_string()];
+        self
+    }
+}
+
+/// Where a set of controllers watches: one namespace, or every namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// Every namespace (cluster-wide rights on namespaced resources needed).
+    All,
+    /// One namespace (a Role in it is enough).
+    Namespace(String),
+}
+
+impl Scope {
+    /// The scopes of a list of namespaces: `All` for an empty list, else one per distinct name.
+    pub fn of(namespaces: &[String]) -> Vec<Scope> {
+        if namespaces.is_empty() {
+            return vec![Scope::All];
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        namespaces.iter().filter(|n| seen.insert(n.as_str())).map(|n| Scope::Namespace(n.clone())).collect()
+    }
+
+    /// An API for `K` in this scope.
+    pub fn api<K>(&self, client: &Client) -> Api<K>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        match self {
+            Scope::All => Api::all(client.clone()),
+            Scope::Namespace(ns) => Api::namespaced(client.clone(), ns),
+        }
+    }
+
+    /// Whether an object in `namespace` is in this scope.
+    pub fn contains(&self, namespace: Option<&str>) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Namespace(ns) => namespace == Some(ns.as_str()),
         }
     }
 }
@@ -426,6 +476,8 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
     let mut leading = leading_rx.clone();
     let run_stop = stop.clone();
     let concurrency = config.concurrency;
+    let scopes = Scope::of(&config.watch_namespaces);
+    tracing::info!(namespaces = ?config.watch_namespaces, "watching {}", if config.watch_namespaces.is_empty() { "every namespace".to_string() } else { config.watch_namespaces.join(", ") });
     let inner_tasks = tasks.clone();
     let task = tokio::spawn(async move {
         let _standalone = standalone;
@@ -449,6 +501,7 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
             let controllers = inner_tasks.spawn(run_controllers(
                 client.clone(),
                 ctx.clone(),
+                scopes.clone(),
                 concurrency,
                 ready.clone(),
                 controllers_stop.clone(),
@@ -480,29 +533,77 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
 async fn run_controllers(
     client: Client,
     ctx: Arc<Context>,
+    scopes: Vec<Scope>,
     concurrency: u16,
     ready: Arc<AtomicBool>,
     stop: CancellationToken,
     tasks: Tasks,
 ) {
+    // One set of the three controllers per scope: kube-runtime's caches follow one watch each,
+    // so several namespaces are several sets over the same context.
+    let mut runs = Vec::new();
+    let mut synced = Vec::new();
+    for scope in &scopes {
+        let (run, stores_ready) = scope_controllers(&client, &ctx, scope, concurrency, &stop);
+        runs.push(run);
+        synced.push(stores_ready);
+    }
+    let ready_flag = ready.clone();
+    let scope_count = scopes.len();
+    tasks.spawn(async move {
+        let results = futures::future::join_all(synced).await;
+        if results.iter().all(|ok| *ok) {
+            ready_flag.store(true, Ordering::Release);
+            tracing::info!(scopes = scope_count, "caches synced");
+        }
+    });
+    let run = futures::future::join_all(runs);
+    // Graceful shutdown lets reconciles in flight finish, for at most GRACE. A controller stopped
+    // before its caches synced has nothing in flight and would wait for a sync that never
+    // comes: it stops at once.
+    const GRACE: Duration = Duration::from_secs(20);
+    let deadline = async move {
+        stop.cancelled().await;
+        if ready.load(Ordering::Acquire) {
+            tokio::time::sleep(GRACE).await;
+        }
+    };
+    tokio::select! {
+        _ = run => {}
+        () = deadline => tracing::warn!("controllers did not stop within the grace period"),
+    }
+    for scope in &scopes {
+        ctx.feeds.detach(scope);
+    }
+}
+
+/// The three controllers of one scope: their run, and a future that tells whether their caches
+/// synced.
+fn scope_controllers(
+    client: &Client,
+    ctx: &Arc<Context>,
+    scope: &Scope,
+    concurrency: u16,
+    stop: &CancellationToken,
+) -> (futures::future::BoxFuture<'static, ()>, futures::future::BoxFuture<'static, bool>) {
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=flywheel");
     let config = ControllerConfig::default().concurrency(concurrency);
 
-    let mds = Controller::new(Api::<ModelDeployment>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<Deployment>::all(client.clone()), managed.clone())
-        .owns(Api::<Service>::all(client.clone()), managed.clone())
+    let mds = Controller::new(scope.api::<ModelDeployment>(client), watcher::Config::default())
+        .owns(scope.api::<Deployment>(client), managed.clone())
+        .owns(scope.api::<Service>(client), managed.clone())
         .with_config(config.clone());
 
     // FeedbackPolicies: woken by their RetrainJobs, by their target ModelDeployment, and by the
     // collector's change feed.
-    let policies = Controller::new(Api::<FeedbackPolicy>::all(client.clone()), watcher::Config::default());
+    let policies = Controller::new(scope.api::<FeedbackPolicy>(client), watcher::Config::default());
     let policy_store = policies.store();
     let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded();
-    ctx.feeds.attach(wake_tx, policy_store.clone());
+    ctx.feeds.attach(scope.clone(), wake_tx, policy_store.clone());
     let targets = policy_store.clone();
     let policies = policies
-        .owns(Api::<RetrainJob>::all(client.clone()), managed.clone())
-        .watches(Api::<ModelDeployment>::all(client.clone()), watcher::Config::default(), move |md| {
+        .owns(scope.api::<RetrainJob>(client), managed.clone())
+        .watches(scope.api::<ModelDeployment>(client), watcher::Config::default(), move |md| {
             let ns = md.namespace();
             let name = md.name_any();
             targets
@@ -515,35 +616,31 @@ async fn run_controllers(
         .reconcile_on(wake_rx)
         .with_config(config.clone());
 
-    let rtjs = Controller::new(Api::<RetrainJob>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<Job>::all(client.clone()), managed)
+    let rtjs = Controller::new(scope.api::<RetrainJob>(client), watcher::Config::default())
+        .owns(scope.api::<Job>(client), managed)
         .with_config(config);
 
     let stores = (mds.store(), policy_store, rtjs.store());
-    let ready_flag = ready.clone();
-    tasks.spawn(async move {
+    let synced = Box::pin(async move {
         let (a, b, c) = stores;
         let (a, b, c) = futures::join!(a.wait_until_ready(), b.wait_until_ready(), c.wait_until_ready());
-        if a.is_ok() && b.is_ok() && c.is_ok() {
-            ready_flag.store(true, Ordering::Release);
-            tracing::info!("caches synced");
-        }
+        a.is_ok() && b.is_ok() && c.is_ok()
     });
+    let shutdown = |stop: &CancellationToken| {
+        let stop = stop.clone();
+        async move { stop.cancelled().await }
+    };
     let log = |result: Result<_, _>| async move {
         if let Err(e) = result {
             tracing::debug!(error = %e, "controller event");
         }
     };
-    let shutdown = |stop: &CancellationToken| {
-        let stop = stop.clone();
-        async move { stop.cancelled().await }
-    };
     let md_run = mds
-        .graceful_shutdown_on(shutdown(&stop))
+        .graceful_shutdown_on(shutdown(stop))
         .run(model_deployment::reconcile, error_policy, ctx.clone())
         .for_each(log);
     let policy_run = policies
-        .graceful_shutdown_on(shutdown(&stop))
+        .graceful_shutdown_on(shutdown(stop))
         .run(feedback_policy::reconcile, error_policy, ctx.clone())
         .for_each(|r| async move {
             if let Err(e) = r {
@@ -551,29 +648,15 @@ async fn run_controllers(
             }
         });
     let rtj_run = rtjs
-        .graceful_shutdown_on(shutdown(&stop))
+        .graceful_shutdown_on(shutdown(stop))
         .run(retrain_job::reconcile, error_policy, ctx.clone())
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "controller event");
             }
         });
-    let run = async {
+    let run = Box::pin(async move {
         futures::join!(md_run, policy_run, rtj_run);
-    };
-    // Graceful shutdown lets reconciles in flight finish, for at most GRACE. A controller stopped
-    // before its caches synced has nothing in flight and would wait for a sync that never
-    // comes: it stops at once.
-    const GRACE: Duration = Duration::from_secs(20);
-    let deadline = async move {
-        stop.cancelled().await;
-        if ready.load(Ordering::Acquire) {
-            tokio::time::sleep(GRACE).await;
-        }
-    };
-    tokio::select! {
-        () = run => {}
-        () = deadline => tracing::warn!("controllers did not stop within the grace period"),
-    }
-    ctx.feeds.detach();
+    });
+    (run, synced)
 }

@@ -151,3 +151,54 @@ seccompProfile:
 {{- fail "operator.leaderElection needs retryPeriod < renewDeadline < leaseDuration" }}
 {{- end }}
 {{- end }}
+
+{{/*
+The operator's least-privilege rules (the same as config/rbac/cluster_role.yaml): in a ClusterRole
+for a cluster-wide install, in a Role per watched namespace for a namespace-scoped one.
+*/}}
+{{- define "flywheel.operator.rules" -}}
+rules:
+  - apiGroups: ["flywheel.dev"]
+    resources: ["modeldeployments", "feedbackpolicies"]
+    verbs: ["get", "list", "watch"]
+  - apiGroups: ["flywheel.dev"]
+    resources: ["retrainjobs"]
+    verbs: ["get", "list", "watch", "create"]
+  - apiGroups: ["flywheel.dev"]
+    resources: ["modeldeployments/status", "feedbackpolicies/status", "retrainjobs/status"]
+    verbs: ["get", "patch", "update"]
+  - apiGroups: ["flywheel.dev"]
+    resources: ["modeldeployments/finalizers", "feedbackpolicies/finalizers", "retrainjobs/finalizers"]
+    verbs: ["update"]
+  # Owned workloads, applied with server-side apply (patch).
+  - apiGroups: ["apps"]
+    resources: ["deployments"]
+    verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  - apiGroups: [""]
+    resources: ["services"]
+    verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  # Pods: the autoscaler scrapes the agents; a finished Job's termination message is read.
+  - apiGroups: [""]
+    resources: ["pods"]
+    verbs: ["get", "list", "watch"]
+  # A model or dataset URI of the form pvc:// must name an existing claim.
+  - apiGroups: [""]
+    resources: ["persistentvolumeclaims"]
+    verbs: ["get", "list", "watch"]
+  - apiGroups: ["policy"]
+    resources: ["poddisruptionbudgets"]
+    verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  - apiGroups: ["batch"]
+    resources: ["jobs"]
+    verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  - apiGroups: [""]
+    resources: ["events"]
+    verbs: ["create", "patch"]
+  - apiGroups: ["events.k8s.io"]
+    resources: ["events"]
+    verbs: ["create", "patch"]
+  # Canary traffic split on a user-owned HTTPRoute (Gateway API).
+  - apiGroups: ["gateway.networking.k8s.io"]
+    resources: ["httproutes"]
+    verbs: ["get", "list", "watch", "patch"]
+{{- end }}

@@ -12,6 +12,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::api::feedback_policy::FeedbackPolicy;
+use crate::operator::Scope;
 use crate::operator::collector_client::{CollectorClient, StatsQuery};
 
 /// Least time between two wake-ups of one policy: a busy deployment's feed changes with every
@@ -21,6 +22,7 @@ const DEBOUNCE: Duration = Duration::from_millis(200);
 const POLL: Duration = Duration::from_secs(25);
 
 struct Feed {
+    namespace: String,
     target: String,
     handle: tokio::task::AbortHandle,
 }
@@ -34,22 +36,28 @@ struct Wiring {
 #[derive(Default)]
 pub struct Feeds {
     feeds: Mutex<HashMap<String, Feed>>,
-    wiring: Mutex<Option<Wiring>>,
+    wiring: Mutex<HashMap<Scope, Wiring>>,
 }
 
 impl Feeds {
     /// Connect the feeds to a running controller: where to send wake-ups, and its cache (a
     /// feed whose policy left the cache ends).
-    pub fn attach(&self, wake: UnboundedSender<ObjectRef<FeedbackPolicy>>, store: Store<FeedbackPolicy>) {
-        *self.wiring.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Wiring { wake, store });
+    /// One controller per scope: each attaches its own.
+    pub fn attach(&self, scope: Scope, wake: UnboundedSender<ObjectRef<FeedbackPolicy>>, store: Store<FeedbackPolicy>) {
+        self.wiring.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(scope, Wiring { wake, store });
     }
 
-    /// Stop every feed (the controller stopped).
-    pub fn detach(&self) {
-        *self.wiring.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
-        for (_, feed) in self.feeds.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain() {
-            feed.handle.abort();
-        }
+    /// Stop every feed of `scope` (its controller stopped).
+    pub fn detach(&self, scope: &Scope) {
+        self.wiring.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(scope);
+        self.feeds.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|_, feed| {
+            if scope.contains(Some(&feed.namespace)) {
+                feed.handle.abort();
+                false
+            } else {
+                true
+            }
+        });
     }
 
     /// Stop the feed of one policy.
@@ -72,8 +80,9 @@ impl Feeds {
             .wiring
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .as_ref()
-            .map(|w| (w.wake.clone(), w.store.clone()))
+            .iter()
+            .find(|(scope, _)| scope.contains(Some(&ns)))
+            .map(|(_, w)| (w.wake.clone(), w.store.clone()))
         else {
             return;
         };
@@ -85,6 +94,7 @@ impl Feeds {
         let mapping = policy.spec.signals.clone();
         let window = policy.spec.window_seconds;
         let feed_target = target.clone();
+        let feed_ns = ns.clone();
         let task = tokio::spawn(async move {
             let mut cursor = 0i64;
             let mut backoff = Duration::from_secs(1);
@@ -117,6 +127,6 @@ impl Feeds {
                 }
             }
         });
-        feeds.insert(key, Feed { target, handle: task.abort_handle() });
+        feeds.insert(key, Feed { namespace: feed_ns, target, handle: task.abort_handle() });
     }
 }
