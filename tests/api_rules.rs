@@ -69,6 +69,12 @@ struct Case {
 const URI_RULE: &str = "self.startsWith('pvc://') || self.startsWith('s3://') || self.startsWith('gs://') || self.startsWith('https://') || self.startsWith('hf://') || self.startsWith('file://')";
 const URI_MSG: &str = "must start with one of pvc://, s3://, gs://, https://, hf://, file://";
 const ENV_RULE: &str = "self.all(e, !e.name.startsWith('FLYWHEEL_'))";
+const OUTPUT_RULE: &str =
+    "self.matches('^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?$') || self.matches('^s3://[^/]+(/.*)?$')";
+const OUTPUT_MSG: &str =
+    "must be pvc://claim/path (the claim is mounted read-write into the trainer) or s3://bucket/prefix";
+const PORTS_RULE: &str = "(has(self.agent) && has(self.agent.enabled) && !self.agent.enabled) || (self.runtime.port != 8080 && self.runtime.port != 9091)";
+const PORTS_MSG: &str = "runtime.port cannot be 8080 or 9091: the flywheel agent sidecar listens on 8080 (its proxy) and 9091 (its admin port)";
 
 fn cases() -> Vec<Case> {
     vec![
@@ -95,6 +101,22 @@ fn cases() -> Vec<Case> {
             breaks: |o| set(o, "/spec/traffic", json!({"mode": "GatewayAPI"})),
             field: "spec",
             message: "traffic.httpRouteRef is required when traffic.mode is GatewayAPI",
+            update: false,
+        },
+        Case {
+            kind: "ModelDeployment",
+            rule: PORTS_RULE,
+            breaks: |o| set(o, "/spec/runtime/port", json!(8080)),
+            field: "spec.runtime.port",
+            message: PORTS_MSG,
+            update: false,
+        },
+        Case {
+            kind: "ModelDeployment",
+            rule: PORTS_RULE,
+            breaks: |o| set(o, "/spec/runtime/port", json!(9091)),
+            field: "spec.runtime.port",
+            message: PORTS_MSG,
             update: false,
         },
         Case {
@@ -156,10 +178,19 @@ fn cases() -> Vec<Case> {
         // FeedbackPolicy
         Case {
             kind: "FeedbackPolicy",
-            rule: URI_RULE,
+            rule: OUTPUT_RULE,
             breaks: |o| set(o, "/spec/outputUriPrefix", json!("/var/models")),
             field: "spec.outputUriPrefix",
-            message: URI_MSG,
+            message: OUTPUT_MSG,
+            update: false,
+        },
+        Case {
+            kind: "FeedbackPolicy",
+            rule: OUTPUT_RULE,
+            // A path in the trainer's pod: serving could never load it.
+            breaks: |o| set(o, "/spec/outputUriPrefix", json!("file:///models/support-chat/")),
+            field: "spec.outputUriPrefix",
+            message: OUTPUT_MSG,
             update: false,
         },
         Case {
@@ -215,10 +246,18 @@ fn cases() -> Vec<Case> {
         },
         Case {
             kind: "RetrainJob",
-            rule: URI_RULE,
+            rule: OUTPUT_RULE,
             breaks: |o| set(o, "/spec/outputUri", json!("models/out")),
             field: "spec.outputUri",
-            message: URI_MSG,
+            message: OUTPUT_MSG,
+            update: false,
+        },
+        Case {
+            kind: "RetrainJob",
+            rule: OUTPUT_RULE,
+            breaks: |o| set(o, "/spec/outputUri", json!("gs://models/out")),
+            field: "spec.outputUri",
+            message: OUTPUT_MSG,
             update: false,
         },
         Case {
@@ -303,6 +342,31 @@ fn transition_rule_accepts_status_only_changes_and_creation() {
     new["metadata"]["labels"] = json!({"team": "ml"});
     admit(&schema, &new, Some(&old)).unwrap_or_else(|e| panic!("status change rejected: {}", describe(&e)));
     admit(&schema, &old, None).unwrap_or_else(|e| panic!("creation rejected: {}", describe(&e)));
+}
+
+#[test]
+fn the_agent_ports_are_free_for_the_runtime_when_no_agent_is_injected() {
+    let schema = schema("ModelDeployment");
+    let mut no_agent = sample("ModelDeployment");
+    set(&mut no_agent, "/spec/runtime/port", json!(8080));
+    set(&mut no_agent, "/spec/agent", json!({"enabled": false}));
+    admit(&schema, &no_agent, None).unwrap_or_else(|e| panic!("{}", describe(&e)));
+    let mut agent = no_agent.clone();
+    set(&mut agent, "/spec/agent", json!({"enabled": true}));
+    assert!(admit(&schema, &agent, None).is_err());
+    // The agent's defaults (no agent stanza at all) inject it.
+    remove(&mut agent, "/spec/agent");
+    assert!(admit(&schema, &agent, None).is_err());
+}
+
+#[test]
+fn outputs_serving_can_load_are_accepted() {
+    let schema = schema("RetrainJob");
+    for uri in ["pvc://models/support-chat/v2", "pvc://models", "s3://bucket/models/v2", "s3://bucket"] {
+        let mut ok = sample("RetrainJob");
+        set(&mut ok, "/spec/outputUri", json!(uri));
+        admit(&schema, &ok, None).unwrap_or_else(|e| panic!("{uri}: {}", describe(&e)));
+    }
 }
 
 #[test]

@@ -47,6 +47,16 @@ impl Loop {
         let cluster = Cluster::start_with(sim).await;
         cluster.install_crds().await;
         let ns = cluster.namespace(prefix).await;
+        // The claim trained versions are written to and served from.
+        let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+            Api::namespaced(cluster.client.clone(), &ns.name);
+        let claim = serde_json::from_value(json!({"metadata": {"name": "models"},
+            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}}))
+        .unwrap_or_else(|e| panic!("{e}"));
+        claims
+            .create(&PostParams::default(), &claim)
+            .await
+            .unwrap_or_else(|e| panic!("creating the models claim: {e}"));
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(dir.path().join("tokens"), format!("{TOKEN} write\n")).unwrap_or_else(|e| panic!("{e}"));
         let mut cc =
@@ -156,7 +166,7 @@ fn model_deployment() -> ModelDeployment {
 /// busybox does the same.
 fn policy(mode: &str, cooldown: i64) -> FeedbackPolicy {
     let result = format!(
-        r#"{{"version":"{NEW_VERSION}","uri":"file:///models/{NEW_VERSION}","metrics":{{"evalLoss":1.25,"trainRows":180}}}}"#
+        r#"{{"version":"{NEW_VERSION}","uri":"pvc://models/{NEW_VERSION}","metrics":{{"evalLoss":1.25,"trainRows":180}}}}"#
     );
     serde_json::from_value(json!({
         "apiVersion": "flywheel.dev/v1alpha1", "kind": "FeedbackPolicy",
@@ -179,7 +189,7 @@ fn policy(mode: &str, cooldown: i64) -> FeedbackPolicy {
                 "retries": 1,
                 "deadlineSeconds": 600,
             },
-            "outputUriPrefix": "file:///models/",
+            "outputUriPrefix": "pvc://models/",
             "promotion": "Canary",
         }
     }))
@@ -254,7 +264,7 @@ async fn cycle(l: &Loop, canary_up: usize, expect: HistoryType, crashing: bool) 
     assert_eq!(rtj.spec.base.version, "v1");
     assert!(rtj.spec.dataset.counts.sft >= 20, "{:?}", rtj.spec.dataset.counts);
     assert!(rtj.spec.dataset.uri.starts_with(&l.base) && rtj.spec.dataset.uri.ends_with("/files"));
-    assert_eq!(rtj.spec.output_uri, format!("file:///models/{name}"));
+    assert_eq!(rtj.spec.output_uri, format!("pvc://models/{name}"));
 
     // Training: the Job of attempt 1, the result, the hand-over.
     let done = until(&rtjs, &name, "handed over", 60, |r| {
@@ -409,11 +419,11 @@ fn manual(name: &str, retries: i32) -> RetrainJob {
         "metadata": {"name": name},
         "spec": {
             "targetRef": {"name": TARGET},
-            "base": {"version": "v1", "uri": "file:///models/v1"},
+            "base": {"version": "v1", "uri": "pvc://models/v1"},
             "dataset": {"uri": "file:///datasets/snap-1", "sha256": "a".repeat(64), "formats": ["SFT"],
                         "counts": {"sft": 100, "dpo": 0, "heldOut": 10}},
             "trainer": {"image": "busybox:1.36", "retries": retries, "deadlineSeconds": 600},
-            "outputUri": format!("file:///models/{name}"),
+            "outputUri": format!("pvc://models/{name}"),
             "version": format!("{name}-v"),
             "promotion": "None",
         }
@@ -447,13 +457,19 @@ async fn failed_runs_are_retried_per_policy_and_bad_configuration_is_not() {
             *c
         };
         let version = env_of(pod, "FLYWHEEL_VERSION").unwrap_or_default();
-        let ok = format!(r#"{{"version":"{version}","uri":"file:///models/{version}","metrics":{{"evalLoss":0.9}}}}"#);
+        let ok = format!(r#"{{"version":"{version}","uri":"pvc://models/{version}","metrics":{{"evalLoss":0.9}}}}"#);
         let finish = match (rtj.as_str(), attempt.as_str(), n) {
             ("flaky", "1", 1) => (Outcome::Disrupted, String::new()),
             ("flaky", "1", _) => (Outcome::Fail(75), "CUDA out of memory".to_string()),
             ("broken", _, _) => (Outcome::Fail(3), "FLYWHEEL_DATASET_SHA256 does not match the dataset".to_string()),
             ("doomed", _, _) => (Outcome::Fail(1), "segfault".to_string()),
             ("liar", _, _) => (Outcome::Succeed, "all done!".to_string()),
+            // The seam a real cluster showed: the trainer reports where it wrote, a path of its
+            // own pod, instead of the URI serving loads from.
+            ("mountpath", _, _) => {
+                let dir = env_of(pod, "FLYWHEEL_OUTPUT_DIR").unwrap_or_default();
+                (Outcome::Succeed, format!(r#"{{"version":"{version}","uri":"{dir}"}}"#))
+            }
             _ => (Outcome::Succeed, ok),
         };
         Some(PodBehavior {
@@ -471,7 +487,7 @@ async fn failed_runs_are_retried_per_policy_and_bad_configuration_is_not() {
         return;
     }
     let rtjs: Api<RetrainJob> = l.api();
-    for (name, retries) in [("flaky", 1), ("broken", 3), ("doomed", 2), ("liar", 2)] {
+    for (name, retries) in [("flaky", 1), ("broken", 3), ("doomed", 2), ("liar", 2), ("mountpath", 2)] {
         rtjs.create(&PostParams::default(), &manual(name, retries)).await.unwrap_or_else(|e| panic!("{e}"));
     }
     let finished = |r: &RetrainJob| {
@@ -511,6 +527,16 @@ async fn failed_runs_are_retried_per_policy_and_bad_configuration_is_not() {
     let reason = liar.conditions.iter().find(|c| c.type_ == "Stalled").map(|c| c.reason.clone());
     assert_eq!(reason.as_deref(), Some("MalformedResult"));
 
+    let mountpath = until(&rtjs, "mountpath", "finished", 60, finished).await.status.unwrap_or_default();
+    assert_eq!((mountpath.phase, mountpath.attempt_count), (RetrainPhase::Failed, 1), "{mountpath:?}");
+    assert_eq!(mountpath.attempts[0].outcome, Some(AttemptOutcome::MalformedResult));
+    let message = mountpath.attempts[0].message.clone().unwrap_or_default();
+    assert!(
+        message.contains("/var/run/flywheel/output-claim/mountpath") && message.contains("FLYWHEEL_OUTPUT_URI"),
+        "{message}"
+    );
+    assert!(mountpath.result.is_none() && mountpath.handed_over_at.is_none(), "nothing is handed over");
+
     // One Job per attempt, no more.
     let jobs: Api<Job> = l.api();
     let mut names: Vec<String> = jobs
@@ -522,7 +548,74 @@ async fn failed_runs_are_retried_per_policy_and_bad_configuration_is_not() {
         .filter_map(|j| j.metadata.name)
         .collect();
     names.sort();
-    assert_eq!(names, ["broken-1", "doomed-1", "doomed-2", "doomed-3", "flaky-1", "flaky-2", "liar-1"]);
+    assert_eq!(names, ["broken-1", "doomed-1", "doomed-2", "doomed-3", "flaky-1", "flaky-2", "liar-1", "mountpath-1"]);
+    l.stop().await;
+}
+
+/// A RetrainJob's result that a ModelDeployment cannot serve (here: its claim does not exist)
+/// never jams the ModelDeployment: the candidate is refused with a history entry and a Warning
+/// Event, stable keeps serving, and the policy-side hold ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_candidate_serving_cannot_load_is_rejected_and_stable_keeps_serving() {
+    let script: flywheel::sim::PodScript = Arc::new(move |pod: &Value| {
+        let uri = env_of(pod, "FLYWHEEL_OUTPUT_URI")?;
+        let version = env_of(pod, "FLYWHEEL_VERSION").unwrap_or_default();
+        Some(PodBehavior {
+            ready_after: Duration::from_millis(50),
+            finish: Some((
+                Duration::from_millis(300),
+                Outcome::Succeed,
+                format!(r#"{{"version":"{version}","uri":"{uri}"}}"#),
+            )),
+        })
+    });
+    let sim = SimConfig {
+        workloads: WorkloadConfig { script: Some(script), ..WorkloadConfig::default() },
+        ..SimConfig::default()
+    };
+    let l = Loop::start("loop-reject", sim).await;
+    if l.cluster.sim_only("a scripted trainer").is_none() {
+        l.stop().await;
+        return;
+    }
+    let mds: Api<ModelDeployment> = l.api();
+    mds.create(&PostParams::default(), &model_deployment()).await.unwrap_or_else(|e| panic!("{e}"));
+    until(&mds, TARGET, "Ready", 60, |m| stable_of(m) == "v1").await;
+    let mut rtj = manual("orphan", 0);
+    rtj.spec.promotion = flywheel::api::Promotion::Canary;
+    rtj.spec.output_uri = "pvc://no-such-claim/orphan".into();
+    let rtjs: Api<RetrainJob> = l.api();
+    rtjs.create(&PostParams::default(), &rtj).await.unwrap_or_else(|e| panic!("{e}"));
+    let done =
+        until(&rtjs, "orphan", "handed over", 60, |r| r.status.as_ref().is_some_and(|s| s.handed_over_at.is_some()))
+            .await;
+    assert_eq!(done.status.and_then(|s| s.result).map(|r| r.uri), Some("pvc://no-such-claim/orphan".to_string()));
+    let md = until(&mds, TARGET, "the candidate refused", 30, |m| {
+        m.status.as_ref().is_some_and(|s| s.history.last().is_some_and(|h| h.version == "orphan-v"))
+    })
+    .await;
+    let status = md.status.unwrap_or_default();
+    let entry = status.history.last().cloned().unwrap_or_else(|| panic!("no history"));
+    assert_eq!((entry.type_, entry.reason.as_str()), (HistoryType::Rejected, "MissingPersistentVolumeClaim"));
+    assert!(entry.message.contains("no-such-claim"), "{}", entry.message);
+    assert!(status.candidate.is_none() && status.canary.is_none(), "{status:?}");
+    assert_eq!(status.stable.map(|s| s.version), Some("v1".to_string()), "stable keeps serving");
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").cloned().unwrap_or_else(|| panic!("Ready"));
+    assert_eq!(ready.status, ConditionStatus::True, "not stalled: {ready:?}");
+    let events: Api<Event> = l.api();
+    let warned = eventually(Duration::from_secs(10), || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items.into_iter().find(|e| e.reason.as_deref() == Some("CandidateRejected"))
+        }
+    })
+    .await
+    .unwrap_or_else(|| panic!("no CandidateRejected Event"));
+    assert_eq!(warned.type_.as_deref(), Some("Warning"));
+    // No canary Deployment was ever made for it.
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = l.api();
+    assert!(deployments.get_opt(&format!("{TARGET}-canary")).await.unwrap_or_else(|e| panic!("{e}")).is_none());
     l.stop().await;
 }
 

@@ -29,6 +29,14 @@ pub(crate) const DATASET_URI_MESSAGE: &str =
 /// Message of [`URI_SCHEME_RULE`].
 pub(crate) const URI_SCHEME_MESSAGE: &str = "must start with one of pvc://, s3://, gs://, https://, hf://, file://";
 
+/// CEL rule of a trainer's output: serving must be able to load what the trainer wrote, so only
+/// a claim (mounted read-write into the trainer, read-only into the inference pods) or an S3
+/// prefix (uploaded by the trainer, fetched by the inference pods' init container).
+pub(crate) const OUTPUT_URI_RULE: &str =
+    "self.matches('^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?$') || self.matches('^s3://[^/]+(/.*)?$')";
+/// Message of [`OUTPUT_URI_RULE`].
+pub(crate) const OUTPUT_URI_MESSAGE: &str = "must be pvc://claim/path (the claim is mounted read-write into the trainer) or s3://bucket/prefix (the trainer uploads there): serving loads the new model from it, and a file://, gs://, https:// or hf:// output could not be served";
+
 /// Pattern of a Kubernetes object name (RFC 1123 subdomain).
 pub(crate) const DNS_SUBDOMAIN_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 /// Pattern of a model version: a valid label value, so it can label pods and select them.

@@ -6,7 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    Condition, LocalRef, Promotion, TrainerTemplate, TriggerReason, URI_SCHEME_MESSAGE, URI_SCHEME_RULE,
+    Condition, LocalRef, OUTPUT_URI_MESSAGE, OUTPUT_URI_RULE, Promotion, TrainerTemplate, TriggerReason,
 };
 
 /// When to retrain a ModelDeployment from the feedback its users give, what dataset to build,
@@ -94,7 +94,7 @@ pub struct FeedbackPolicySpec {
     /// Where trained models are written: the RetrainJob's output URI is this prefix followed by
     /// the RetrainJob's name.
     #[schemars(length(min = 1, max = 2048))]
-    #[x_kube(validation = Rule::new(URI_SCHEME_RULE).message(URI_SCHEME_MESSAGE))]
+    #[x_kube(validation = Rule::new(OUTPUT_URI_RULE).message(OUTPUT_URI_MESSAGE))]
     pub output_uri_prefix: String,
     /// What happens to a trained version: `Canary` hands it to the ModelDeployment.
     #[serde(default)]

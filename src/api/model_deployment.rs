@@ -42,6 +42,7 @@ use super::common::{Condition, Lineage, PullPolicy, URI_SCHEME_MESSAGE, URI_SCHE
 #[x_kube(cel)]
 #[x_kube(validation = Rule::new("!has(self.replicas) || !has(self.scaling) || (self.replicas >= self.scaling.minReplicas && self.replicas <= self.scaling.maxReplicas)").message("replicas must lie within scaling.minReplicas..scaling.maxReplicas"))]
 #[x_kube(validation = Rule::new("!has(self.traffic) || self.traffic.mode != 'GatewayAPI' || has(self.traffic.httpRouteRef)").message("traffic.httpRouteRef is required when traffic.mode is GatewayAPI"))]
+#[x_kube(validation = Rule::new(AGENT_PORTS_RULE).message(AGENT_PORTS_MESSAGE).field_path(".runtime.port").reason(Reason::FieldValueInvalid))]
 #[serde(rename_all = "camelCase")]
 pub struct ModelDeploymentSpec {
     /// The model to serve: its name, the version label and where its weights are stored.
@@ -90,6 +91,10 @@ pub struct ModelSpec {
     #[x_kube(validation = Rule::new("!self.startsWith('pvc://') || self.matches('^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?$')").message("a pvc:// URI must name a claim: pvc://claim/path"))]
     pub uri: String,
 }
+
+/// The agent sidecar's ports: the runtime cannot listen on them while the agent is injected.
+pub(crate) const AGENT_PORTS_RULE: &str = "(has(self.agent) && has(self.agent.enabled) && !self.agent.enabled) || (self.runtime.port != 8080 && self.runtime.port != 9091)";
+const AGENT_PORTS_MESSAGE: &str = "runtime.port cannot be 8080 or 9091: the flywheel agent sidecar listens on 8080 (its proxy) and 9091 (its admin port) in every inference pod; choose another port for the runtime, or disable the agent";
 
 /// The inference server container and its pod.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
@@ -289,10 +294,21 @@ pub struct RolloutSpec {
     #[serde(default = "default_history_limit")]
     #[schemars(range(min = 1, max = 50))]
     pub history_limit: i32,
+    /// Seconds the canary track may stay not Ready (crash-looping, unschedulable, a model that
+    /// fails to fetch or load) before the rollout is aborted with `ProgressDeadlineExceeded` and
+    /// stable takes all traffic again. Counted from when the canary last stopped being Ready
+    /// (or started); evidence already collected in the step is kept when it becomes Ready again.
+    #[serde(default = "default_progress_deadline")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub progress_deadline_seconds: i64,
 }
 
 fn default_history_limit() -> i32 {
     10
+}
+
+fn default_progress_deadline() -> i64 {
+    600
 }
 
 fn default_steps() -> Vec<CanaryStep> {
@@ -314,6 +330,7 @@ impl Default for RolloutSpec {
             analysis: None,
             approval: Approval::default(),
             history_limit: default_history_limit(),
+            progress_deadline_seconds: default_progress_deadline(),
         }
     }
 }
@@ -617,6 +634,10 @@ pub struct CanaryStatus {
     /// When the rollout started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
+    /// Since when the canary track has not been Ready (unset while it is Ready); the rollout is
+    /// aborted once this is older than `spec.rollout.progressDeadlineSeconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_ready_since: Option<Time>,
     /// Replicas of the canary track.
     #[serde(default)]
     pub replicas: i32,
@@ -707,6 +728,11 @@ pub struct Evidence {
     #[serde(default)]
     #[schemars(length(max = 1024))]
     pub message: String,
+    /// Which signal mapping judged the arms: `FeedbackPolicy <name>` (the policy that targets
+    /// this ModelDeployment), or `default` when none does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 300))]
+    pub judged_by: Option<String>,
 }
 
 /// The outcome of one look at the evidence.
@@ -797,4 +823,7 @@ pub enum HistoryType {
     RolledBack,
     /// The rollout stopped without a verdict (manual abort, deadline, superseded).
     Aborted,
+    /// A candidate handed over by a RetrainJob could not be served (an unreadable URI, a missing
+    /// claim) and was refused before any traffic reached it.
+    Rejected,
 }

@@ -8,8 +8,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    Condition, DATASET_URI_MESSAGE, DATASET_URI_RULE, DatasetCounts, Lineage, LocalRef, Promotion, TrainerTemplate,
-    TriggerReason, URI_SCHEME_MESSAGE, URI_SCHEME_RULE, VERSION_PATTERN,
+    Condition, DATASET_URI_MESSAGE, DATASET_URI_RULE, DatasetCounts, Lineage, LocalRef, OUTPUT_URI_MESSAGE,
+    OUTPUT_URI_RULE, Promotion, TrainerTemplate, TriggerReason, URI_SCHEME_MESSAGE, URI_SCHEME_RULE, VERSION_PATTERN,
 };
 use super::feedback_policy::DatasetFormat;
 
@@ -74,7 +74,7 @@ pub struct RetrainJobSpec {
     pub trainer: TrainerTemplate,
     /// Where the trainer writes the new model.
     #[schemars(length(min = 1, max = 2048))]
-    #[x_kube(validation = Rule::new(URI_SCHEME_RULE).message(URI_SCHEME_MESSAGE))]
+    #[x_kube(validation = Rule::new(OUTPUT_URI_RULE).message(OUTPUT_URI_MESSAGE))]
     pub output_uri: String,
     /// Version label for the result; the trainer's own choice (or `<base>-<job name>`) when
     /// unset.
@@ -252,4 +252,18 @@ pub struct TrainResult {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 64))]
     pub metrics: BTreeMap<String, f64>,
+    /// What the URI holds: a whole model (`Model`, servable on its own) or a LoRA adapter
+    /// (`Adapter`, served on top of its base model).
+    #[serde(default)]
+    pub artifact: Artifact,
+}
+
+/// What a trainer produced.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum Artifact {
+    /// A whole model (for example the base with the adapter merged in).
+    #[default]
+    Model,
+    /// A LoRA adapter only.
+    Adapter,
 }

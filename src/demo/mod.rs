@@ -411,6 +411,7 @@ fn version_roles(tracker: &Tracker, last: &Snapshot, world: &World) -> Vec<(Stri
                     HistoryType::Promoted => "retired",
                     HistoryType::RolledBack => "rolled_back",
                     HistoryType::Aborted => "aborted",
+                    HistoryType::Rejected => "rejected",
                 }
             } else if history.iter().any(|h| h.previous_version.as_deref() == Some(v.as_str())) {
                 "retired"
@@ -454,6 +455,9 @@ async fn drive(
     );
     let mds: Api<ModelDeployment> = Api::namespaced(stack.client.clone(), NAMESPACE);
     let policies: Api<FeedbackPolicy> = Api::namespaced(stack.client.clone(), NAMESPACE);
+    let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(stack.client.clone(), NAMESPACE);
+    apply(&claims, &resources::models_claim()?).await?;
     apply(&mds, &resources::model_deployment()?).await?;
     apply(&policies, &resources::feedback_policy()?).await?;
     tracker.note(

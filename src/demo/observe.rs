@@ -350,6 +350,8 @@ pub enum Outcome {
     Aborted,
     /// The RetrainJob failed; nothing was canaried.
     TrainingFailed,
+    /// The candidate could not be served and was refused before its canary.
+    Rejected,
 }
 
 impl Outcome {
@@ -359,6 +361,7 @@ impl Outcome {
             HistoryType::Promoted => Self::Promoted,
             HistoryType::RolledBack => Self::RolledBack,
             HistoryType::Aborted => Self::Aborted,
+            HistoryType::Rejected => Self::Rejected,
         }
     }
 
@@ -369,6 +372,7 @@ impl Outcome {
             Self::RolledBack => "rolled_back",
             Self::Aborted => "aborted",
             Self::TrainingFailed => "training_failed",
+            Self::Rejected => "rejected",
         }
     }
 }
@@ -654,6 +658,7 @@ impl Tracker {
                         entry.previous_version.as_deref().unwrap_or("?")
                     ),
                     HistoryType::Aborted => format!("{} aborted: {} {}", entry.version, entry.reason, entry.message),
+                    HistoryType::Rejected => format!("{} rejected: {} {}", entry.version, entry.reason, entry.message),
                 };
                 self.note(at, "decision", text);
             }
@@ -811,7 +816,7 @@ mod tests {
     fn rtj(name: &str, phase: &str, version: Option<&str>) -> RetrainJob {
         let mut status = json!({"phase": phase});
         if let Some(v) = version {
-            status["result"] = json!({"version": v, "uri": format!("file:///models/{v}")});
+            status["result"] = json!({"version": v, "uri": format!("pvc://models/{v}")});
         }
         serde_json::from_value(json!({
             "apiVersion": "flywheel.dev/v1alpha1", "kind": "RetrainJob",
@@ -821,7 +826,7 @@ mod tests {
                 "base": {"version": "v1", "uri": "hf://Qwen/Qwen2.5-0.5B-Instruct"},
                 "dataset": {"uri": "file:///data/ds-1", "sha256": "a".repeat(64), "formats": ["SFT"], "counts": {"sft": 80, "dpo": 20, "heldOut": 10}},
                 "trainer": {"image": "t"},
-                "outputUri": "file:///models/x"
+                "outputUri": "pvc://models/x"
             },
             "status": status
         }))
@@ -886,7 +891,7 @@ mod tests {
             ..training.clone()
         };
         let canary = |step: i32, weight: i32| {
-            json!({"version": "v2", "uri": "file:///models/v2", "weight": weight, "step": step,
+            json!({"version": "v2", "uri": "pvc://models/v2", "weight": weight, "step": step,
                    "evidence": {"stableSamples": 120, "canarySamples": 110, "stablePositiveRate": 0.55, "canaryPositiveRate": 0.9,
                                 "differenceLower": 0.2, "differenceUpper": 0.5, "verdict": "Inconclusive", "message": "m"}})
         };

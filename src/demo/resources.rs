@@ -28,6 +28,8 @@ pub const MIN_SAMPLES: i64 = 150;
 pub const WINDOW_SECONDS: i64 = 60;
 /// Training rows a snapshot needs.
 pub const MIN_ROWS: i64 = 50;
+/// The PersistentVolumeClaim trained models are written to (and served from).
+pub const MODELS_CLAIM: &str = "models";
 /// Field manager of the demo's applies.
 pub const FIELD_MANAGER: &str = "flywheel-demo";
 
@@ -56,6 +58,16 @@ pub fn model_deployment() -> Result<ModelDeployment, serde_json::Error> {
                 "approval": "Auto"
             }
         }
+    }))
+}
+
+/// The claim trainers write new versions to and canaries serve them from.
+pub fn models_claim() -> Result<k8s_openapi::api::core::v1::PersistentVolumeClaim, serde_json::Error> {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": MODELS_CLAIM, "namespace": NAMESPACE},
+        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "50Gi"}}}
     }))
 }
 
@@ -90,7 +102,7 @@ pub fn feedback_policy() -> Result<FeedbackPolicy, serde_json::Error> {
                 "deadlineSeconds": 600,
                 "retries": 1
             },
-            "outputUriPrefix": format!("file:///models/{DEPLOYMENT}/"),
+            "outputUriPrefix": format!("pvc://{MODELS_CLAIM}/{DEPLOYMENT}/"),
             "promotion": "Canary"
         }
     }))

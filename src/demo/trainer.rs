@@ -91,7 +91,7 @@ pub fn script(world: Arc<Mutex<World>>, pace: Pace) -> PodScript {
             &env.base_version,
             env.version.as_deref(),
         );
-        let uri = env.output_uri.clone().unwrap_or_else(|| format!("file:///models/{}", trained.version));
+        let uri = env.output_uri.clone().unwrap_or_else(|| format!("pvc://models/{}", trained.version));
         let message = result_line(&trained.version, &uri, trained.quality, &env);
         Some(PodBehavior {
             ready_after: pace.pod_ready().min(Duration::from_millis(300)),
@@ -116,7 +116,7 @@ mod tests {
         let p = pod(json!([
             {"name": "FLYWHEEL_RETRAINJOB", "value": "chat-quality-1"},
             {"name": "FLYWHEEL_BASE_VERSION", "value": "v1"},
-            {"name": "FLYWHEEL_OUTPUT_URI", "value": "file:///models/support-chat/chat-quality-1"},
+            {"name": "FLYWHEEL_OUTPUT_URI", "value": "pvc://models/support-chat/chat-quality-1"},
             {"name": "FLYWHEEL_ATTEMPT", "value": "1"},
         ]));
         let behavior = script(&p).unwrap_or_else(|| panic!("a behaviour"));
@@ -125,7 +125,7 @@ mod tests {
         assert_eq!(outcome, Outcome::Succeed);
         let result: Value = serde_json::from_str(&message).unwrap_or_else(|e| panic!("{e}: {message}"));
         assert_eq!(result["version"], "v2");
-        assert_eq!(result["uri"], "file:///models/support-chat/chat-quality-1");
+        assert_eq!(result["uri"], "pvc://models/support-chat/chat-quality-1");
         assert!(result["metrics"]["eval_loss"].as_f64().is_some());
         assert!(!message.contains('\n'), "one line");
         let quality = world.lock().unwrap_or_else(std::sync::PoisonError::into_inner).quality("v2");
@@ -145,7 +145,7 @@ mod tests {
             {"name": "FLYWHEEL_VERSION", "value": "v1-r"},
         ]));
         let message = script(&p).and_then(|b| b.finish).map(|f| f.2).unwrap_or_default();
-        assert!(message.contains("\"version\":\"v1-r\"") && message.contains("file:///models/v1-r"), "{message}");
+        assert!(message.contains("\"version\":\"v1-r\"") && message.contains("pvc://models/v1-r"), "{message}");
         let inference = json!({"spec": {"containers": [{"name": "runtime", "image": "vllm"}]}});
         let behavior = script(&inference).unwrap_or_else(|| panic!("a behaviour"));
         assert_eq!(behavior.finish, None);

@@ -24,6 +24,8 @@ pub enum Transition {
     Promoted { version: String, previous: String },
     /// The canary was removed and all traffic returned to stable.
     Aborted { version: String, reason: String, message: String, rolled_back: bool },
+    /// A candidate was refused before its canary started: it cannot be served.
+    Rejected { version: String, reason: String, message: String },
 }
 
 impl Transition {
@@ -36,6 +38,7 @@ impl Transition {
             Self::Promoted { .. } => "Promoted",
             Self::Aborted { rolled_back: true, .. } => "RolledBack",
             Self::Aborted { .. } => "Aborted",
+            Self::Rejected { .. } => "CandidateRejected",
         }
     }
 
@@ -49,6 +52,7 @@ impl Transition {
             }
             Self::Promoted { version, previous } => format!("{version} promoted to stable (was {previous})"),
             Self::Aborted { version, message, .. } => format!("canary of {version} removed: {message}"),
+            Self::Rejected { version, message, .. } => format!("candidate {version} refused: {message}"),
         }
     }
 }
@@ -65,6 +69,15 @@ pub struct Plan {
     pub requeue_after: Option<std::time::Duration>,
 }
 
+/// Why a version cannot be served: a reason in CamelCase and a message naming the problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unservable {
+    /// Machine-readable reason (the history entry's and the Event's).
+    pub reason: String,
+    /// In words.
+    pub message: String,
+}
+
 /// What the driver observed and computed for this decision.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Observations {
@@ -72,6 +85,10 @@ pub struct Observations {
     pub canary_ready: bool,
     /// The feedback analysis of the current step, when the step's gate is `Analysis`.
     pub analysis: Option<Evidence>,
+    /// The candidate in status cannot be served (it is refused, never canaried).
+    pub candidate_unservable: Option<Unservable>,
+    /// The canary in status cannot be served any longer (its rollout is aborted).
+    pub canary_unservable: Option<Unservable>,
 }
 
 fn to_ts(t: &Time) -> Timestamp {
@@ -165,6 +182,29 @@ pub fn plan(
         }
     }
 
+    // A candidate serving cannot load is refused before any traffic reaches it: recorded, and
+    // the hand-over slot is free again (so the policy that made it may retrain).
+    if let (Some(candidate), Some(problem)) = (status.candidate.clone(), observed.candidate_unservable.as_ref()) {
+        status.candidate = None;
+        record(
+            &mut status,
+            &rollout,
+            HistoryType::Rejected,
+            &candidate.version,
+            &stable.version,
+            &problem.reason,
+            &problem.message,
+            None,
+            candidate.lineage.clone(),
+            now,
+        );
+        transitions.push(Transition::Rejected {
+            version: candidate.version,
+            reason: problem.reason.clone(),
+            message: problem.message.clone(),
+        });
+    }
+
     // A version handed over by a RetrainJob starts a canary when none runs.
     if status.canary.is_none()
         && let Some(candidate) = status.candidate.take()
@@ -178,6 +218,23 @@ pub fn plan(
         status.requested_action = None;
         return Plan { status, transitions, requeue_after: None };
     };
+
+    // A canary that can no longer be served (its claim went away) is removed.
+    if let Some(problem) = &observed.canary_unservable {
+        status.requested_action = None;
+        abort(
+            &mut status,
+            &rollout,
+            &canary,
+            &stable.version,
+            &problem.reason,
+            &problem.message,
+            false,
+            now,
+            &mut transitions,
+        );
+        return Plan { status, transitions, requeue_after: None };
+    }
 
     // Manual actions aimed at this canary.
     let action = status.requested_action.take().filter(|a| a.version == canary.version).map(|a| a.action);
@@ -207,12 +264,39 @@ pub fn plan(
         return Plan { status, transitions, requeue_after: None };
     };
 
-    // The step's clock starts once the canary track is ready.
+    // The step's clock starts once the canary track is ready; while it is not, nothing is
+    // judged, and past the progress deadline the rollout is aborted. A canary that was ready and
+    // flaps keeps its step's clock and evidence.
     if !observed.canary_ready {
-        canary.step_started_at = None;
+        let since = canary.not_ready_since.clone().unwrap_or_else(|| time(now));
+        canary.not_ready_since = Some(since.clone());
+        let waited = elapsed(Some(&since), now);
+        let deadline = secs(rollout.progress_deadline_seconds);
+        if waited >= deadline {
+            let message = format!(
+                "the canary track was not Ready for {}s (spec.rollout.progressDeadlineSeconds: {})",
+                waited.as_secs(),
+                rollout.progress_deadline_seconds
+            );
+            status.canary = Some(canary.clone());
+            abort(
+                &mut status,
+                &rollout,
+                &canary,
+                &stable.version,
+                "ProgressDeadlineExceeded",
+                &message,
+                false,
+                now,
+                &mut transitions,
+            );
+            return Plan { status, transitions, requeue_after: None };
+        }
         status.canary = Some(canary);
-        return Plan { status, transitions, requeue_after: Some(std_duration(secs(2))) };
+        let next = (deadline - waited).min(secs(2));
+        return Plan { status, transitions, requeue_after: Some(std_duration(next)) };
     }
+    canary.not_ready_since = None;
     let started = canary.step_started_at.clone().unwrap_or_else(|| time(now));
     canary.step_started_at = Some(started.clone());
     let age = elapsed(Some(&started), now);

@@ -28,7 +28,13 @@ fn spec(version: &str, steps: Vec<CanaryStep>, approval: Approval) -> ModelDeplo
         },
         replicas: Some(4),
         scaling: None,
-        rollout: Some(RolloutSpec { steps, analysis: Some(AnalysisSpec::default()), approval, history_limit: 3 }),
+        rollout: Some(RolloutSpec {
+            steps,
+            analysis: Some(AnalysisSpec::default()),
+            approval,
+            history_limit: 3,
+            progress_deadline_seconds: 600,
+        }),
         traffic: None,
         agent: None,
     }
@@ -43,13 +49,14 @@ fn analysis(weight: i32, deadline: i64) -> CanaryStep {
 }
 
 fn ready() -> Observations {
-    Observations { canary_ready: true, analysis: None }
+    Observations { canary_ready: true, ..Observations::default() }
 }
 
 fn with_verdict(verdict: Verdict) -> Observations {
     Observations {
         canary_ready: true,
         analysis: Some(Evidence { verdict, message: format!("{verdict:?}"), ..Evidence::default() }),
+        ..Observations::default()
     }
 }
 
@@ -236,4 +243,93 @@ fn replicas_split_by_weight() {
     assert_eq!(split_replicas(1, Some(50)), (1, 1), "stable keeps one below 100%");
     assert_eq!(split_replicas(4, Some(100)), (0, 4));
     assert_eq!(split_replicas(0, None), (0, 0));
+}
+
+#[test]
+fn a_canary_never_ready_is_aborted_at_the_progress_deadline() {
+    let s = spec("v2", vec![pause(10, 60), pause(50, 60)], Approval::Auto);
+    let status = rolling(&s);
+    // Not ready from the start (the canary started at 1): the deadline counts from then.
+    let waiting = plan(&s, &status, &Observations::default(), at(10));
+    let since = waiting.status.canary.as_ref().and_then(|c| c.not_ready_since.clone());
+    assert_eq!(since, Some(Time(at(1))));
+    assert!(waiting.transitions.is_empty());
+    let still = plan(&s, &waiting.status, &Observations::default(), at(600));
+    assert!(still.status.canary.is_some(), "within the deadline it waits");
+    assert_eq!(still.requeue_after, Some(std::time::Duration::from_secs(1)), "looks again when the deadline falls");
+    let aborted = plan(&s, &still.status, &Observations::default(), at(601));
+    assert!(aborted.status.canary.is_none(), "stable takes all traffic again");
+    assert_eq!(aborted.status.stable.as_ref().map(|t| t.version.as_str()), Some("v1"));
+    let entry = aborted.status.history.last().cloned().unwrap_or_else(|| panic!("a history entry"));
+    assert_eq!(
+        (entry.type_, entry.reason.as_str(), entry.version.as_str()),
+        (HistoryType::Aborted, "ProgressDeadlineExceeded", "v2")
+    );
+    assert!(entry.message.contains("600"), "{}", entry.message);
+    assert!(
+        matches!(&aborted.transitions[..], [Transition::Aborted { reason, rolled_back: false, .. }] if reason == "ProgressDeadlineExceeded")
+    );
+}
+
+#[test]
+fn a_flapping_canary_keeps_its_step_clock_and_evidence() {
+    let s = spec("v2", vec![analysis(10, 3600), analysis(50, 3600)], Approval::Auto);
+    let status = rolling(&s);
+    let judged = plan(&s, &status, &with_verdict(Verdict::Inconclusive), at(100));
+    let started = judged.status.canary.as_ref().and_then(|c| c.step_started_at.clone());
+    assert_eq!(started, Some(Time(at(100))));
+    assert!(judged.status.canary.as_ref().is_some_and(|c| c.evidence.is_some()));
+    // A pod restarts: not ready for a while.
+    let flap = plan(&s, &judged.status, &Observations::default(), at(200));
+    let canary = flap.status.canary.clone().unwrap_or_else(|| panic!("still a canary"));
+    assert_eq!(canary.step_started_at, started, "the step's clock is kept");
+    assert!(canary.evidence.is_some(), "the evidence is kept");
+    assert_eq!(canary.not_ready_since, Some(Time(at(200))));
+    // Ready again: the same step, judged over the same period; the deadline clock clears.
+    let back = plan(&s, &flap.status, &with_verdict(Verdict::Pass), at(300));
+    let canary = back.status.canary.clone().unwrap_or_else(|| panic!("still a canary"));
+    assert_eq!((canary.step, canary.weight), (1, 50), "the step passed on its evidence");
+    assert_eq!(canary.not_ready_since, None);
+    // A flap in the next step, shorter than the deadline, then ready: no abort.
+    let flap = plan(&s, &back.status, &Observations::default(), at(400));
+    let again = plan(&s, &flap.status, &with_verdict(Verdict::Inconclusive), at(900));
+    assert!(again.status.canary.is_some() && again.transitions.is_empty());
+}
+
+#[test]
+fn an_unservable_candidate_is_rejected_and_stable_keeps_serving() {
+    let s = spec("v1", vec![pause(10, 60)], Approval::Auto);
+    let first = plan(&s, &ModelDeploymentStatus::default(), &Observations::default(), at(0));
+    let mut status = first.status;
+    status.candidate = Some(Candidate {
+        version: "v2".into(),
+        uri: "/var/run/flywheel/output-claim/v2".into(),
+        handed_over_at: Some(Time(at(5))),
+        lineage: None,
+    });
+    let problem = Unservable { reason: "UnservableURI".into(), message: "model URI has an unsupported scheme".into() };
+    let observed = Observations { candidate_unservable: Some(problem), ..Observations::default() };
+    let decided = plan(&s, &status, &observed, at(10));
+    assert!(decided.status.candidate.is_none(), "the candidate is cleared");
+    assert!(decided.status.canary.is_none(), "no canary starts");
+    assert_eq!(decided.status.stable.as_ref().map(|t| t.version.as_str()), Some("v1"));
+    let entry = decided.status.history.last().cloned().unwrap_or_else(|| panic!("a history entry"));
+    assert_eq!((entry.type_, entry.reason.as_str()), (HistoryType::Rejected, "UnservableURI"));
+    assert_eq!(decided.transitions.len(), 1);
+    assert_eq!(decided.transitions[0].reason(), "CandidateRejected");
+    // Nothing left to decide: the next look changes nothing.
+    let next = plan(&s, &decided.status, &Observations::default(), at(20));
+    assert_eq!(next.status, decided.status);
+}
+
+#[test]
+fn a_canary_that_became_unservable_is_aborted() {
+    let s = spec("v2", vec![pause(10, 60)], Approval::Auto);
+    let status = rolling(&s);
+    let problem = Unservable { reason: "MissingPersistentVolumeClaim".into(), message: "gone".into() };
+    let observed = Observations { canary_ready: true, canary_unservable: Some(problem), ..Observations::default() };
+    let decided = plan(&s, &status, &observed, at(10));
+    assert!(decided.status.canary.is_none());
+    let entry = decided.status.history.last().cloned().unwrap_or_else(|| panic!("a history entry"));
+    assert_eq!((entry.type_, entry.reason.as_str()), (HistoryType::Aborted, "MissingPersistentVolumeClaim"));
 }

@@ -148,6 +148,24 @@ async fn check_references(
     Ok(None)
 }
 
+/// Why serving cannot load `uri` (a version from a RetrainJob): an unreadable URI, or a claim
+/// that does not exist.
+async fn unservable(ctx: &Context, ns: &str, uri: &str) -> Result<Option<rollout::Unservable>, ReconcileError> {
+    match ModelSource::parse(uri) {
+        Err(e) => Ok(Some(rollout::Unservable { reason: "UnservableURI".into(), message: e.to_string() })),
+        Ok(ModelSource::Pvc { claim, .. }) => {
+            let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+            let found =
+                pvcs.get_opt(&claim).await.map_err(kube_err(format!("reading PersistentVolumeClaim {claim}")))?;
+            Ok(found.is_none().then(|| rollout::Unservable {
+                reason: "MissingPersistentVolumeClaim".into(),
+                message: format!("PersistentVolumeClaim {ns}/{claim} named by {uri} does not exist"),
+            }))
+        }
+        Ok(_) => Ok(None),
+    }
+}
+
 fn ready_replicas(d: Option<&Deployment>) -> i32 {
     d.and_then(|d| d.status.as_ref()).and_then(|s| s.ready_replicas).unwrap_or(0)
 }
@@ -229,13 +247,12 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
     let current = md.status.clone().unwrap_or_default();
     let generation = md.metadata.generation;
 
-    // Validate (pure): a URI the schema let through but we cannot serve.
+    // Validate (pure): a URI the schema let through but we cannot serve. The spec's own model is
+    // the user's to fix (Stalled); a candidate or canary from a RetrainJob that cannot be served
+    // is refused or aborted below, so stable keeps serving and nothing stays jammed.
     let mut uris = vec![md.spec.model.uri.as_str()];
-    if let Some(c) = &current.canary {
-        uris.push(c.uri.as_str());
-    }
-    if let Some(c) = &current.candidate {
-        uris.push(c.uri.as_str());
+    if let Some(s) = &current.stable {
+        uris.push(s.uri.as_str());
     }
     if let Some(e) = uris.iter().find_map(|u| ModelSource::parse(u).err()) {
         return stalled(md, ctx, current, "InvalidSpec", &e.to_string(), now_time).await;
@@ -243,6 +260,14 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
     if let Some(missing) = check_references(md, ctx, &ns, &uris).await? {
         return stalled(md, ctx, current, missing.reason, &missing.message, now_time).await;
     }
+    let candidate_unservable = match &current.candidate {
+        Some(c) => unservable(ctx, &ns, &c.uri).await?,
+        None => None,
+    };
+    let canary_unservable = match &current.canary {
+        Some(c) => unservable(ctx, &ns, &c.uri).await?,
+        None => None,
+    };
 
     // Observe the tracks.
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
@@ -296,8 +321,12 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
         .is_some_and(|s| s.gate == crate::api::model_deployment::Gate::Analysis);
     let analysis = if wants_analysis && canary_ready { ctx.analysis.evidence(md).await } else { None };
     let decided = analysis.clone().filter(|e| e.verdict != Verdict::Inconclusive);
-    let Plan { status: mut next, transitions, requeue_after } =
-        rollout::plan(&md.spec, &current, &Observations { canary_ready, analysis }, now);
+    let Plan { status: mut next, transitions, requeue_after } = rollout::plan(
+        &md.spec,
+        &current,
+        &Observations { canary_ready, analysis, candidate_unservable, canary_unservable },
+        now,
+    );
 
     // Build the children (pure) and apply what differs.
     let stable = next.stable.clone().ok_or(ReconcileError::Malformed("a stable version after planning"))?;
@@ -427,8 +456,11 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
     }
     write_status(md, ctx, &current, &next).await?;
     for t in &transitions {
-        let type_ =
-            if matches!(t, rollout::Transition::Aborted { .. }) { EventType::Warning } else { EventType::Normal };
+        let type_ = if matches!(t, rollout::Transition::Aborted { .. } | rollout::Transition::Rejected { .. }) {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
         // A decision of the analysis carries its evidence in the Event too.
         let message = match (&decided, t) {
             (

@@ -23,6 +23,10 @@ pub const LABEL_ATTEMPT: &str = "flywheel.dev/attempt";
 const BASE_DIR: &str = "/var/run/flywheel/base";
 const DATASET_DIR: &str = "/var/run/flywheel/dataset";
 const CHECKPOINT_DIR: &str = "/var/run/flywheel/checkpoints";
+/// Where an output claim is mounted (read-write).
+pub const OUTPUT_CLAIM_DIR: &str = "/var/run/flywheel/output-claim";
+/// Where an output bound for an object store is written before the trainer uploads it.
+pub const OUTPUT_DIR: &str = "/var/run/flywheel/output";
 const TOKEN_DIR: &str = "/var/run/flywheel/collector";
 
 /// Why a RetrainJob's spec cannot become a Job.
@@ -148,18 +152,27 @@ pub fn build(rtj: &RetrainJob, attempt: i32, settings: &ChildSettings) -> Result
         }
     };
 
-    // The output, and checkpoints that survive a retry when the output is a claim.
-    let (output, checkpoints) = match ModelSource::parse(&spec.output_uri) {
+    // The output: where the trainer writes (a local directory) and the URI serving will load
+    // it from. Checkpoints survive a retry when the output is a claim.
+    let (output_dir, checkpoints) = match ModelSource::parse(&spec.output_uri) {
         Ok(ModelSource::Pvc { claim, path }) => {
-            m.pvc("output", &claim, "/var/run/flywheel/output-claim", false);
-            (
-                joined("/var/run/flywheel/output-claim", &path),
-                format!("/var/run/flywheel/output-claim/.flywheel-checkpoints/{name}"),
-            )
+            m.pvc("output", &claim, OUTPUT_CLAIM_DIR, false);
+            (joined(OUTPUT_CLAIM_DIR, &path), format!("{OUTPUT_CLAIM_DIR}/.flywheel-checkpoints/{name}"))
         }
-        Ok(ModelSource::File { .. } | ModelSource::Fetch { .. }) => {
+        Ok(ModelSource::Fetch { uri }) if uri.starts_with("s3://") => {
+            // Written here, then uploaded by the trainer to the bucket.
+            m.empty("output", OUTPUT_DIR);
             m.empty("checkpoints", CHECKPOINT_DIR);
-            (spec.output_uri.clone(), CHECKPOINT_DIR.to_string())
+            (OUTPUT_DIR.to_string(), CHECKPOINT_DIR.to_string())
+        }
+        Ok(_) => {
+            return Err(JobSpecError::Uri {
+                field: "spec.outputUri",
+                message: format!(
+                    "{:?} cannot be an output: serving loads the model from pvc://claim/path or s3://bucket/prefix",
+                    spec.output_uri
+                ),
+            });
         }
         Err(e) => return Err(JobSpecError::Uri { field: "spec.outputUri", message: e.to_string() }),
     };
@@ -172,7 +185,8 @@ pub fn build(rtj: &RetrainJob, attempt: i32, settings: &ChildSettings) -> Result
         ("FLYWHEEL_DATASET_FORMATS".into(), formats.join(",")),
         ("FLYWHEEL_BASE_MODEL_URI".into(), base),
         ("FLYWHEEL_BASE_VERSION".into(), spec.base.version.clone()),
-        ("FLYWHEEL_OUTPUT_URI".into(), output),
+        ("FLYWHEEL_OUTPUT_DIR".into(), output_dir),
+        ("FLYWHEEL_OUTPUT_URI".into(), spec.output_uri.clone()),
         ("FLYWHEEL_HYPERPARAMETERS".into(), serde_json::to_string(&trainer.hyperparameters).unwrap_or_default()),
         ("FLYWHEEL_CHECKPOINT_DIR".into(), checkpoints),
         ("FLYWHEEL_RETRAINJOB".into(), name.clone()),
@@ -365,7 +379,9 @@ mod tests {
         assert_eq!(e["FLYWHEEL_DATASET_URI"], "http://collector:8080/v1/datasets/ds-1/files");
         assert_eq!(e["FLYWHEEL_DATASET_TOKEN_FILE"], "/var/run/flywheel/collector/token");
         assert_eq!(e["FLYWHEEL_DATASET_FORMATS"], "SFT,DPO");
-        assert_eq!(e["FLYWHEEL_OUTPUT_URI"], "/var/run/flywheel/output-claim/chat-3");
+        // Where to write, and the URI serving loads it from: never the mount path as the URI.
+        assert_eq!(e["FLYWHEEL_OUTPUT_DIR"], "/var/run/flywheel/output-claim/chat-3");
+        assert_eq!(e["FLYWHEEL_OUTPUT_URI"], "pvc://models/chat-3");
         assert_eq!(e["FLYWHEEL_CHECKPOINT_DIR"], "/var/run/flywheel/output-claim/.flywheel-checkpoints/chat-3");
         assert_eq!(e["FLYWHEEL_VERSION"], "v2");
         assert_eq!(e["FLYWHEEL_ATTEMPT"], "2");
@@ -387,15 +403,33 @@ mod tests {
 
     #[test]
     fn local_uris_pass_through_and_bad_ones_are_refused() {
-        let r = rtj("file:///models/v1", "pvc://datasets/snap-1", "file:///out/chat-3");
+        let r = rtj("file:///models/v1", "pvc://datasets/snap-1", "s3://models/chat/chat-3");
         let job = build(&r, 1, &settings()).unwrap_or_else(|e| panic!("{e}"));
         let e = env(&job);
         assert_eq!(e["FLYWHEEL_BASE_MODEL_URI"], "/models/v1");
         assert_eq!(e["FLYWHEEL_DATASET_URI"], "/var/run/flywheel/dataset-claim/snap-1");
         assert!(!e.contains_key("FLYWHEEL_DATASET_TOKEN_FILE"));
+        // An object-store output: written to a local emptyDir, uploaded by the trainer.
+        assert_eq!(e["FLYWHEEL_OUTPUT_DIR"], OUTPUT_DIR);
+        assert_eq!(e["FLYWHEEL_OUTPUT_URI"], "s3://models/chat/chat-3");
         assert_eq!(e["FLYWHEEL_CHECKPOINT_DIR"], CHECKPOINT_DIR);
-        let bad = rtj("ftp://x/y", "pvc://datasets/snap-1", "file:///out");
+        let v = serde_json::to_value(&job).unwrap_or_default();
+        let volumes = v.pointer("/spec/template/spec/volumes").cloned().unwrap_or_default();
+        assert!(
+            volumes.as_array().is_some_and(|vs| vs.iter().any(|v| v["name"] == "output" && v["emptyDir"].is_object())),
+            "{volumes}"
+        );
+        let bad = rtj("ftp://x/y", "pvc://datasets/snap-1", "pvc://models/out");
         assert!(matches!(build(&bad, 1, &settings()), Err(JobSpecError::Uri { field: "spec.base.uri", .. })));
+        // Outputs serving cannot load from (admission refuses them; an object admitted before
+        // that rule is refused here).
+        for output in ["file:///out", "gs://bucket/out", "hf://org/out"] {
+            let bad = rtj("file:///models/v1", "pvc://datasets/snap-1", output);
+            assert!(
+                matches!(build(&bad, 1, &settings()), Err(JobSpecError::Uri { field: "spec.outputUri", .. })),
+                "{output}"
+            );
+        }
         assert_eq!(hp_env_name("lora-rank"), "FLYWHEEL_HP_LORA_RANK");
     }
 }

@@ -276,7 +276,11 @@ async fn run_attempts(
                         .await
                         .map_err(kube_err(format!("reading the pods of Job {}", j.name_any())))?
                         .items;
-                    result::ended(j, &pods, rtj.spec.version.as_deref())
+                    let expected = result::Expected {
+                        version: rtj.spec.version.as_deref(),
+                        whole_model: rtj.spec.promotion == crate::api::Promotion::Canary,
+                    };
+                    result::ended(j, &pods, expected)
                 }
             };
             let Some(end) = ended else { return Ok(()) };

@@ -8,7 +8,18 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 
 use super::job::{CONTAINER, EXIT_BAD_CONFIGURATION};
-use crate::api::retrain_job::{AttemptOutcome, TrainResult};
+use crate::api::retrain_job::{Artifact, AttemptOutcome, TrainResult};
+use crate::operator::model_deployment::children::ModelSource;
+
+/// What a result must satisfy besides its shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Expected<'a> {
+    /// The version the RetrainJob asked for, if any.
+    pub version: Option<&'a str>,
+    /// The result is handed to a ModelDeployment that serves whole models (promotion `Canary`):
+    /// an adapter alone cannot be served there.
+    pub whole_model: bool,
+}
 
 /// The most of a termination message kept in status.
 const MESSAGE_LIMIT: usize = 1024;
@@ -88,7 +99,7 @@ pub fn terminal(job: &Job) -> Option<Result<(), String>> {
 }
 
 /// Parse the trainer's result: the last line of the message that is a JSON object.
-pub fn parse_result(message: &str, expected_version: Option<&str>) -> Result<TrainResult, String> {
+pub fn parse_result(message: &str, expected: Expected<'_>) -> Result<TrainResult, String> {
     let line = message
         .lines()
         .rev()
@@ -103,7 +114,7 @@ pub fn parse_result(message: &str, expected_version: Option<&str>) -> Result<Tra
     if !crate::api::common::is_version_label(version) {
         return Err(format!("the result's version {version:?} is not a valid version label"));
     }
-    if let Some(expected) = expected_version
+    if let Some(expected) = expected.version
         && expected != version
     {
         return Err(format!("the result's version {version:?} is not the {expected:?} the RetrainJob asked for"));
@@ -113,6 +124,30 @@ pub fn parse_result(message: &str, expected_version: Option<&str>) -> Result<Tra
         .and_then(Value::as_str)
         .filter(|u| !u.is_empty() && u.len() <= 2048)
         .ok_or_else(|| "the result line has no \"uri\"".to_string())?;
+    // The same parser a ModelDeployment uses: a URI it cannot load is refused here, before it
+    // is handed over. A file:// URI (or a bare path) names the trainer pod's own file system.
+    match ModelSource::parse(uri) {
+        Ok(ModelSource::Pvc { .. } | ModelSource::Fetch { .. }) => {}
+        Ok(ModelSource::File { .. }) | Err(_) => {
+            return Err(format!(
+                "the result's uri {uri:?} is not a URI serving can load (pvc://claim/path, s3://, gs://, https://, hf://); \
+                 a trainer reports FLYWHEEL_OUTPUT_URI, not the local FLYWHEEL_OUTPUT_DIR it wrote to"
+            ));
+        }
+    }
+    let artifact = match v.get("artifact") {
+        None => Artifact::Model,
+        Some(Value::String(a)) if a == "model" => Artifact::Model,
+        Some(Value::String(a)) if a == "adapter" => Artifact::Adapter,
+        Some(other) => return Err(format!("\"artifact\" must be \"model\" or \"adapter\", not {other}")),
+    };
+    if artifact == Artifact::Adapter && expected.whole_model {
+        return Err(
+            "the result is a LoRA adapter (\"artifact\":\"adapter\"), but the ModelDeployment it goes to serves whole \
+             models: have the trainer merge the adapter (the reference trainer's mergeAdapter hyperparameter)"
+                .to_string(),
+        );
+    }
     let mut metrics = BTreeMap::new();
     if let Some(m) = v.get("metrics") {
         let m = m.as_object().ok_or_else(|| "\"metrics\" is not an object".to_string())?;
@@ -121,7 +156,7 @@ pub fn parse_result(message: &str, expected_version: Option<&str>) -> Result<Tra
             metrics.insert(k.clone(), n);
         }
     }
-    Ok(TrainResult { version: version.to_string(), uri: uri.to_string(), metrics })
+    Ok(TrainResult { version: version.to_string(), uri: uri.to_string(), metrics, artifact })
 }
 
 fn clip(s: &str) -> String {
@@ -137,11 +172,11 @@ fn clip(s: &str) -> String {
 }
 
 /// How the attempt whose Job is `job` ended, or `None` while it runs.
-pub fn ended(job: &Job, pods: &[Pod], expected_version: Option<&str>) -> Option<Ended> {
+pub fn ended(job: &Job, pods: &[Pod], expected: Expected<'_>) -> Option<Ended> {
     let end = pod_end(pods).unwrap_or_default();
     let text = end.message.clone().unwrap_or_default();
     Some(match terminal(job)? {
-        Ok(()) => match parse_result(&text, expected_version) {
+        Ok(()) => match parse_result(&text, expected) {
             Ok(result) => Ended {
                 outcome: AttemptOutcome::Succeeded,
                 exit_code: end.exit_code.or(Some(0)),
@@ -197,10 +232,11 @@ mod tests {
     fn a_result_line_is_read_and_checked() {
         let ok = parse_result(
             "loading…\n{\"version\":\"v2\",\"uri\":\"s3://m/v2\",\"metrics\":{\"evalLoss\":1.5}}\n",
-            Some("v2"),
+            Expected { version: Some("v2"), whole_model: true },
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(ok.version, "v2");
+        assert_eq!(ok.artifact, Artifact::Model);
         assert_eq!(ok.metrics.get("evalLoss"), Some(&1.5));
         for (bad, why) in [
             ("", "no JSON"),
@@ -210,28 +246,51 @@ mod tests {
             (r#"{"version":"v2"}"#, "uri"),
             (r#"{"version":"v2","uri":"s3://m","metrics":{"loss":"low"}}"#, "not a number"),
             (r#"{"version":"v3","uri":"s3://m"}"#, "asked for"),
+            // The seam a real cluster showed: the trainer reported its mount path.
+            (
+                r#"{"version":"v2","uri":"/var/run/flywheel/output-claim/support-chat/v2"}"#,
+                "not a URI serving can load",
+            ),
+            (r#"{"version":"v2","uri":"file:///var/run/flywheel/output"}"#, "FLYWHEEL_OUTPUT_URI"),
+            (r#"{"version":"v2","uri":"ftp://host/m"}"#, "not a URI serving can load"),
+            (r#"{"version":"v2","uri":"pvc://models/v2","artifact":"weights"}"#, "\"model\" or \"adapter\""),
+            (r#"{"version":"v2","uri":"pvc://models/v2","artifact":"adapter"}"#, "mergeAdapter"),
         ] {
-            let e = parse_result(bad, Some("v2")).err().unwrap_or_else(|| panic!("{bad} accepted"));
+            let e = parse_result(bad, Expected { version: Some("v2"), whole_model: true })
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"));
             assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_adapter_is_accepted_where_no_whole_model_is_needed() {
+        let line = r#"{"version":"v2","uri":"pvc://models/v2","artifact":"adapter"}"#;
+        let ok = parse_result(line, Expected { version: None, whole_model: false }).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((ok.artifact, ok.uri.as_str()), (Artifact::Adapter, "pvc://models/v2"));
+        for uri in ["pvc://models/v2", "s3://bucket/m/v2", "gs://b/m", "https://host/m.tar", "hf://org/m"] {
+            let line = format!(r#"{{"version":"v2","uri":"{uri}","artifact":"model"}}"#);
+            assert!(parse_result(&line, Expected::default()).is_ok(), "{uri}");
         }
     }
 
     #[test]
     fn outcomes_follow_the_job_and_the_exit_code() {
         let t = "2026-11-27T10:00:00Z";
-        let good = pod(0, r#"{"version":"v2","uri":"file:///m/v2"}"#, t);
-        assert_eq!(ended(&job(None), std::slice::from_ref(&good), None), None);
-        let e = ended(&job(Some(("Complete", "CompletionsReached"))), &[good], None).unwrap_or_else(|| panic!("ended"));
+        let good = pod(0, r#"{"version":"v2","uri":"pvc://models/v2"}"#, t);
+        let none = Expected::default();
+        assert_eq!(ended(&job(None), std::slice::from_ref(&good), none), None);
+        let e = ended(&job(Some(("Complete", "CompletionsReached"))), &[good], none).unwrap_or_else(|| panic!("ended"));
         assert_eq!(e.outcome, AttemptOutcome::Succeeded);
-        let e = ended(&job(Some(("Complete", "CompletionsReached"))), &[pod(0, "done", t)], None)
+        let e = ended(&job(Some(("Complete", "CompletionsReached"))), &[pod(0, "done", t)], none)
             .unwrap_or_else(|| panic!("ended"));
         assert_eq!(e.outcome, AttemptOutcome::MalformedResult);
         let e =
-            ended(&job(Some(("Failed", "PodFailurePolicy"))), &[pod(3, "FLYWHEEL_DATASET_SHA256 mismatch", t)], None)
+            ended(&job(Some(("Failed", "PodFailurePolicy"))), &[pod(3, "FLYWHEEL_DATASET_SHA256 mismatch", t)], none)
                 .unwrap_or_else(|| panic!("ended"));
         assert_eq!((e.outcome, e.exit_code), (AttemptOutcome::BadConfiguration, Some(3)));
         assert!(e.message.contains("mismatch"), "{}", e.message);
-        let e = ended(&job(Some(("Failed", "BackoffLimitExceeded"))), &[pod(75, "disk full", t)], None)
+        let e = ended(&job(Some(("Failed", "BackoffLimitExceeded"))), &[pod(75, "disk full", t)], none)
             .unwrap_or_else(|| panic!("ended"));
         assert_eq!(e.outcome, AttemptOutcome::Failed);
         assert!(e.message.contains("exit code 75") && e.message.contains("disk full"), "{}", e.message);
@@ -242,13 +301,13 @@ mod tests {
         }
         for pods in [[preempted.clone(), pod(75, "oom", t)], [pod(75, "oom", t), preempted]] {
             let e =
-                ended(&job(Some(("Failed", "BackoffLimitExceeded"))), &pods, None).unwrap_or_else(|| panic!("ended"));
+                ended(&job(Some(("Failed", "BackoffLimitExceeded"))), &pods, none).unwrap_or_else(|| panic!("ended"));
             assert_eq!(e.exit_code, Some(75));
         }
-        let e = ended(&job(Some(("Failed", "DeadlineExceeded"))), &[], None).unwrap_or_else(|| panic!("ended"));
+        let e = ended(&job(Some(("Failed", "DeadlineExceeded"))), &[], none).unwrap_or_else(|| panic!("ended"));
         assert_eq!(e.outcome, AttemptOutcome::DeadlineExceeded);
         let long = "x".repeat(5000);
-        let e = ended(&job(Some(("Failed", "BackoffLimitExceeded"))), &[pod(1, &long, t)], None)
+        let e = ended(&job(Some(("Failed", "BackoffLimitExceeded"))), &[pod(1, &long, t)], none)
             .unwrap_or_else(|| panic!("ended"));
         assert!(e.message.len() < 1100);
     }
