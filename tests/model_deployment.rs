@@ -829,3 +829,165 @@ async fn a_missing_lease_namespace_is_one_error_naming_the_flags() {
     ns.cleanup().await;
     cluster.stop().await;
 }
+
+/// A canary whose pods never become Ready (a model that cannot load, a crash loop) is aborted at
+/// `spec.rollout.progressDeadlineSeconds`: the rollout does not hang, stable takes all traffic
+/// again, and the history says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_never_ready_is_aborted_at_the_progress_deadline() {
+    use flywheel::sim::{PodBehavior, PodScript, SimConfig, WorkloadConfig};
+    // Pods of v2 start but never pass their readiness probe; every other pod is Ready quickly.
+    let script: PodScript = std::sync::Arc::new(|pod: &serde_json::Value| {
+        let version = pod.pointer("/metadata/labels/flywheel.dev~1version").and_then(serde_json::Value::as_str)?;
+        (version == "v2").then(|| PodBehavior { ready_after: Duration::from_secs(3600), finish: None })
+    });
+    let cluster = Cluster::start_with(SimConfig {
+        workloads: WorkloadConfig { script: Some(script), ..WorkloadConfig::default() },
+        ..SimConfig::default()
+    })
+    .await;
+    let Some(_) = cluster.sim_only("pods scripted never to become Ready") else { return };
+    cluster.install_crds().await;
+    let ns = cluster.namespace("md-deadline").await;
+    let op = start_operator(&cluster, &ns.name).await;
+    let api: Api<ModelDeployment> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let mut md = sample(2);
+    let mut rollout = pause_steps(1);
+    rollout.progress_deadline_seconds = 10;
+    md.spec.rollout = Some(rollout);
+    api.create(&PostParams::default(), &md).await.unwrap_or_else(|e| panic!("{e}"));
+    until(&api, "support-chat", "Ready", 60, is_ready).await;
+    api.patch(
+        "support-chat",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"model": {"version": "v2", "uri": "hf://Qwen/Qwen2.5-0.5B-Instruct-v2"}}})),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let waiting = until(&api, "support-chat", "the canary waiting to be Ready", 30, |m| {
+        m.status.as_ref().and_then(|s| s.canary.as_ref()).is_some_and(|c| c.not_ready_since.is_some())
+    })
+    .await;
+    assert!(waiting.status.as_ref().and_then(|s| s.canary.as_ref()).is_some_and(|c| c.step_started_at.is_none()));
+    let aborted = until(&api, "support-chat", "the rollout aborted", 40, |m| {
+        m.status.as_ref().is_some_and(|s| s.canary.is_none() && s.history.last().is_some_and(|h| h.version == "v2"))
+    })
+    .await;
+    let status = aborted.status.clone().unwrap_or_default();
+    let entry = status.history.last().cloned().unwrap_or_else(|| panic!("no history"));
+    assert_eq!((entry.type_, entry.reason.as_str()), (HistoryType::Aborted, "ProgressDeadlineExceeded"));
+    assert!(entry.message.contains("progressDeadlineSeconds"), "{}", entry.message);
+    assert_eq!(status.stable.map(|s| s.version), Some("v1".to_string()));
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let gone = eventually(Duration::from_secs(20), || {
+        let deployments = deployments.clone();
+        async move { deployments.get_opt("support-chat-canary").await.ok()?.is_none().then_some(()) }
+    })
+    .await;
+    assert!(gone.is_some(), "the canary track is removed");
+    until(&api, "support-chat", "Ready on stable", 30, is_ready).await;
+    op.shutdown().await;
+    ns.cleanup().await;
+    cluster.stop().await;
+}
+
+/// Posts `n` label feedback events for `version`, `good` of them labelled `resolved`, the rest
+/// `unresolved`.
+async fn labels(http: &reqwest::Client, base: &str, token: &str, ns: &str, version: &str, n: usize, good: usize) {
+    let events: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            json!({"id": format!("{version}-l{i}-{}", uuid::Uuid::new_v4().simple()), "namespace": ns,
+                   "deployment": "support-chat", "version": version, "kind": "label",
+                   "value": if i < good { "resolved" } else { "unresolved" }})
+        })
+        .collect();
+    for chunk in events.chunks(1000) {
+        let response = http
+            .post(format!("{base}/v1/feedback"))
+            .bearer_auth(token)
+            .json(&chunk)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(response.status().as_u16(), 207);
+    }
+}
+
+/// A team that judges answers only with labels: the canary is judged with the signal mapping of
+/// the FeedbackPolicy that targets the ModelDeployment (with the default mapping labels count
+/// for nothing, every arm stays empty, and the canary would wait and abort), and status says
+/// which mapping judged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_canary_is_judged_with_the_targeting_policys_signal_mapping() {
+    use flywheel::api::FeedbackPolicy;
+    use flywheel::api::model_deployment::{AnalysisSpec, Verdict};
+    use flywheel::collector::{Collector, CollectorConfig};
+    use flywheel::operator::model_deployment::feedback_analysis::CollectorAnalysis;
+    let cluster = Cluster::start().await;
+    cluster.install_crds().await;
+    let ns = cluster.namespace("md-labels").await;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let token = "label-test-token-0123456789";
+    std::fs::write(dir.path().join("tokens"), format!("{token}\n")).unwrap_or_else(|e| panic!("{e}"));
+    let mut cc = CollectorConfig::new("127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")), dir.path().join("data"));
+    cc.token_file = Some(dir.path().join("tokens"));
+    let collector = Collector::start(cc).await.unwrap_or_else(|e| panic!("{e}"));
+    let base = format!("http://{}", collector.addr());
+    let config = OperatorConfig {
+        analysis: std::sync::Arc::new(CollectorAnalysis::new(&base, Some(token.to_string()))),
+        ..OperatorConfig::local().scoped_to(&ns.name)
+    };
+    let op = operator::start(cluster.client.clone(), config).await.unwrap_or_else(|e| panic!("{e}"));
+    // The policy that targets it, in suggest mode (it only maps signals here).
+    let policy: FeedbackPolicy = serde_json::from_value(json!({
+        "apiVersion": "flywheel.dev/v1alpha1", "kind": "FeedbackPolicy",
+        "metadata": {"name": "support-chat-labels"},
+        "spec": {
+            "targetRef": {"name": "support-chat"}, "mode": "suggest",
+            "signals": {"positiveLabels": ["resolved"], "negativeLabels": ["unresolved"]},
+            "triggers": {"qualityBelow": 0.1, "minSamples": 100000},
+            "trainer": {"image": "busybox:1.36"},
+            "outputUriPrefix": "pvc://models/"
+        }
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let policies: Api<FeedbackPolicy> = Api::namespaced(cluster.client.clone(), &ns.name);
+    policies.create(&PostParams::default(), &policy).await.unwrap_or_else(|e| panic!("{e}"));
+    let api: Api<ModelDeployment> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let mut md = sample(2);
+    md.spec.rollout = Some(RolloutSpec {
+        steps: vec![CanaryStep { weight: 50, gate: Gate::Analysis, pause_seconds: None, deadline_seconds: 600 }],
+        analysis: Some(AnalysisSpec { min_samples_per_arm: 100, interval_seconds: 1, ..AnalysisSpec::default() }),
+        ..RolloutSpec::default()
+    });
+    api.create(&PostParams::default(), &md).await.unwrap_or_else(|e| panic!("{e}"));
+    until(&api, "support-chat", "Ready", 60, is_ready).await;
+    api.patch(
+        "support-chat",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"model": {"version": "v2", "uri": "hf://Qwen/Qwen2.5-0.5B-Instruct-v2"}}})),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    until(&api, "support-chat", "a canary step under way", 60, |m| {
+        m.status.as_ref().and_then(|s| s.canary.as_ref()).is_some_and(|c| c.step_started_at.is_some())
+    })
+    .await;
+    let http = reqwest::Client::new();
+    labels(&http, &base, token, &ns.name, "v1", 2000, 1600).await;
+    labels(&http, &base, token, &ns.name, "v2", 2000, 1700).await;
+    let done = until(&api, "support-chat", "a verdict", 60, |m| {
+        m.status.as_ref().is_some_and(|s| s.history.last().is_some_and(|h| h.version == "v2"))
+    })
+    .await;
+    let entry = done.status.as_ref().and_then(|s| s.history.last().cloned()).unwrap_or_else(|| panic!("no history"));
+    assert_eq!(entry.type_, HistoryType::Promoted, "{}", entry.message);
+    let evidence = entry.evidence.unwrap_or_else(|| panic!("the decision carries its evidence"));
+    assert_eq!(evidence.verdict, Verdict::Pass);
+    assert_eq!((evidence.stable_samples, evidence.canary_samples), (2000, 2000), "labels counted as judgments");
+    assert_eq!(evidence.judged_by.as_deref(), Some("FeedbackPolicy support-chat-labels"));
+    op.shutdown().await;
+    collector.shutdown().await;
+    ns.cleanup().await;
+    cluster.stop().await;
+}

@@ -4,9 +4,9 @@
 use futures::future::BoxFuture;
 use kube::ResourceExt;
 
-use super::AnalysisSource;
+use super::{AnalysisSource, Judging};
 use crate::api::ModelDeployment;
-use crate::api::feedback_policy::{SignalMapping, SignalStats};
+use crate::api::feedback_policy::SignalStats;
 use crate::api::model_deployment::{Evidence, Verdict};
 use crate::operator::collector_client::{CollectorClient, StatsQuery};
 use crate::rollout::analysis::{Arm, analyze};
@@ -29,7 +29,7 @@ pub fn arm_of(s: &SignalStats) -> Arm {
 }
 
 impl AnalysisSource for CollectorAnalysis {
-    fn evidence<'a>(&'a self, md: &'a ModelDeployment) -> BoxFuture<'a, Option<Evidence>> {
+    fn evidence<'a>(&'a self, md: &'a ModelDeployment, judging: &'a Judging) -> BoxFuture<'a, Option<Evidence>> {
         Box::pin(async move {
             let now = k8s_openapi::jiff::Timestamp::now();
             let status = md.status.as_ref()?;
@@ -40,15 +40,11 @@ impl AnalysisSource for CollectorAnalysis {
             let from = canary.step_started_at.as_ref().map_or(now, |t| t.0);
             let namespace = md.namespace().unwrap_or_default();
             let time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
-            // The collector's default mapping: what a signal counts as is the same for both arms.
-            let mapping = SignalMapping::default();
+            // The targeting policy's mapping: what a signal counts as is the same for both arms,
+            // and the same as for the policy's trigger.
+            let mapping = &judging.mapping;
             let deployment = md.name_any();
-            let q = StatsQuery {
-                namespace: &namespace,
-                deployment: &deployment,
-                from: from.to_string(),
-                mapping: &mapping,
-            };
+            let q = StatsQuery { namespace: &namespace, deployment: &deployment, from: from.to_string(), mapping };
             match self.client.stats(&q).await {
                 Ok(stats) => {
                     let mut evidence = analyze(
@@ -79,6 +75,30 @@ mod tests {
     use super::*;
     use crate::operator::collector_client::signal_stats;
     use serde_json::json;
+
+    fn policy(name: &str, target: &str, positive: &str) -> crate::api::FeedbackPolicy {
+        serde_json::from_value(json!({
+            "apiVersion": "flywheel.dev/v1alpha1", "kind": "FeedbackPolicy",
+            "metadata": {"name": name, "namespace": "team"},
+            "spec": {"targetRef": {"name": target}, "signals": {"positiveLabels": [positive]},
+                     "triggers": {"qualityBelow": 0.5}, "trainer": {"image": "t"}, "outputUriPrefix": "pvc://m/"}
+        }))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_targeting_policy_says_what_a_signal_counts_as() {
+        let none = Judging::of("chat", &[policy("other", "search", "ok")]);
+        assert_eq!(none.mapping, crate::api::feedback_policy::SignalMapping::default());
+        assert!(none.source.starts_with("default"), "{}", none.source);
+        let one = Judging::of("chat", &[policy("other", "search", "ok"), policy("chat-labels", "chat", "resolved")]);
+        assert_eq!(one.mapping.positive_labels, vec!["resolved".to_string()]);
+        assert_eq!(one.source, "FeedbackPolicy chat-labels");
+        // Several: the first by name, and status says there were several.
+        let two = Judging::of("chat", &[policy("chat-z", "chat", "z"), policy("chat-a", "chat", "a")]);
+        assert_eq!(two.mapping.positive_labels, vec!["a".to_string()]);
+        assert!(two.source.contains("chat-a") && two.source.contains("of 2"), "{}", two.source);
+    }
 
     #[test]
     fn arms_come_from_the_counts_behind_the_rates() {

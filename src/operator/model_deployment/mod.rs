@@ -63,18 +63,60 @@ fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileE
     move |source| ReconcileError::Kube { action, source }
 }
 
+/// What a signal counts as when a canary is judged: the signal mapping of the FeedbackPolicy
+/// that targets the ModelDeployment, or the default mapping when none does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judging {
+    /// The mapping.
+    pub mapping: crate::api::feedback_policy::SignalMapping,
+    /// Where it came from, as status shows it: `FeedbackPolicy <name>` or `default`.
+    pub source: String,
+}
+
+impl Judging {
+    /// The mapping of the policy (of `policies`) that targets `md`: the first by name when
+    /// several do (and it says how many), the default when none does.
+    pub fn of(md: &str, policies: &[crate::api::FeedbackPolicy]) -> Self {
+        let mut targeting: Vec<&crate::api::FeedbackPolicy> =
+            policies.iter().filter(|p| p.spec.target_ref.name == md).collect();
+        targeting.sort_by_key(|p| p.name_any());
+        match targeting.first() {
+            None => Self {
+                mapping: crate::api::feedback_policy::SignalMapping::default(),
+                source: "default (no FeedbackPolicy targets this ModelDeployment)".into(),
+            },
+            Some(p) => Self {
+                mapping: p.spec.signals.clone(),
+                source: if targeting.len() == 1 {
+                    format!("FeedbackPolicy {}", p.name_any())
+                } else {
+                    format!("FeedbackPolicy {} (first by name of {} that target it)", p.name_any(), targeting.len())
+                },
+            },
+        }
+    }
+}
+
 /// The source of feedback evidence for `Analysis` gates (filled by the feedback loop); without
 /// one, analysis steps wait and abort at their deadline.
 pub trait AnalysisSource: Send + Sync {
-    /// The evidence for the current step of `md`'s canary.
-    fn evidence<'a>(&'a self, md: &'a ModelDeployment) -> futures::future::BoxFuture<'a, Option<Evidence>>;
+    /// The evidence for the current step of `md`'s canary, each signal counted as `judging` says.
+    fn evidence<'a>(
+        &'a self,
+        md: &'a ModelDeployment,
+        judging: &'a Judging,
+    ) -> futures::future::BoxFuture<'a, Option<Evidence>>;
 }
 
 /// No analysis configured: every look is inconclusive.
 pub struct NoAnalysis;
 
 impl AnalysisSource for NoAnalysis {
-    fn evidence<'a>(&'a self, _md: &'a ModelDeployment) -> futures::future::BoxFuture<'a, Option<Evidence>> {
+    fn evidence<'a>(
+        &'a self,
+        _md: &'a ModelDeployment,
+        _judging: &'a Judging,
+    ) -> futures::future::BoxFuture<'a, Option<Evidence>> {
         Box::pin(async {
             Some(Evidence {
                 time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now())),
@@ -319,7 +361,20 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
         .as_ref()
         .and_then(|c| steps.get(usize::try_from(c.step).unwrap_or(usize::MAX)))
         .is_some_and(|s| s.gate == crate::api::model_deployment::Gate::Analysis);
-    let analysis = if wants_analysis && canary_ready { ctx.analysis.evidence(md).await } else { None };
+    let analysis = if wants_analysis && canary_ready {
+        let policies: Api<crate::api::FeedbackPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+        let policies = policies
+            .list(&kube::api::ListParams::default())
+            .await
+            .map_err(kube_err("listing the FeedbackPolicies that may target this ModelDeployment"))?;
+        let judging = Judging::of(&owner.name, &policies.items);
+        ctx.analysis.evidence(md, &judging).await.map(|mut e| {
+            e.judged_by = Some(judging.source.clone());
+            e
+        })
+    } else {
+        None
+    };
     let decided = analysis.clone().filter(|e| e.verdict != Verdict::Inconclusive);
     let Plan { status: mut next, transitions, requeue_after } = rollout::plan(
         &md.spec,
