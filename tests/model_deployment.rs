@@ -84,7 +84,10 @@ async fn sample_becomes_ready_with_its_children() {
     let status = md.status.clone().unwrap_or_default();
     assert_eq!(status.stable.as_ref().map(|s| (s.version.as_str(), s.replicas, s.ready_replicas)), Some(("v1", 2, 2)));
     assert_eq!((status.replicas, status.ready_replicas), (2, 2));
-    assert_eq!(status.selector.as_deref(), Some("flywheel.dev/model-deployment=support-chat"));
+    assert_eq!(
+        status.selector.as_deref(),
+        Some("app.kubernetes.io/component=inference,flywheel.dev/model-deployment=support-chat")
+    );
     assert_eq!(status.observed_generation, md.metadata.generation);
     assert_eq!(condition(&md, "Stalled").map(|c| c.0), Some(ConditionStatus::False));
     assert_eq!(condition(&md, "Reconciling").map(|c| c.0), Some(ConditionStatus::False));
@@ -133,9 +136,12 @@ async fn sample_becomes_ready_with_its_children() {
     let services: Api<Service> = Api::namespaced(cluster.client.clone(), &ns.name);
     let all = services.get("support-chat").await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
-        all.spec.and_then(|s| s.selector).unwrap_or_default().len(),
-        1,
-        "the shared Service selects both tracks"
+        all.spec.and_then(|s| s.selector).unwrap_or_default(),
+        std::collections::BTreeMap::from([
+            ("app.kubernetes.io/component".to_string(), "inference".to_string()),
+            ("flywheel.dev/model-deployment".to_string(), "support-chat".to_string()),
+        ]),
+        "the shared Service selects the inference pods of both tracks"
     );
     let stable = services.get("support-chat-stable").await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
@@ -988,6 +994,120 @@ async fn the_canary_is_judged_with_the_targeting_policys_signal_mapping() {
     assert_eq!(evidence.judged_by.as_deref(), Some("FeedbackPolicy support-chat-labels"));
     op.shutdown().await;
     collector.shutdown().await;
+    ns.cleanup().await;
+    cluster.stop().await;
+}
+
+/// Trainer pods carry `flywheel.dev/model-deployment` too. Serving selectors (the Service, the
+/// PodDisruptionBudget, the scale subresource's selector) must take in inference pods only: on a
+/// real control plane the disruption controller fails a budget that selects a Job's pod ("jobs.batch
+/// does not implement the scale subresource"), and the budget stops protecting the inference pods
+/// during every retrain. Objects an earlier version applied with the old selector are updated in
+/// place, selecting the same inference pods (no restart, no traffic dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serving_selectors_never_take_in_trainer_pods() {
+    use k8s_openapi::api::batch::v1::Job;
+    use k8s_openapi::api::core::v1::Pod;
+    let cluster = Cluster::start().await;
+    cluster.install_crds().await;
+    let ns = cluster.namespace("md-selectors").await;
+    // What an earlier operator version applied: the Service and budget selecting on the
+    // ModelDeployment label alone.
+    let old_selector = json!({"flywheel.dev/model-deployment": "support-chat"});
+    let apply = PatchParams::apply("flywheel").force();
+    let services: Api<Service> = Api::namespaced(cluster.client.clone(), &ns.name);
+    services
+        .patch(
+            "support-chat",
+            &apply,
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "support-chat"},
+                "spec": {"selector": old_selector, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(cluster.client.clone(), &ns.name);
+    pdbs.patch(
+        "support-chat",
+        &apply,
+        &Patch::Apply(
+            json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "support-chat"},
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": old_selector}}}),
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    let op = start_operator(&cluster, &ns.name).await;
+    let api: Api<ModelDeployment> = Api::namespaced(cluster.client.clone(), &ns.name);
+    api.create(&PostParams::default(), &sample(2)).await.unwrap_or_else(|e| panic!("{e}"));
+    until(&api, "support-chat", "Ready", 60, is_ready).await;
+    // A trainer's Job runs beside the inference pods, labelled as the RetrainJob controller does.
+    let jobs: Api<Job> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let job: Job = serde_json::from_value(json!({
+        "metadata": {"name": "support-chat-retrain-1"},
+        "spec": {"backoffLimit": 0, "template": {
+            "metadata": {
+                "labels": {"flywheel.dev/model-deployment": "support-chat", "app.kubernetes.io/component": "trainer"},
+                "annotations": {"sim.flywheel.dev/duration": "3600"}
+            },
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "trainer", "image": "busybox:1.36", "command": ["sleep", "3600"]}]}
+        }}
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    jobs.create(&PostParams::default(), &job).await.unwrap_or_else(|e| panic!("{e}"));
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let trainer_running = eventually(Duration::from_secs(30), || {
+        let pods = pods.clone();
+        async move {
+            let list = pods.list(&ListParams::default().labels("app.kubernetes.io/component=trainer")).await.ok()?;
+            (!list.items.is_empty()).then_some(())
+        }
+    })
+    .await;
+    assert!(trainer_running.is_some(), "the trainer's pod exists");
+
+    // The selectors were updated in place and select the inference pods only.
+    let md = api.get("support-chat").await.unwrap_or_else(|e| panic!("{e}"));
+    let status_selector = md.status.and_then(|s| s.selector).unwrap_or_default();
+    let service_selector = services.get("support-chat").await.ok().and_then(|s| s.spec?.selector).unwrap_or_default();
+    let service_selector: Vec<String> = service_selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let pdb = pdbs.get("support-chat").await.unwrap_or_else(|e| panic!("{e}"));
+    let budget_selector =
+        pdb.spec.as_ref().and_then(|s| s.selector.clone()).and_then(|s| s.match_labels).unwrap_or_default();
+    let budget_selector: Vec<String> = budget_selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    for selector in [status_selector, service_selector.join(","), budget_selector.join(",")] {
+        let selected =
+            pods.list(&ListParams::default().labels(&selector)).await.unwrap_or_else(|e| panic!("{e}")).items;
+        let components: Vec<String> = selected
+            .iter()
+            .map(|p| {
+                p.metadata
+                    .labels
+                    .clone()
+                    .unwrap_or_default()
+                    .get("app.kubernetes.io/component")
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect();
+        assert_eq!(components, ["inference", "inference"], "{selector} selects {components:?}");
+    }
+
+    // The disruption controller computes the budget over the inference pods alone.
+    let healthy = eventually(Duration::from_secs(30), || {
+        let pdbs = pdbs.clone();
+        async move {
+            let status = pdbs.get("support-chat").await.ok()?.status?;
+            let allowed =
+                status.conditions.clone().unwrap_or_default().into_iter().find(|c| c.type_ == "DisruptionAllowed")?;
+            (status.expected_pods == 2 && status.current_healthy == 2 && allowed.status == "True").then_some(status)
+        }
+    })
+    .await;
+    let last = pdbs.get("support-chat").await.ok().and_then(|p| p.status);
+    let status = healthy.unwrap_or_else(|| panic!("the budget never covered the inference pods alone: {last:?}"));
+    assert_eq!((status.desired_healthy, status.disruptions_allowed), (1, 1), "{status:?}");
+    op.shutdown().await;
     ns.cleanup().await;
     cluster.stop().await;
 }

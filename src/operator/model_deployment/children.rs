@@ -222,28 +222,53 @@ impl Owner {
 
 use kube::Resource as _;
 
+/// The label naming a pod's part in Flywheel (`inference`, `trainer`).
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+/// The component of inference pods (and of every serving child).
+pub const COMPONENT_INFERENCE: &str = "inference";
+
 /// Labels every child carries.
 pub fn common_labels(owner: &Owner) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_string(), owner.name.clone()),
         ("app.kubernetes.io/instance".to_string(), owner.name.clone()),
-        ("app.kubernetes.io/component".to_string(), "inference".to_string()),
+        (LABEL_COMPONENT.to_string(), COMPONENT_INFERENCE.to_string()),
         ("app.kubernetes.io/part-of".to_string(), "flywheel".to_string()),
         ("app.kubernetes.io/managed-by".to_string(), "flywheel".to_string()),
         (LABEL_MODEL_DEPLOYMENT.to_string(), owner.name.clone()),
     ])
 }
 
-/// The selector of every inference pod of a ModelDeployment.
-pub fn pod_selector(owner: &Owner) -> BTreeMap<String, String> {
-    BTreeMap::from([(LABEL_MODEL_DEPLOYMENT.to_string(), owner.name.clone())])
+/// The selector of a track's Deployment: the ModelDeployment and the track. A Deployment's
+/// selector is immutable, so this never changes (it cannot take in trainer pods: they carry no
+/// track label).
+pub fn track_selector(owner: &Owner, track: Track) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_MODEL_DEPLOYMENT.to_string(), owner.name.clone()),
+        (LABEL_TRACK.to_string(), track.as_str().to_string()),
+    ])
 }
 
-/// The selector of one track's pods.
-pub fn track_selector(owner: &Owner, track: Track) -> BTreeMap<String, String> {
-    let mut s = pod_selector(owner);
-    s.insert(LABEL_TRACK.to_string(), track.as_str().to_string());
+/// What serving selects (the Services, the PodDisruptionBudget, the scale subresource's
+/// selector): the inference pods of the ModelDeployment, of one track or both. Trainer pods
+/// carry `flywheel.dev/model-deployment` too (`app.kubernetes.io/component=trainer`), so the
+/// component is part of every serving selector. Inference pods have always carried the
+/// component label, so adding it to an existing Service or budget (both mutable) selects the
+/// same pods: no pod restarts, no traffic dropped.
+pub fn serving_selector(owner: &Owner, track: Option<Track>) -> BTreeMap<String, String> {
+    let mut s = BTreeMap::from([
+        (LABEL_MODEL_DEPLOYMENT.to_string(), owner.name.clone()),
+        (LABEL_COMPONENT.to_string(), COMPONENT_INFERENCE.to_string()),
+    ]);
+    if let Some(t) = track {
+        s.insert(LABEL_TRACK.to_string(), t.as_str().to_string());
+    }
     s
+}
+
+/// The same as a label selector string (`status.selector`, `kubectl get pods -l`).
+pub fn serving_selector_string(owner: &Owner) -> String {
+    serving_selector(owner, None).iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
 /// Name of a track's Deployment and Service.
@@ -373,10 +398,10 @@ pub fn deployment(
 /// The Service selecting both tracks (`<name>`), or one track (`<name>-<track>`).
 pub fn service(owner: &Owner, track: Option<Track>) -> Value {
     let (name, selector, extra) = match track {
-        None => (owner.name.clone(), pod_selector(owner), BTreeMap::new()),
+        None => (owner.name.clone(), serving_selector(owner, None), BTreeMap::new()),
         Some(t) => (
             track_name(owner, t),
-            track_selector(owner, t),
+            serving_selector(owner, Some(t)),
             BTreeMap::from([(LABEL_TRACK.to_string(), t.as_str().to_string())]),
         ),
     };
@@ -397,7 +422,7 @@ pub fn disruption_budget(owner: &Owner) -> Value {
         "apiVersion": PodDisruptionBudget::API_VERSION,
         "kind": PodDisruptionBudget::KIND,
         "metadata": metadata(owner, &owner.name, &BTreeMap::new()),
-        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": pod_selector(owner)}}
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": serving_selector(owner, None)}}
     })
 }
 

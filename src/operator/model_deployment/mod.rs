@@ -464,7 +464,7 @@ async fn reconcile_inner(md: &ModelDeployment, ctx: &Context) -> Result<Action, 
     }
     next.replicas = stable_replicas + canary_replicas;
     next.ready_replicas = stable_ready + canary_ready_count;
-    next.selector = Some(format!("{}={}", children::LABEL_MODEL_DEPLOYMENT, owner.name));
+    next.selector = Some(children::serving_selector_string(&owner));
     next.observed_generation = generation;
     let stable_is_ready = track_ready(stable_live.as_ref(), stable_replicas)
         && stable_live

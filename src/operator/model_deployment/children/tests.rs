@@ -92,18 +92,33 @@ fn pvc_models_mount_read_only() {
     assert_eq!(pod["containers"][0]["volumeMounts"][0]["readOnly"], true);
     assert!(pod.get("initContainers").is_none());
     assert_eq!(d["metadata"]["name"], "support-chat-canary");
+    // The Deployment's selector is immutable: it stays the ModelDeployment and the track, and
+    // every pod it makes carries what the serving selectors add.
+    assert_eq!(
+        d["spec"]["selector"]["matchLabels"],
+        serde_json::json!({"flywheel.dev/model-deployment": "support-chat", "flywheel.dev/track": "canary"})
+    );
+    assert_eq!(d["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"], "inference");
 }
 
 #[test]
 fn services_and_budget() {
     let all = service(&owner(), None);
     assert_eq!(all["metadata"]["name"], "support-chat");
-    assert_eq!(all["spec"]["selector"], serde_json::json!({"flywheel.dev/model-deployment": "support-chat"}));
+    // Inference pods only: trainer pods carry flywheel.dev/model-deployment too.
+    let serving = serde_json::json!({"flywheel.dev/model-deployment": "support-chat", "app.kubernetes.io/component": "inference"});
+    assert_eq!(all["spec"]["selector"], serving);
     let canary = service(&owner(), Some(Track::Canary));
     assert_eq!(canary["metadata"]["name"], "support-chat-canary");
     assert_eq!(canary["spec"]["selector"]["flywheel.dev/track"], "canary");
+    assert_eq!(canary["spec"]["selector"]["app.kubernetes.io/component"], "inference");
     let pdb = disruption_budget(&owner());
     assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    assert_eq!(pdb["spec"]["selector"]["matchLabels"], serving);
+    assert_eq!(
+        serving_selector_string(&owner()),
+        "app.kubernetes.io/component=inference,flywheel.dev/model-deployment=support-chat"
+    );
 }
 
 #[test]
