@@ -27,7 +27,7 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
   start=$(date +%s)
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --progress-bar off \
     --no-deps -r requirements-ci.lock
-  "$venv/bin/python" -c 'import torch, transformers, peft, tokenizers, pytest'
+  "$venv/bin/python" -c 'import torch, transformers, peft, tokenizers, boto3, pytest'
   echo "$want" >"$stamp"
   echo "trainer venv installed in $(( $(date +%s) - start )) s"
 fi
