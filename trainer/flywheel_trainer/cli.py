@@ -227,8 +227,11 @@ def run(env: Mapping[str, str], should_stop: Callable[[], bool] = lambda: False)
     if device.type == "cuda":
         metrics["peakGpuMemoryMib"] = torch.cuda.max_memory_allocated(device) / 2**20
 
+    artifact = "model" if hp.mergeAdapter else "adapter"
     info = {
         "version": config.version,
+        "uri": config.output_uri,
+        "artifact": artifact,
         "baseVersion": config.base_version,
         "baseModel": str(config.base_model_dir),
         "datasetSha256": config.dataset_sha256,
@@ -243,7 +246,7 @@ def run(env: Mapping[str, str], should_stop: Callable[[], bool] = lambda: False)
     _save_outputs(config, model, tokenizer, base_dtype, info)
     log.info("wrote the %s to %s", "merged model and adapter" if hp.mergeAdapter else "adapter", config.output_dir)
 
-    line = result_line(config.version, config.output_uri, metrics)
+    line = result_line(config.version, config.output_uri, artifact, metrics)
     write_termination_log(config.termination_log, line)
     log.info("result (%s, %.1f s): %s", config.termination_log, time.perf_counter() - started, line)
     return json.loads(line)

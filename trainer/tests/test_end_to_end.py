@@ -26,6 +26,7 @@ def test_a_full_run_learns_and_writes_the_model_and_one_result_line(tmp_path: Pa
     result = json.loads(text)
     assert result["version"] == f"v1-ft-{sha[:8]}"
     assert result["uri"] == env["FLYWHEEL_OUTPUT_URI"]
+    assert result["artifact"] == "model", "mergeAdapter: the merged model is at the URI's top level"
     m = result["metrics"]
     assert all(isinstance(v, (int, float)) for v in m.values())
     assert m["evalLoss"] < m["evalLossBefore"], m
@@ -38,6 +39,7 @@ def test_a_full_run_learns_and_writes_the_model_and_one_result_line(tmp_path: Pa
         assert (out / name).is_file(), name
     info = json.loads((out / "flywheel-training.json").read_text())
     assert info["datasetSha256"] == sha and info["hyperparameters"]["mergeAdapter"] is True
+    assert info["uri"] == env["FLYWHEEL_OUTPUT_URI"] and info["artifact"] == "model"
 
     # The merged model computes what the base model with the adapter computes.
     from peft import PeftModel
