@@ -32,7 +32,7 @@ AWS_VARS = (
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
     "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ROLE_ARN",
     "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-    "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE",
+    "AWS_MAX_ATTEMPTS", "AWS_RETRY_MODE", "AWS_REQUEST_CHECKSUM_CALCULATION", "AWS_RESPONSE_CHECKSUM_VALIDATION",
 )
 
 
@@ -216,21 +216,24 @@ def test_check_bucket_passes_for_an_existing_bucket(bucket: tuple[str, str]) -> 
 
 class FakeS3:
     """A local HTTP server that answers every request with ``status`` and an S3 error body
-    (``code``), after ``delay`` seconds; it counts the requests."""
+    (``code``; no body when it is empty), after ``delay`` seconds; it records the requests and
+    their headers."""
 
     def __init__(self, status: int, code: str, delay: float = 0.0) -> None:
         self.requests: list[str] = []
+        self.headers: list[dict[str, str]] = []
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def _answer(self) -> None:
                 outer.requests.append(f"{self.command} {self.path}")
+                outer.headers.append({k.lower(): v for k, v in self.headers.items()})
                 length = int(self.headers.get("Content-Length") or 0)
                 if length:
                     self.rfile.read(length)
                 if delay:
                     time.sleep(delay)
-                body = b"" if self.command == "HEAD" else (
+                body = b"" if self.command == "HEAD" or not code else (
                     f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
                     f"<Message>fake {code}</Message><RequestId>1</RequestId></Error>"
                 ).encode()
@@ -399,6 +402,22 @@ def test_a_403_on_the_bucket_check_is_left_to_the_upload(aws, caplog: pytest.Log
         server.close()
     assert "cannot check the bucket of s3://models/support-chat/x (HeadBucket: 403)" in caplog.text
     assert server.requests == ["HEAD /models"]
+
+
+@pytest.mark.parametrize("setting,sent", [(None, True), ("when_required", False)])
+def test_checksum_headers_follow_aws_request_checksum_calculation(aws, model_dir: Path, setting: str | None, sent: bool) -> None:
+    """Stores that reject boto3's default checksum headers (some S3-compatible ones) work with
+    AWS_REQUEST_CHECKSUM_CALCULATION=when_required, as the README says."""
+    server = FakeS3(200, "")
+    try:
+        extra = {"AWS_REQUEST_CHECKSUM_CALCULATION": setting} if setting else {}
+        aws(server.endpoint, **extra)
+        upload_directory(model_dir, TARGET)
+    finally:
+        server.close()
+    assert server.requests == ["PUT /models/support-chat/x/adapter_config.json"]
+    names = " ".join(server.headers[0])
+    assert ("x-amz-checksum-" in names or "x-amz-sdk-checksum-algorithm" in names) == sent, server.headers[0]
 
 
 # -- units --------------------------------------------------------------------------------------
