@@ -3,7 +3,8 @@
 The order is: parse the environment, fetch and verify the dataset (both before torch is even
 imported, so bad configuration fails in a second), load the base model, evaluate it on the
 held-out rows, train a LoRA adapter (resuming from the newest checkpoint), evaluate again, write
-the adapter (and the merged model) to the output, and only then write the result line.
+the adapter (and the merged model) to FLYWHEEL_OUTPUT_DIR, upload it for an s3:// output, and
+only then write the result line.
 """
 
 from __future__ import annotations
@@ -121,10 +122,15 @@ def run(env: Mapping[str, str], should_stop: Callable[[], bool] = lambda: False)
     started = time.perf_counter()
     config = parse_env(env)
     log.info(
-        "flywheel-trainer %s: dataset %s (sha256 %s, %s), base %s, output %s, version %s",
+        "flywheel-trainer %s: dataset %s (sha256 %s, %s), base %s, output %s (written to %s), version %s",
         __version__, config.dataset.describe(), config.dataset_sha256, ",".join(config.formats),
-        config.base_model_dir, config.output_uri, config.version,
+        config.base_model_dir, config.output_uri, config.output_dir, config.version,
     )
+    if config.output_s3 is not None:
+        # Missing credentials, an unreachable store or a missing bucket fail now, not after training.
+        from .upload import check_bucket
+
+        check_bucket(config.output_s3)
     snapshot: Snapshot = load_snapshot(config.dataset, config.dataset_sha256)
     log.info(
         "dataset verified: %d SFT rows (%d held out), %d DPO pairs (%d held out)",
@@ -227,8 +233,11 @@ def run(env: Mapping[str, str], should_stop: Callable[[], bool] = lambda: False)
     if device.type == "cuda":
         metrics["peakGpuMemoryMib"] = torch.cuda.max_memory_allocated(device) / 2**20
 
+    artifact = "model" if hp.mergeAdapter else "adapter"
     info = {
         "version": config.version,
+        "uri": config.output_uri,
+        "artifact": artifact,
         "baseVersion": config.base_version,
         "baseModel": str(config.base_model_dir),
         "datasetSha256": config.dataset_sha256,
@@ -242,8 +251,12 @@ def run(env: Mapping[str, str], should_stop: Callable[[], bool] = lambda: False)
     }
     _save_outputs(config, model, tokenizer, base_dtype, info)
     log.info("wrote the %s to %s", "merged model and adapter" if hp.mergeAdapter else "adapter", config.output_dir)
+    if config.output_s3 is not None:
+        from .upload import upload_directory
 
-    line = result_line(config.version, config.output_uri, metrics)
+        upload_directory(config.output_dir, config.output_s3)
+
+    line = result_line(config.version, config.output_uri, artifact, metrics)
     write_termination_log(config.termination_log, line)
     log.info("result (%s, %.1f s): %s", config.termination_log, time.perf_counter() - started, line)
     return json.loads(line)

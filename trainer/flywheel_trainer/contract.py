@@ -50,6 +50,28 @@ class DatasetLocation:
         return where
 
 
+OUTPUT_DIR_VAR = "FLYWHEEL_OUTPUT_DIR"
+OUTPUT_URI_VAR = "FLYWHEEL_OUTPUT_URI"
+OUTPUT_SCHEMES = "pvc://<claim>/<path>, s3://<bucket>/<prefix>, or file:///<path> without FLYWHEEL_OUTPUT_DIR"
+# A PersistentVolumeClaim's name is a DNS-1123 subdomain.
+CLAIM_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+# S3's bucket naming rules (which S3-compatible stores share): 3 to 63 characters, lower-case
+# letters, digits, '.' and '-', starting and ending with a letter or digit.
+BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+@dataclass(frozen=True)
+class S3Target:
+    """Where an ``s3://bucket/prefix`` output goes: each file at ``<prefix>/<relative path>``."""
+
+    uri: str
+    bucket: str
+    prefix: str  # without leading or trailing '/'; "" is the bucket's root
+
+    def key(self, relative: str) -> str:
+        return f"{self.prefix}/{relative}" if self.prefix else relative
+
+
 @dataclass(frozen=True)
 class Config:
     dataset: DatasetLocation
@@ -57,8 +79,9 @@ class Config:
     formats: tuple[str, ...]
     base_model_dir: Path
     base_version: str | None
-    output_uri: str
-    output_dir: Path
+    output_uri: str  # where serving loads the model from; the result's uri
+    output_dir: Path  # where the trainer writes it
+    output_s3: S3Target | None  # set for an s3:// output: the directory is uploaded there
     version: str
     hyperparameters: Hyperparameters
     raw_hyperparameters: dict[str, str]
@@ -145,6 +168,79 @@ def _dataset_location(uri: str, token_file: str | None) -> DatasetLocation:
     return DatasetLocation(uri=uri, local_dir=local_path("FLYWHEEL_DATASET_URI", uri))
 
 
+def _no_query(uri: str, parts) -> None:
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{OUTPUT_URI_VAR}={uri!r}: the URI must not have a query or fragment")
+
+
+def _relative_path(uri: str, path: str) -> str:
+    """The path of a pvc:// or s3:// URI, without the slashes around it; no '.' or '..' parts."""
+    parts = [p for p in path.split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        raise ConfigError(f"{OUTPUT_URI_VAR}={uri!r}: the path must not have '.' or '..' parts")
+    return "/".join(parts)
+
+
+def _output(env: Mapping[str, str]) -> tuple[str, Path, S3Target | None]:
+    """FLYWHEEL_OUTPUT_URI (where serving loads the model) and FLYWHEEL_OUTPUT_DIR (where the
+    trainer writes it): the URI, the local directory, and the S3 target for an s3:// URI."""
+    uri = _required(env, OUTPUT_URI_VAR)
+    raw_dir = _optional(env, OUTPUT_DIR_VAR)
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", uri)
+    if match is None:
+        raise ConfigError(
+            f"{OUTPUT_URI_VAR}={uri!r} is a local path, and serving cannot load a path of the trainer's pod: "
+            f"{OUTPUT_URI_VAR} is where serving loads the model from ({OUTPUT_SCHEMES}) and "
+            f"{OUTPUT_DIR_VAR} the local directory the trainer writes it to"
+        )
+    scheme = match.group(1).lower()
+    s3: S3Target | None = None
+    if scheme == "file":
+        if raw_dir is not None:
+            raise ConfigError(
+                f"{OUTPUT_URI_VAR}={uri!r} with {OUTPUT_DIR_VAR}={raw_dir!r}: a file:// output is written where it "
+                f"points; set {OUTPUT_DIR_VAR} only with a pvc:// or s3:// {OUTPUT_URI_VAR}"
+            )
+        directory = local_path(OUTPUT_URI_VAR, uri)
+        where = f"{OUTPUT_URI_VAR}={uri!r}"
+    elif scheme in ("pvc", "s3"):
+        parts = urlsplit(uri)
+        _no_query(uri, parts)
+        path = _relative_path(uri, unquote(parts.path))
+        if scheme == "pvc":
+            if not CLAIM_RE.match(parts.netloc):
+                raise ConfigError(
+                    f"{OUTPUT_URI_VAR}={uri!r}: {parts.netloc!r} is not a PersistentVolumeClaim name (pvc://<claim>/<path>)"
+                )
+        else:
+            if not BUCKET_RE.match(parts.netloc):
+                raise ConfigError(
+                    f"{OUTPUT_URI_VAR}={uri!r}: {parts.netloc!r} is not a bucket name "
+                    "(s3://<bucket>/<prefix>; 3 to 63 lower-case letters, digits, '.' and '-')"
+                )
+            s3 = S3Target(uri=uri, bucket=parts.netloc, prefix=path)
+        if raw_dir is None:
+            raise ConfigError(
+                f"{OUTPUT_DIR_VAR} is not set (with {OUTPUT_URI_VAR}={uri!r} it must name the local directory "
+                "the trainer writes the model to)"
+            )
+        directory = local_path(OUTPUT_DIR_VAR, raw_dir)
+        where = f"{OUTPUT_DIR_VAR}={raw_dir!r}"
+    else:
+        hint = ""
+        if scheme == "gs":
+            hint = (
+                "; for Google Cloud Storage use s3://<bucket>/<prefix> with its S3-compatible XML API: "
+                "HMAC keys as AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and AWS_ENDPOINT_URL=https://storage.googleapis.com"
+            )
+        raise ConfigError(
+            f"{OUTPUT_URI_VAR}={uri!r}: unsupported URI scheme {scheme}:// (supported: {OUTPUT_SCHEMES}){hint}"
+        )
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"{where}: {directory} exists and is not a directory")
+    return uri, directory, s3
+
+
 def _formats(raw: str) -> tuple[str, ...]:
     parts = [p.strip().upper() for p in raw.split(",") if p.strip()]
     if not parts:
@@ -181,10 +277,7 @@ def parse_env(env: Mapping[str, str]) -> Config:
             f"FLYWHEEL_BASE_MODEL_URI={base_uri!r}: {base_dir} has no config.json (expected a Hugging Face model directory)"
         )
 
-    output_uri = _required(env, "FLYWHEEL_OUTPUT_URI")
-    output_dir = local_path("FLYWHEEL_OUTPUT_URI", output_uri)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ConfigError(f"FLYWHEEL_OUTPUT_URI={output_uri!r}: {output_dir} exists and is not a directory")
+    output_uri, output_dir, output_s3 = _output(env)
 
     base_version = _optional(env, "FLYWHEEL_BASE_VERSION")
     version = _optional(env, "FLYWHEEL_VERSION")
@@ -225,6 +318,7 @@ def parse_env(env: Mapping[str, str]) -> Config:
         base_version=base_version,
         output_uri=output_uri,
         output_dir=output_dir,
+        output_s3=output_s3,
         version=version,
         hyperparameters=hyperparameters,
         raw_hyperparameters=raw_hps,

@@ -25,6 +25,9 @@ DATA_FILES = tuple(sorted((SFT_FILE, SFT_HELDOUT_FILE, DPO_FILE, DPO_HELDOUT_FIL
 ROLES = ("system", "user", "assistant")
 
 Message = dict[str, str]
+# HTTP statuses of a dataset fetch that are retried and, after the last try, transient (exit 75),
+# like any 5xx, a broken connection or a timeout.
+TRANSIENT_STATUSES = (404, 408, 429)
 
 
 @dataclass(frozen=True)
@@ -105,8 +108,9 @@ def _read_http(location: DatasetLocation, attempts: int, timeout: float, context
             except urllib.error.HTTPError as e:
                 if e.code in (401, 403):
                     raise _refused(url, e.code, e.reason, location) from None
-                # 408 and 429 and the 5xx family may pass; any other status will not.
-                if e.code not in (408, 429) and e.code < 500:
+                # 404 (a snapshot not yet visible on every collector replica), 408, 429 and the
+                # 5xx family may pass; any other status will not.
+                if e.code not in TRANSIENT_STATUSES and e.code < 500:
                     raise DatasetError(f"fetching {url}: HTTP {e.code} {e.reason}") from None
                 failure: Exception = e
             except urllib.error.URLError as e:
@@ -255,7 +259,10 @@ def load_snapshot(
     """Fetch, verify and parse a snapshot. Raises DatasetError (exit 3) or TransientError (75).
 
     An http:// or https:// snapshot is fetched with ``Authorization: Bearer <token>`` when the
-    location has a token; the ``https_*`` options apply to both schemes."""
+    location has a token; the ``https_*`` options apply to both schemes. Each file gets
+    ``https_attempts`` tries: a 404, 408, 429 or 5xx answer, a broken connection or a timeout is
+    tried again and, after the last try, a TransientError; 401 and 403 (the token), any other
+    4xx and an untrusted certificate are a DatasetError at once."""
     if location.local_dir is not None:
         fetch = _read_local(location.local_dir)
     else:

@@ -11,6 +11,7 @@ from .contract import VERSION_RE
 from .errors import TrainerError, TransientError
 
 MAX_RESULT_BYTES = 4096
+ARTIFACTS = ("model", "adapter")
 
 
 class ResultError(TrainerError):
@@ -29,11 +30,22 @@ def _number(name: str, value: object) -> int | float:
     return value
 
 
-def result_line(version: str, uri: str, metrics: Mapping[str, object]) -> str:
-    """``{"version":...,"uri":...,"metrics":{...}}`` in compact JSON, without a newline."""
+def result_line(version: str, uri: str, artifact: str, metrics: Mapping[str, object]) -> str:
+    """``{"version":...,"uri":...,"artifact":...,"metrics":{...}}`` in compact JSON, without a
+    newline. ``artifact`` is ``model`` (a whole model at the URI's top level) or ``adapter`` (a
+    PEFT LoRA adapter there)."""
     if not VERSION_RE.match(version):
         raise ResultError(f"version {version!r} is not a valid version label")
-    body = {"version": version, "uri": uri, "metrics": {k: _number(k, v) for k, v in sorted(metrics.items())}}
+    if not uri:
+        raise ResultError("the result's uri is empty")
+    if artifact not in ARTIFACTS:
+        raise ResultError(f"artifact {artifact!r} is not one of {', '.join(ARTIFACTS)}")
+    body = {
+        "version": version,
+        "uri": uri,
+        "artifact": artifact,
+        "metrics": {k: _number(k, v) for k, v in sorted(metrics.items())},
+    }
     line = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     size = len(line.encode()) + 1
     if size > MAX_RESULT_BYTES:

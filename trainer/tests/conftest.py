@@ -62,7 +62,9 @@ def contract_env(tmp_path: Path, base: Path, dataset: Path, sha: str, hyperparam
 
 
 def subprocess_env(contract: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")}
+    """The test's own environment with the contract's variables; no FLYWHEEL_* or AWS_* variable
+    of the machine running the tests leaks in (a test never reaches a real object store)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLYWHEEL_", "AWS_"))}
     env.update(contract)
     env["PYTHONPATH"] = str(TRAINER_ROOT)
     env["HF_HUB_OFFLINE"] = "1"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import contract_env, run_trainer
 
-from flywheel_trainer.contract import default_version, local_path, parse_env
+from flywheel_trainer.contract import S3Target, default_version, local_path, parse_env
 from flywheel_trainer.errors import EXIT_BAD_CONFIG, ConfigError
 
 SHA = "ab" * 32
@@ -84,7 +84,8 @@ BAD = [
     ("FLYWHEEL_VERSION", "-bad-", "is not a valid version label"),
     ("FLYWHEEL_VERSION", "v" * 64, "is not a valid version label"),
     ("FLYWHEEL_OUTPUT_URI", None, "FLYWHEEL_OUTPUT_URI is not set"),
-    ("FLYWHEEL_OUTPUT_URI", "s3://models/x", "unsupported URI scheme s3://"),
+    ("FLYWHEEL_OUTPUT_URI", "s3://models/x", "FLYWHEEL_OUTPUT_DIR is not set (with FLYWHEEL_OUTPUT_URI='s3://models/x'"),
+    ("FLYWHEEL_OUTPUT_URI", "/var/run/flywheel/output-claim/x", "serving cannot load a path of the trainer's pod"),
     ("FLYWHEEL_ATTEMPT", "0", "FLYWHEEL_ATTEMPT='0' is not a positive integer"),
     ("FLYWHEEL_ATTEMPT", "two", "is not a positive integer"),
     ("FLYWHEEL_CHECKPOINT_DIR", "gs://bucket/ckpt", "unsupported URI scheme gs://"),
@@ -108,6 +109,105 @@ def test_each_bad_variable_is_a_config_error(good: dict[str, str], name: str, va
         parse_env(good)
     assert message in str(raised.value)
     assert raised.value.exit_code == EXIT_BAD_CONFIG
+
+
+# -- FLYWHEEL_OUTPUT_URI and FLYWHEEL_OUTPUT_DIR ---------------------------------------------
+
+
+def test_a_file_output_without_output_dir_is_written_where_it_points(good: dict[str, str], tmp_path: Path) -> None:
+    config = parse_env(good)
+    assert "FLYWHEEL_OUTPUT_DIR" not in good
+    assert config.output_uri == f"file://{tmp_path / 'out'}" and config.output_dir == tmp_path / "out"
+    assert config.output_s3 is None
+
+
+def test_a_pvc_output_is_written_to_output_dir_and_reported_as_the_uri(good: dict[str, str], tmp_path: Path) -> None:
+    good["FLYWHEEL_OUTPUT_URI"] = "pvc://models/support-chat/x"
+    good["FLYWHEEL_OUTPUT_DIR"] = str(tmp_path / "output-claim" / "support-chat" / "x")
+    config = parse_env(good)
+    assert config.output_uri == "pvc://models/support-chat/x"
+    assert config.output_dir == tmp_path / "output-claim" / "support-chat" / "x"
+    assert config.output_s3 is None
+
+
+@pytest.mark.parametrize(
+    "uri,bucket,prefix,key",
+    [
+        ("s3://models/support-chat/x", "models", "support-chat/x", "support-chat/x/adapter/adapter_config.json"),
+        ("s3://models/support-chat/x/", "models", "support-chat/x", "support-chat/x/adapter/adapter_config.json"),
+        ("S3://my.models-2/a%20b", "my.models-2", "a b", "a b/adapter/adapter_config.json"),
+        ("s3://models", "models", "", "adapter/adapter_config.json"),
+    ],
+)
+def test_an_s3_output_is_written_to_output_dir_then_uploaded(good: dict[str, str], tmp_path: Path, uri: str, bucket: str, prefix: str, key: str) -> None:
+    good["FLYWHEEL_OUTPUT_URI"] = uri
+    good["FLYWHEEL_OUTPUT_DIR"] = f"file://{tmp_path / 'output'}"
+    config = parse_env(good)
+    assert config.output_uri == uri and config.output_dir == tmp_path / "output"
+    assert config.output_s3 == S3Target(uri=uri, bucket=bucket, prefix=prefix)
+    assert config.output_s3.key("adapter/adapter_config.json") == key
+
+
+BAD_OUTPUTS = [
+    # The defect: a mounted path of the trainer's pod reported as the model's URI.
+    ("/var/run/flywheel/output-claim/support-chat/x", None, "FLYWHEEL_OUTPUT_URI='/var/run/flywheel/output-claim/support-chat/x' is a local path, and serving cannot load a path of the trainer's pod"),
+    ("/var/run/flywheel/output-claim/support-chat/x", "/var/run/flywheel/output-claim/support-chat/x", "serving cannot load a path of the trainer's pod"),
+    ("relative/out", None, "serving cannot load a path of the trainer's pod"),
+    ("pvc://models/support-chat/x", None, "FLYWHEEL_OUTPUT_DIR is not set (with FLYWHEEL_OUTPUT_URI='pvc://models/support-chat/x' it must name the local directory"),
+    ("s3://models/x", None, "FLYWHEEL_OUTPUT_DIR is not set"),
+    ("gs://models/x", "DIR", "FLYWHEEL_OUTPUT_URI='gs://models/x': unsupported URI scheme gs:// (supported: pvc://<claim>/<path>, s3://<bucket>/<prefix>, or file:///<path> without FLYWHEEL_OUTPUT_DIR); for Google Cloud Storage use s3://<bucket>/<prefix> with its S3-compatible XML API: HMAC keys"),
+    ("hf://org/model", "DIR", "FLYWHEEL_OUTPUT_URI='hf://org/model': unsupported URI scheme hf:// (supported: pvc://"),
+    ("https://models.example.com/x", "DIR", "unsupported URI scheme https:// (supported: pvc://"),
+    ("http://models/x", None, "unsupported URI scheme http:// (supported: pvc://"),
+    ("ftp://models/x", "DIR", "unsupported URI scheme ftp://"),
+    ("file:///models/x", "DIR", "FLYWHEEL_OUTPUT_URI='file:///models/x' with FLYWHEEL_OUTPUT_DIR="),
+    ("file://otherhost/models/x", None, "must not name a host"),
+    ("pvc://Models/x", "DIR", "FLYWHEEL_OUTPUT_URI='pvc://Models/x': 'Models' is not a PersistentVolumeClaim name"),
+    ("pvc:///x", "DIR", "'' is not a PersistentVolumeClaim name"),
+    ("pvc://models/a/../b", "DIR", "the path must not have '.' or '..' parts"),
+    ("s3://ab/x", "DIR", "FLYWHEEL_OUTPUT_URI='s3://ab/x': 'ab' is not a bucket name"),
+    ("s3://My_Models/x", "DIR", "'My_Models' is not a bucket name"),
+    ("s3://key:secret@models/x", "DIR", "is not a bucket name"),
+    ("s3://models/./x", "DIR", "the path must not have '.' or '..' parts"),
+    ("s3://models/x?versionId=3", "DIR", "the URI must not have a query or fragment"),
+    ("pvc://models/x#y", "DIR", "the URI must not have a query or fragment"),
+    ("pvc://models/x", "gs://bucket/x", "FLYWHEEL_OUTPUT_DIR='gs://bucket/x': unsupported URI scheme gs://"),
+    ("s3://models/x", "FILE", "FLYWHEEL_OUTPUT_DIR="),
+]
+
+
+@pytest.mark.parametrize("uri,directory,message", BAD_OUTPUTS, ids=[f"{u}|{d}" for u, d, _ in BAD_OUTPUTS])
+def test_each_bad_output_is_a_config_error(good: dict[str, str], tmp_path: Path, uri: str, directory: str | None, message: str) -> None:
+    good["FLYWHEEL_OUTPUT_URI"] = uri
+    if directory == "DIR":
+        directory = str(tmp_path / "output")
+    elif directory == "FILE":
+        (tmp_path / "a-file").write_text("x")
+        directory = str(tmp_path / "a-file")
+        message += f"{directory!r}: {directory} exists and is not a directory"
+    if directory is not None:
+        good["FLYWHEEL_OUTPUT_DIR"] = directory
+    with pytest.raises(ConfigError) as raised:
+        parse_env(good)
+    assert message in str(raised.value)
+    assert raised.value.exit_code == EXIT_BAD_CONFIG
+
+
+def test_a_local_path_is_refused_naming_both_variables(good: dict[str, str]) -> None:
+    good["FLYWHEEL_OUTPUT_URI"] = "/var/run/flywheel/output-claim/support-chat/x"
+    with pytest.raises(ConfigError) as raised:
+        parse_env(good)
+    text = str(raised.value)
+    assert "FLYWHEEL_OUTPUT_URI" in text and "FLYWHEEL_OUTPUT_DIR" in text
+
+
+def test_the_process_exits_3_on_a_local_path_as_the_output_uri(good: dict[str, str]) -> None:
+    """What the operator used to pass: the trainer must not report a pod-local path to serving."""
+    good["FLYWHEEL_OUTPUT_URI"] = "/var/run/flywheel/output-claim/support-chat/x"
+    done = run_trainer(good, timeout=60)
+    assert done.returncode == 3, done.stderr
+    assert "bad configuration: FLYWHEEL_OUTPUT_URI='/var/run/flywheel/output-claim/support-chat/x' is a local path" in done.stderr
+    assert not Path(good["FLYWHEEL_TERMINATION_LOG"]).exists()
 
 
 def test_a_base_model_without_config_json(good: dict[str, str], tmp_path: Path) -> None:

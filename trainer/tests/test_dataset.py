@@ -7,8 +7,10 @@ import http.server
 import json
 import shutil
 import ssl
+import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -163,13 +165,17 @@ TOKEN = "s3cr3t-token.Zq9/x+y="
 
 class Server:
     """A test server on 127.0.0.1 serving ``root``. ``faults`` maps a path to a status to answer
-    instead; ``requests`` records (path, Authorization header or None) for every GET; when
-    ``token`` is set, a request without ``Authorization: Bearer <token>`` gets 401;
-    ``redirects`` maps a path to a Location to answer 302 with (checked before the token)."""
+    instead (only the first N times when ``fault_times`` maps the path to N); ``delays`` maps a
+    path to seconds to wait before answering; ``requests`` records (path, Authorization header
+    or None) for every GET; when ``token`` is set, a request without ``Authorization: Bearer
+    <token>`` gets 401; ``redirects`` maps a path to a Location to answer 302 with (checked
+    before the token)."""
 
     def __init__(self, root: Path, context: ssl.SSLContext | None = None) -> None:
         self.root = root
         self.faults: dict[str, int] = {}
+        self.fault_times: dict[str, int] = {}
+        self.delays: dict[str, float] = {}
         self.redirects: dict[str, str] = {}
         self.requests: list[tuple[str, str | None]] = []
         self.token: str | None = None
@@ -182,6 +188,8 @@ class Server:
             def do_GET(self) -> None:
                 auth = self.headers.get("Authorization")
                 outer.requests.append((self.path, auth))
+                if self.path in outer.delays:
+                    time.sleep(outer.delays[self.path])
                 if self.path in outer.redirects:
                     self.send_response(302)
                     self.send_header("Location", outer.redirects[self.path])
@@ -192,7 +200,9 @@ class Server:
                     self.send_error(401)
                     return
                 status = outer.faults.get(self.path)
-                if status is not None:
+                if status is not None and outer.fault_times.get(self.path, 1) > 0:
+                    if self.path in outer.fault_times:
+                        outer.fault_times[self.path] -= 1
                     self.send_error(status)
                     return
                 super().do_GET()
@@ -272,10 +282,12 @@ def test_https_snapshot_is_fetched_and_verified(https_server) -> None:
     assert len(snap.sft) == 1 and len(snap.dpo) == 1
 
 
-def test_https_404_is_a_dataset_error(https_server) -> None:
+def test_https_404_is_retried_then_transient(https_server) -> None:
+    """With several collector replicas a new snapshot may not be visible on all of them yet."""
     base, ctx, root, _ = https_server
-    with pytest.raises(DatasetError, match="HTTP 404"):
-        load_snapshot(DatasetLocation(uri=base, http_base=f"{base}/missing"), "0" * 64, ssl_context=ctx)
+    with pytest.raises(TransientError, match="fetching .*/missing/SHA256SUMS failed 2 times, last: HTTP Error 404") as raised:
+        load_snapshot(DatasetLocation(uri=base, http_base=f"{base}/missing"), "0" * 64, ssl_context=ctx, https_attempts=2, https_backoff=0.01)
+    assert raised.value.exit_code == 75
 
 
 def test_https_5xx_is_retried_then_transient(https_server) -> None:
@@ -284,6 +296,70 @@ def test_https_5xx_is_retried_then_transient(https_server) -> None:
     faults["/snap/sft.jsonl"] = 503
     with pytest.raises(TransientError, match="fetching .*/snap/sft.jsonl failed 2 times"):
         load_snapshot(DatasetLocation(uri=base, http_base=f"{base}/snap"), sha, ssl_context=ctx, https_attempts=2, https_backoff=0.01)
+
+
+def test_a_404_that_clears_on_a_retry_is_fetched(http_server: Server) -> None:
+    sha = write_snapshot(http_server.root / "snap", [SFT_ROW], [], [], [])
+    http_server.faults["/snap/SHA256SUMS"] = 404
+    http_server.fault_times["/snap/SHA256SUMS"] = 2
+    snap = load_snapshot(remote(f"{http_server.base}/snap"), sha, https_attempts=3, https_backoff=0.01)
+    assert len(snap.sft) == 1
+    assert [path for path, _ in http_server.requests][:3] == ["/snap/SHA256SUMS"] * 3
+
+
+@pytest.mark.parametrize("status", [404, 408, 429, 500, 502, 503])
+def test_transient_statuses_over_http_are_retried_then_exit_75(http_server: Server, status: int) -> None:
+    sha = write_snapshot(http_server.root / "snap", [SFT_ROW], [], [], [])
+    http_server.faults["/snap/sft.jsonl"] = status
+    with pytest.raises(TransientError, match=f"fetching .*/snap/sft.jsonl failed 3 times, last: HTTP Error {status}") as raised:
+        load_snapshot(remote(f"{http_server.base}/snap"), sha, https_attempts=3, https_backoff=0.01)
+    assert raised.value.exit_code == 75
+    assert [path for path, _ in http_server.requests].count("/snap/sft.jsonl") == 3
+
+
+@pytest.mark.parametrize("status", [400, 405, 410])
+def test_other_4xx_statuses_are_bad_configuration_at_once(http_server: Server, status: int) -> None:
+    sha = write_snapshot(http_server.root / "snap", [SFT_ROW], [], [], [])
+    http_server.faults["/snap/SHA256SUMS"] = status
+    with pytest.raises(DatasetError, match=f"HTTP {status}") as raised:
+        load_snapshot(remote(f"{http_server.base}/snap"), sha, https_attempts=3, https_backoff=0.01)
+    assert raised.value.exit_code == 3
+    assert http_server.requests == [("/snap/SHA256SUMS", None)], "not retried"
+
+
+def test_a_refused_connection_is_retried_then_transient() -> None:
+    with socket.socket() as s:  # a port nothing listens on once this socket is closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(TransientError, match="SHA256SUMS failed 2 times, last: .*(refused|Connection)") as raised:
+        load_snapshot(remote(f"http://127.0.0.1:{port}/snap"), "0" * 64, https_attempts=2, https_backoff=0.01)
+    assert raised.value.exit_code == 75
+
+
+def test_a_timeout_is_retried_then_transient(http_server: Server) -> None:
+    sha = write_snapshot(http_server.root / "snap", [SFT_ROW], [], [], [])
+    http_server.delays["/snap/SHA256SUMS"] = 2.0
+    started = time.monotonic()
+    with pytest.raises(TransientError, match="SHA256SUMS failed 2 times, last: .*timed out") as raised:
+        load_snapshot(remote(f"{http_server.base}/snap"), sha, https_attempts=2, https_timeout=0.2, https_backoff=0.01)
+    assert raised.value.exit_code == 75
+    assert time.monotonic() - started < 1.5, "the timeout applies"
+
+
+def test_a_sha256_mismatch_over_http_is_bad_configuration(http_server: Server) -> None:
+    write_snapshot(http_server.root / "snap", [SFT_ROW], [], [], [])
+    with pytest.raises(DatasetError, match="dataset sha256 mismatch") as raised:
+        load_snapshot(remote(f"{http_server.base}/snap"), "0" * 64, https_attempts=3, https_backoff=0.01)
+    assert raised.value.exit_code == 3
+    assert http_server.requests == [("/snap/SHA256SUMS", None)], "nothing else is fetched, nothing retried"
+
+
+def test_a_tampered_file_over_http_is_bad_configuration(http_server: Server) -> None:
+    sha = write_snapshot(http_server.root / "snap", [SFT_ROW], [], [], [])
+    (http_server.root / "snap" / SFT_FILE).write_text(json.dumps(SFT_ROW).replace("Paris", "Lyon") + "\n")
+    with pytest.raises(DatasetError, match="dataset file sft.jsonl has sha256 .* but SHA256SUMS says") as raised:
+        load_snapshot(remote(f"{http_server.base}/snap"), sha, https_attempts=3, https_backoff=0.01)
+    assert raised.value.exit_code == 3
 
 
 def test_an_untrusted_certificate_is_refused(https_server) -> None:
@@ -416,4 +492,18 @@ def test_the_trainer_exits_3_when_the_server_refuses_the_token(
     assert "bad dataset: fetching" in done.stderr and "HTTP 401" in done.stderr
     assert f"refused the bearer token from FLYWHEEL_DATASET_TOKEN_FILE={token_file}" in done.stderr
     assert wrong not in done.stdout + done.stderr and TOKEN not in done.stdout + done.stderr
+    assert not Path(env["FLYWHEEL_TERMINATION_LOG"]).exists()
+
+
+def test_the_trainer_exits_75_when_the_snapshot_is_not_found(
+    tmp_path: Path, base_model: Path, snapshot: tuple[Path, str], http_server: Server
+) -> None:
+    env = contract_env(
+        tmp_path / "run", base_model, snapshot[0], snapshot[1], FLYWHEEL_DATASET_URI=f"{http_server.base}/no-such-snapshot"
+    )
+    done = run_trainer(env, timeout=60)
+    assert done.returncode == 75, done.stderr
+    assert "transient failure: fetching" in done.stderr and "no-such-snapshot/SHA256SUMS failed 3 times" in done.stderr
+    assert "HTTP Error 404" in done.stderr
+    assert [path for path, _ in http_server.requests] == ["/no-such-snapshot/SHA256SUMS"] * 3
     assert not Path(env["FLYWHEEL_TERMINATION_LOG"]).exists()

@@ -26,6 +26,7 @@ def test_a_full_run_learns_and_writes_the_model_and_one_result_line(tmp_path: Pa
     result = json.loads(text)
     assert result["version"] == f"v1-ft-{sha[:8]}"
     assert result["uri"] == env["FLYWHEEL_OUTPUT_URI"]
+    assert result["artifact"] == "model", "mergeAdapter: the merged model is at the URI's top level"
     m = result["metrics"]
     assert all(isinstance(v, (int, float)) for v in m.values())
     assert m["evalLoss"] < m["evalLossBefore"], m
@@ -38,6 +39,7 @@ def test_a_full_run_learns_and_writes_the_model_and_one_result_line(tmp_path: Pa
         assert (out / name).is_file(), name
     info = json.loads((out / "flywheel-training.json").read_text())
     assert info["datasetSha256"] == sha and info["hyperparameters"]["mergeAdapter"] is True
+    assert info["uri"] == env["FLYWHEEL_OUTPUT_URI"] and info["artifact"] == "model"
 
     # The merged model computes what the base model with the adapter computes.
     from peft import PeftModel
@@ -51,6 +53,31 @@ def test_a_full_run_learns_and_writes_the_model_and_one_result_line(tmp_path: Pa
         a, b, c = merged(ids).logits, adapted(ids).logits, base(ids).logits
     assert torch.allclose(a, b, atol=1e-4)
     assert not torch.allclose(a, c, atol=1e-3), "training changed the model"
+
+
+def test_a_pvc_output_is_written_to_the_output_dir_and_reported_as_the_pvc_uri(
+    tmp_path: Path, base_model: Path, snapshot: tuple[Path, str]
+) -> None:
+    """The operator's layout: the claim mounted at /var/run/flywheel/output-claim, the model
+    written to <mount>/<path>, and the result naming pvc://<claim>/<path>; without mergeAdapter
+    the artifact is the adapter."""
+    dataset, sha = snapshot
+    out = tmp_path / "output-claim" / "support-chat" / "x"
+    env = contract_env(
+        tmp_path, base_model, dataset, sha, {"maxSteps": "2", "batchSize": "2"},
+        FLYWHEEL_OUTPUT_URI="pvc://models/support-chat/x", FLYWHEEL_OUTPUT_DIR=str(out),
+    )
+    done = run_trainer(env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(Path(env["FLYWHEEL_TERMINATION_LOG"]).read_text())
+    assert result["uri"] == "pvc://models/support-chat/x"
+    assert result["artifact"] == "adapter"
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "flywheel-training.json"):
+        assert (out / name).is_file(), name
+    assert not (out / "config.json").exists() and not (out / "adapter").exists(), "an adapter only, no merged model"
+    info = json.loads((out / "flywheel-training.json").read_text())
+    assert info["uri"] == "pvc://models/support-chat/x" and info["artifact"] == "adapter"
+    assert "output pvc://models/support-chat/x (written to " + str(out) + ")" in done.stderr
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_75(tmp_path: Path, base_model: Path, snapshot: tuple[Path, str]) -> None:
