@@ -1263,12 +1263,27 @@ async fn snapshots_of_older_collectors_move_into_the_store_or_are_rebuilt() {
 
         // A snapshot recorded without its files (an older replica built it and kept the files):
         // its files answer 404 naming the problem, and building it again stores them.
-        post_large_feedback(&r, 2).await;
+        post_large_feedback(&r, 16).await;
         let request = json!({"namespace": "ns", "deployment": "md", "recipe": {"heldOutFraction": 0.0}});
         let (status, manifest) = r.post("/v1/datasets", request.clone()).await;
         assert_eq!(status, 201, "{b:?} {manifest}");
         let id = manifest["id"].as_str().unwrap_or_default().to_string();
         let built = download_checked(&r, &manifest).await;
+        // A chunk lost from the store: the body ends before its Content-Length, so no client
+        // takes a short file for a whole one.
+        let removed = r
+            .sql(&format!("DELETE FROM dataset_chunks WHERE dataset_id = '{id}' AND name = 'sft.jsonl' AND part = 1"))
+            .await;
+        assert_eq!(removed, 1, "{b:?}: sft.jsonl spans two chunks");
+        let response = r
+            .http
+            .get(format!("{}/v1/datasets/{id}/files/sft.jsonl", r.base))
+            .bearer_auth(READ)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(response.status().as_u16(), 200);
+        assert!(response.bytes().await.is_err(), "{b:?}: a body cut short is an error");
         assert_eq!(r.sql(&format!("DELETE FROM dataset_files WHERE dataset_id = '{id}'")).await, 5);
         r.sql(&format!("DELETE FROM dataset_chunks WHERE dataset_id = '{id}'")).await;
         let (status, body) = r.get(&format!("/v1/datasets/{id}/files/sft.jsonl")).await;

@@ -1449,3 +1449,28 @@ impl Postgres {
         row.try_get(0).map_err(pg("size"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_query_text_serves_both_stores() {
+        assert_eq!(
+            sqlite_sql("SELECT a FROM t WHERE x = $1 AND y = $12 AND z = '$'"),
+            "SELECT a FROM t WHERE x = ?1 AND y = ?12 AND z = '$'"
+        );
+    }
+
+    #[test]
+    fn files_are_stored_in_chunks_with_their_digest() {
+        let file = DatasetFile { name: "sft.jsonl".into(), bytes: vec![b'x'; 2 * CHUNK_BYTES + 3] };
+        let (sha256, size, chunks) = file_rows(&file);
+        assert_eq!(sha256, hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&file.bytes)));
+        assert_eq!(size, (2 * CHUNK_BYTES + 3) as i64);
+        let parts: Vec<(i64, usize)> = chunks.map(|(k, c)| (k, c.len())).collect();
+        assert_eq!(parts, [(0, CHUNK_BYTES), (1, CHUNK_BYTES), (2, 3)]);
+        let empty = DatasetFile { name: "dpo.jsonl".into(), bytes: Vec::new() };
+        assert_eq!(file_rows(&empty).2.count(), 0, "an empty file has no chunk");
+    }
+}
