@@ -69,7 +69,11 @@ struct Running {
     base: String,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
+    /// The data directory.
+    data: PathBuf,
     database_url: Option<String>,
+    /// Whether `stop` drops the database (a replica leaves it to the first collector).
+    owns_database: bool,
 }
 
 impl Running {
@@ -78,28 +82,59 @@ impl Running {
     }
 
     async fn start_with(backend: &Backend, tune: impl FnOnce(&mut CollectorConfig)) -> Running {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let token_file = dir.path().join("tokens");
-        std::fs::write(&token_file, format!("{WRITE}\n{READ} read\n")).unwrap_or_else(|e| panic!("{e}"));
         let database_url = match backend {
             Backend::Sqlite => None,
             Backend::Postgres(admin) => Some(fresh_database(admin).await),
         };
+        Self::start_on(database_url, true, tune).await
+    }
+
+    /// Another replica on the same PostgreSQL database, with a data directory of its own.
+    async fn replica(&self) -> Running {
+        assert!(self.database_url.is_some(), "replicas share a PostgreSQL database");
+        Self::start_on(self.database_url.clone(), false, |_| {}).await
+    }
+
+    async fn start_on(
+        database_url: Option<String>,
+        owns_database: bool,
+        tune: impl FnOnce(&mut CollectorConfig),
+    ) -> Running {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let token_file = dir.path().join("tokens");
+        std::fs::write(&token_file, format!("{WRITE}\n{READ} read\n")).unwrap_or_else(|e| panic!("{e}"));
         let addr = "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}"));
-        let mut config = CollectorConfig::new(addr, dir.path().join("data"));
+        let data = dir.path().join("data");
+        let mut config = CollectorConfig::new(addr, data.clone());
         config.token_file = Some(token_file);
         config.database_url = database_url.clone();
         tune(&mut config);
         let collector = Collector::start(config).await.unwrap_or_else(|e| panic!("start: {e}"));
         let base = format!("http://{}", collector.addr());
-        Running { collector: Some(collector), base, http: reqwest::Client::new(), _dir: dir, database_url }
+        Running {
+            collector: Some(collector),
+            base,
+            http: reqwest::Client::new(),
+            _dir: dir,
+            data,
+            database_url,
+            owns_database,
+        }
     }
 
-    async fn stop(mut self) {
+    /// Stops the server and keeps the database.
+    async fn halt(&mut self) {
         if let Some(c) = self.collector.take() {
             c.shutdown().await;
         }
+    }
+
+    async fn stop(mut self) {
+        self.halt().await;
         // Each test's database goes with it.
+        if !self.owns_database {
+            return;
+        }
         if let (Some(url), Ok(admin)) = (&self.database_url, std::env::var("FLYWHEEL_TEST_DATABASE_URL"))
             && let Some(name) = url.rsplit(['/', '=']).next().and_then(|n| n.split('?').next())
             && let Ok((client, conn)) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await
@@ -122,6 +157,54 @@ impl Running {
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// A dataset file: status, `Content-Length` and `ETag` headers, and the bytes.
+    async fn file(&self, id: &str, name: &str) -> (u16, Option<u64>, Option<String>, Vec<u8>) {
+        let response = self
+            .http
+            .get(format!("{}/v1/datasets/{id}/files/{name}", self.base))
+            .bearer_auth(READ)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let status = response.status().as_u16();
+        let header = |h: reqwest::header::HeaderName| {
+            response.headers().get(h).and_then(|v| v.to_str().ok()).map(str::to_string)
+        };
+        let length = header(reqwest::header::CONTENT_LENGTH).and_then(|v| v.parse().ok());
+        let etag = header(reqwest::header::ETAG);
+        let bytes = response.bytes().await.unwrap_or_else(|e| panic!("reading {name}: {e}"));
+        (status, length, etag, bytes.to_vec())
+    }
+
+    /// Runs one statement on the collector's database (the PostgreSQL database, or the SQLite
+    /// file); a query answers its first column of its first row, any other statement the rows
+    /// it changed.
+    async fn sql(&self, statement: &str) -> i64 {
+        let query = statement.trim_start().to_ascii_uppercase().starts_with("SELECT");
+        match &self.database_url {
+            Some(url) => {
+                let (client, conn) =
+                    tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap_or_else(|e| panic!("{e}"));
+                tokio::spawn(conn);
+                if query {
+                    let row = client.query_one(statement, &[]).await.unwrap_or_else(|e| panic!("{statement}: {e}"));
+                    row.try_get(0).unwrap_or_else(|e| panic!("{statement}: {e}"))
+                } else {
+                    client.execute(statement, &[]).await.unwrap_or_else(|e| panic!("{statement}: {e}")) as i64
+                }
+            }
+            None => {
+                let db = rusqlite::Connection::open(self.data.join("collector.db")).unwrap_or_else(|e| panic!("{e}"));
+                db.busy_timeout(Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}"));
+                if query {
+                    db.query_row(statement, [], |r| r.get(0)).unwrap_or_else(|e| panic!("{statement}: {e}"))
+                } else {
+                    db.execute(statement, []).unwrap_or_else(|e| panic!("{statement}: {e}")) as i64
+                }
+            }
+        }
     }
 
     async fn stats(&self, deployment: &str) -> Value {
@@ -972,4 +1055,245 @@ async fn overload_answers_429_with_retry_after_and_loses_nothing_acknowledged() 
     let stats = r.stats("md").await;
     assert_eq!(version(&stats, "v1")["total"], created, "exactly the acknowledged events are stored");
     r.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dataset snapshots across replicas: the files live in the database, not on a data directory.
+
+/// PostgreSQL, or `None` with the reason printed (the test is then skipped, unless
+/// `FLYWHEEL_REQUIRE_POSTGRES` asks for PostgreSQL, which `backends` enforces).
+fn postgres_or_skip(test: &str) -> Option<Backend> {
+    let found = backends().into_iter().find(|b| matches!(b, Backend::Postgres(_)));
+    if found.is_none() {
+        eprintln!("SKIPPED: {test} needs PostgreSQL (set FLYWHEEL_TEST_DATABASE_URL)");
+    }
+    found
+}
+
+/// Interactions and corrections whose dataset files are larger than a stored chunk (1 MiB), so
+/// that serving them takes several chunks. Every prompt is different.
+async fn post_large_feedback(r: &Running, n: usize) {
+    let mut interactions = Vec::new();
+    let mut feedback = Vec::new();
+    for i in 0..n {
+        let prompt = format!("question {i}: {}", "what is the colour of the sky? ".repeat(1000));
+        interactions.push(json!({"id": format!("big{i}"), "namespace": "ns", "deployment": "md", "version": "v1",
+            "prompt": [{"role": "user", "content": prompt}], "answer": format!("answer {i}"), "subject": format!("user{}", i % 3)}));
+        feedback.push(json!({"id": format!("fix{i}"), "interactionId": format!("big{i}"), "kind": "correction",
+            "value": format!("correction {i}: {}", "blue, with some clouds. ".repeat(2000)), "subject": format!("user{}", i % 3)}));
+    }
+    let (status, body) = r.post("/v1/interactions", Value::Array(interactions)).await;
+    assert_eq!((status, body["created"].as_u64()), (207, Some(n as u64)), "{body}");
+    let (status, body) = r.post("/v1/feedback", Value::Array(feedback)).await;
+    assert_eq!((status, body["created"].as_u64()), (207, Some(n as u64)), "{body}");
+}
+
+/// Every file of a snapshot through `r`: the bytes, checked against `SHA256SUMS`, the
+/// snapshot's sha256, the manifest, `Content-Length` and `ETag`.
+async fn download_checked(r: &Running, manifest: &Value) -> BTreeMap<String, Vec<u8>> {
+    use sha2::Digest;
+    let id = manifest["id"].as_str().unwrap_or_default();
+    let mut out = BTreeMap::new();
+    let (status, _, _, sums) = r.file(id, "SHA256SUMS").await;
+    assert_eq!(status, 200, "SHA256SUMS of {id}");
+    assert_eq!(manifest["sha256"], hex::encode(sha2::Sha256::digest(&sums)), "the snapshot's sha256");
+    let sums_text = String::from_utf8(sums.clone()).unwrap_or_default();
+    assert_eq!(sums_text.lines().count(), 4, "{sums_text}");
+    for line in sums_text.lines() {
+        let (digest, name) = line.split_once("  ").unwrap_or_default();
+        let (status, length, etag, bytes) = r.file(id, name).await;
+        assert_eq!(status, 200, "{name}");
+        assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), digest, "{name}");
+        assert_eq!(length, Some(bytes.len() as u64), "{name}: Content-Length");
+        assert_eq!(etag, Some(format!("\"{digest}\"")), "{name}: ETag");
+        assert_eq!(manifest["files"][name]["bytes"], bytes.len(), "{name}");
+        assert_eq!(manifest["files"][name]["sha256"], digest, "{name}");
+        out.insert(name.to_string(), bytes);
+    }
+    out.insert("SHA256SUMS".to_string(), sums);
+    let (status, _, _, described) = r.file(id, "manifest.json").await;
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_slice::<Value>(&described).unwrap_or(Value::Null), *manifest, "manifest.json");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_built_on_one_replica_is_served_by_another() {
+    let Some(pg) = postgres_or_skip("a_snapshot_built_on_one_replica_is_served_by_another") else { return };
+    let mut one = Running::start(&pg).await;
+    let two = one.replica().await;
+    post_large_feedback(&one, 24).await;
+    let (status, manifest) = one.post("/v1/datasets", json!({"namespace": "ns", "deployment": "md"})).await;
+    assert_eq!(status, 201, "{manifest}");
+    check_schema("/v1/datasets", "post", 201, &manifest);
+    let id = manifest["id"].as_str().unwrap_or_default().to_string();
+    assert!(
+        manifest["files"]["sft.jsonl"]["bytes"].as_u64().unwrap_or(0) > 1024 * 1024,
+        "sft.jsonl spans several stored chunks: {manifest}"
+    );
+
+    // The other replica describes it and serves every file, byte for byte.
+    let (status, described) = two.get(&format!("/v1/datasets/{id}")).await;
+    assert_eq!(status, 200, "{described}");
+    check_schema("/v1/datasets/{id}", "get", 200, &described);
+    assert_eq!(described, manifest);
+    let from_two = download_checked(&two, &manifest).await;
+    let from_one = download_checked(&one, &manifest).await;
+    assert_eq!(from_one, from_two);
+    // Neither replica keeps a copy on its data directory.
+    assert!(!one.data.join("datasets").exists() && !two.data.join("datasets").exists());
+
+    // With the replica that built it gone, the other still serves it.
+    one.halt().await;
+    assert_eq!(download_checked(&two, &manifest).await, from_two);
+    two.stop().await;
+    one.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_snapshot_built_at_once_on_two_replicas_is_one_snapshot() {
+    for b in backends() {
+        let one = Running::start(&b).await;
+        // SQLite is one replica: the concurrent requests go to it; PostgreSQL: to two replicas.
+        let two = match b {
+            Backend::Postgres(_) => Some(one.replica().await),
+            Backend::Sqlite => None,
+        };
+        post_large_feedback(&one, 8).await;
+        let request = json!({"namespace": "ns", "deployment": "md", "recipe": {"heldOutFraction": 0.0}});
+        let replicas = [&one, two.as_ref().unwrap_or(&one)];
+        let answers =
+            futures::future::join_all((0..6).map(|k| replicas[k % 2].post("/v1/datasets", request.clone()))).await;
+        let seen: Vec<(u16, &Value)> = answers.iter().map(|(status, body)| (*status, &body["createdAt"])).collect();
+        let created = answers.iter().filter(|(status, _)| *status == 201).count();
+        assert_eq!(created, 1, "{b:?}: one request builds it, the others get it (status, createdAt): {seen:?}");
+        for (status, body) in &answers {
+            assert!(*status == 200 || *status == 201, "{b:?}: {status} {body}");
+            check_schema("/v1/datasets", "post", *status, body);
+            assert_eq!(*body, answers[0].1, "{b:?}: every request answers the same description");
+        }
+        let manifest = &answers[0].1;
+        assert_eq!(one.sql("SELECT COUNT(*) FROM datasets").await, 1, "{b:?}");
+        assert_eq!(one.sql("SELECT COUNT(*) FROM dataset_files").await, 5, "{b:?}");
+        let files = download_checked(two.as_ref().unwrap_or(&one), manifest).await;
+        let chunks: usize = files.values().map(|f| f.len().div_ceil(1024 * 1024)).sum();
+        assert_eq!(one.sql("SELECT COUNT(*) FROM dataset_chunks").await, chunks as i64, "{b:?}: no chunk twice");
+        if let Some(two) = two {
+            two.stop().await;
+        }
+        one.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn snapshots_are_kept_through_erasure_and_retention() {
+    for b in backends() {
+        let r = Running::start(&b).await;
+        post_large_feedback(&r, 6).await;
+        let (status, manifest) = r.post("/v1/datasets", json!({"namespace": "ns", "deployment": "md"})).await;
+        assert_eq!(status, 201, "{b:?} {manifest}");
+        let before = download_checked(&r, &manifest).await;
+        // Erase a user whose rows are in the snapshot, then purge every event as retention would.
+        let (status, body) = r.send(r.http.delete(format!("{}/v1/subjects/user0", r.base)).bearer_auth(WRITE)).await;
+        assert_eq!((status, body["deleted"].as_i64()), (200, Some(4)), "{b:?} {body}");
+        let store = flywheel::collector::store::Store::open(&r.data, r.database_url.as_deref())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(store.purge(i64::MAX).await.unwrap_or_else(|e| panic!("{e}")), 8, "{b:?}");
+        // The snapshot is immutable: described and served as it was built.
+        let id = manifest["id"].as_str().unwrap_or_default();
+        let (status, described) = r.get(&format!("/v1/datasets/{id}")).await;
+        assert_eq!((status, &described), (200, &manifest), "{b:?}");
+        assert_eq!(download_checked(&r, &manifest).await, before, "{b:?}");
+        r.stop().await;
+    }
+}
+
+/// A snapshot folder as collectors before the database store wrote it.
+fn write_old_snapshot(root: &std::path::Path, id: &str, sft: &str) -> Value {
+    use sha2::Digest;
+    let dir = root.join(id);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let files = [("dpo.heldout.jsonl", ""), ("dpo.jsonl", ""), ("sft.heldout.jsonl", ""), ("sft.jsonl", sft)];
+    let mut sums = String::new();
+    let mut listed = serde_json::Map::new();
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).unwrap_or_else(|e| panic!("{e}"));
+        let digest = hex::encode(sha2::Sha256::digest(text.as_bytes()));
+        sums.push_str(&format!("{digest}  {name}\n"));
+        listed.insert(name.into(), json!({"sha256": digest, "rows": text.lines().count(), "bytes": text.len()}));
+    }
+    std::fs::write(dir.join("SHA256SUMS"), &sums).unwrap_or_else(|e| panic!("{e}"));
+    let manifest = json!({
+        "id": id, "namespace": "ns", "deployment": "md", "formats": ["SFT"],
+        "counts": {"sft": sft.lines().count(), "dpo": 0, "heldOut": 0},
+        "sha256": hex::encode(sha2::Sha256::digest(sums.as_bytes())), "files": listed,
+        "uri": format!("file://{}", dir.display()), "downloadPath": format!("/v1/datasets/{id}/files"),
+    });
+    std::fs::write(dir.join("manifest.json"), serde_json::to_vec_pretty(&manifest).unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    manifest
+}
+
+#[tokio::test]
+async fn snapshots_of_older_collectors_move_into_the_store_or_are_rebuilt() {
+    let row = r#"{"messages":[{"role":"user","content":"q"},{"role":"assistant","content":"a"}],"source":"correction","version":"v1"}"#;
+    for b in backends() {
+        // A data directory an older collector left: a whole snapshot, one whose file does not
+        // match its digest, and the temporary folder of an interrupted write.
+        let (good, bad) = ("ds-0123456789abcdef0123", "ds-fedcba9876543210fedc");
+        let mut old = Value::Null;
+        let r = Running::start_with(&b, |c| {
+            let root = c.data_dir.join("datasets");
+            old = write_old_snapshot(&root, good, &format!("{row}\n"));
+            write_old_snapshot(&root, bad, &format!("{row}\n"));
+            std::fs::write(root.join(bad).join("sft.jsonl"), "tampered\n").unwrap_or_else(|e| panic!("{e}"));
+            std::fs::create_dir_all(root.join(".ds-0123456789abcdef0123.tmp")).unwrap_or_else(|e| panic!("{e}"));
+        })
+        .await;
+        let root = r.data.join("datasets");
+        let (status, described) = r.get(&format!("/v1/datasets/{good}")).await;
+        assert_eq!((status, &described), (200, &old), "{b:?}");
+        let files = download_checked(&r, &old).await;
+        assert_eq!(files.get("sft.jsonl").map(Vec::as_slice), Some(format!("{row}\n").as_bytes()));
+        assert!(!root.join(good).exists(), "{b:?}: a moved snapshot's folder is removed");
+        assert!(!root.join(".ds-0123456789abcdef0123.tmp").exists(), "{b:?}");
+        assert!(root.join(bad).join("manifest.json").exists(), "{b:?}: a folder that does not check out stays");
+        assert_eq!(r.get(&format!("/v1/datasets/{bad}")).await.0, 404, "{b:?}");
+
+        // A snapshot recorded without its files (an older replica built it and kept the files):
+        // its files answer 404 naming the problem, and building it again stores them.
+        post_large_feedback(&r, 16).await;
+        let request = json!({"namespace": "ns", "deployment": "md", "recipe": {"heldOutFraction": 0.0}});
+        let (status, manifest) = r.post("/v1/datasets", request.clone()).await;
+        assert_eq!(status, 201, "{b:?} {manifest}");
+        let id = manifest["id"].as_str().unwrap_or_default().to_string();
+        let built = download_checked(&r, &manifest).await;
+        // A chunk lost from the store: the body ends before its Content-Length, so no client
+        // takes a short file for a whole one.
+        let removed = r
+            .sql(&format!("DELETE FROM dataset_chunks WHERE dataset_id = '{id}' AND name = 'sft.jsonl' AND part = 1"))
+            .await;
+        assert_eq!(removed, 1, "{b:?}: sft.jsonl spans two chunks");
+        let response = r
+            .http
+            .get(format!("{}/v1/datasets/{id}/files/sft.jsonl", r.base))
+            .bearer_auth(READ)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(response.status().as_u16(), 200);
+        assert!(response.bytes().await.is_err(), "{b:?}: a body cut short is an error");
+        assert_eq!(r.sql(&format!("DELETE FROM dataset_files WHERE dataset_id = '{id}'")).await, 5);
+        r.sql(&format!("DELETE FROM dataset_chunks WHERE dataset_id = '{id}'")).await;
+        let (status, body) = r.get(&format!("/v1/datasets/{id}/files/sft.jsonl")).await;
+        assert_eq!(status, 404, "{b:?} {body}");
+        check_schema("/v1/datasets/{id}/files/{name}", "get", 404, &body);
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("no stored files") && message.contains("build the snapshot again"), "{message}");
+        let (status, again) = r.post("/v1/datasets", request).await;
+        assert_eq!((status, &again), (200, &manifest), "{b:?}: the stored description, its files restored");
+        assert_eq!(download_checked(&r, &manifest).await, built, "{b:?}");
+        r.stop().await;
+    }
 }

@@ -1,9 +1,9 @@
 //! Dataset snapshots: SFT rows and DPO pairs built from a window of feedback, deduplicated,
-//! split with the newest rows held out, written as JSON Lines with their digests. The layout is
-//! the trainer contract's (`docs/trainer-contract.md`).
+//! split with the newest rows held out, encoded as JSON Lines with their digests. The layout is
+//! the trainer contract's (`docs/trainer-contract.md`); the files are stored in the database
+//! ([`Store::put_dataset`]), so every replica serves every snapshot.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -11,10 +11,16 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::event::{FeedbackValue, Message, Role};
-use super::store::JoinedFeedback;
+use super::store::{DatasetFile, JoinedFeedback, Store, StoreError};
 
 /// The files of a snapshot, in the order `SHA256SUMS` lists them.
 pub const FILES: [&str; 4] = ["dpo.heldout.jsonl", "dpo.jsonl", "sft.heldout.jsonl", "sft.jsonl"];
+
+/// The file listing each file's digest; its own sha256 is the snapshot's.
+pub const SUMS: &str = "SHA256SUMS";
+
+/// The snapshot's description (the stored manifest).
+pub const MANIFEST: &str = "manifest.json";
 
 /// How a snapshot is built (the FeedbackPolicy's `dataset` recipe).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -304,38 +310,148 @@ pub fn snapshot_id(namespace: &str, deployment: &str, sha256: &str) -> String {
     format!("ds-{}", &digest[..20])
 }
 
-/// Writes a snapshot into `root/<id>` (atomically: a temporary folder renamed into place) and
-/// returns its folder. An existing snapshot of the same id is kept as it is.
-pub fn write(root: &Path, id: &str, encoded: &Encoded, manifest: &Value) -> std::io::Result<PathBuf> {
-    let dir = root.join(id);
-    if dir.join("manifest.json").exists() {
-        return Ok(dir);
-    }
-    std::fs::create_dir_all(root)?;
-    let tmp = root.join(format!(".{id}.{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&tmp)?;
-    let write_file = |name: &str, bytes: &[u8]| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(tmp.join(name))?;
-        f.write_all(bytes)?;
-        f.sync_all()
+/// The files a snapshot stores: the four JSON Lines files and `SHA256SUMS` (`manifest.json` is
+/// the stored description).
+pub fn stored_files(encoded: Encoded) -> Vec<DatasetFile> {
+    let mut out: Vec<DatasetFile> =
+        encoded.files.into_iter().map(|(name, bytes)| DatasetFile { name: name.to_string(), bytes }).collect();
+    out.push(DatasetFile { name: SUMS.to_string(), bytes: encoded.sums.into_bytes() });
+    out
+}
+
+/// A snapshot folder an older collector wrote into `<data-dir>/datasets/` that cannot be moved
+/// into the store.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// A file cannot be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The folder does not hold a whole snapshot whose digests match.
+    #[error("{path}: {reason}")]
+    Invalid {
+        /// The folder or file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The store refused it.
+    #[error("storing it: {0}")]
+    Store(#[from] StoreError),
+    /// The blocking read panicked.
+    #[error("reading it: {0}")]
+    Task(String),
+}
+
+/// A snapshot read back from a folder: its manifest, namespace, deployment and files.
+pub struct FolderSnapshot {
+    /// The snapshot id (the folder's name).
+    pub id: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its deployment.
+    pub deployment: String,
+    /// Its manifest.
+    pub manifest: Value,
+    /// `SHA256SUMS` and the four JSON Lines files.
+    pub files: Vec<DatasetFile>,
+}
+
+/// Reads a snapshot folder (`manifest.json`, `SHA256SUMS` and the four JSON Lines files),
+/// checking that `SHA256SUMS` is the manifest's sha256 and lists every file with its digest.
+pub fn read_folder(dir: &Path) -> Result<FolderSnapshot, ImportError> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read(&path).map_err(|source| ImportError::Io { path, source })
     };
-    for (name, bytes) in &encoded.files {
-        write_file(name, bytes)?;
+    let invalid = |reason: String| ImportError::Invalid { path: dir.to_path_buf(), reason };
+    let id = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+    let manifest: Value = serde_json::from_slice(&read(MANIFEST)?)
+        .map_err(|e| ImportError::Invalid { path: dir.join(MANIFEST), reason: e.to_string() })?;
+    let text = |k: &str| manifest.get(k).and_then(Value::as_str).map(str::to_string);
+    if text("id").as_deref() != Some(id.as_str()) {
+        return Err(invalid(format!("{MANIFEST} names another snapshot than {id}")));
     }
-    write_file("SHA256SUMS", encoded.sums.as_bytes())?;
-    write_file("manifest.json", &serde_json::to_vec_pretty(manifest).unwrap_or_default())?;
-    match std::fs::rename(&tmp, &dir) {
-        Ok(()) => {}
-        // Another request built the same snapshot first.
-        Err(_) if dir.join("manifest.json").exists() => {
-            let _cleanup = std::fs::remove_dir_all(&tmp);
+    let (Some(namespace), Some(deployment)) = (text("namespace"), text("deployment")) else {
+        return Err(invalid(format!("{MANIFEST} has no namespace or deployment")));
+    };
+    let sums = read(SUMS)?;
+    if text("sha256").as_deref() != Some(hex::encode(Sha256::digest(&sums)).as_str()) {
+        return Err(invalid(format!("{SUMS} does not match the manifest's sha256")));
+    }
+    let listed: BTreeMap<&str, &str> = std::str::from_utf8(&sums)
+        .map_err(|e| invalid(format!("{SUMS}: {e}")))?
+        .lines()
+        .filter_map(|l| l.split_once("  ").map(|(digest, name)| (name, digest)))
+        .collect();
+    let mut files = Vec::with_capacity(FILES.len() + 1);
+    for name in FILES {
+        let bytes = read(name)?;
+        if listed.get(name).copied() != Some(hex::encode(Sha256::digest(&bytes)).as_str()) {
+            return Err(invalid(format!("{name} does not match its digest in {SUMS}")));
         }
-        Err(e) => return Err(e),
+        files.push(DatasetFile { name: name.to_string(), bytes });
     }
-    if let Ok(d) = std::fs::File::open(root) {
-        let _synced = d.sync_all();
+    files.push(DatasetFile { name: SUMS.to_string(), bytes: sums });
+    Ok(FolderSnapshot { id, namespace, deployment, manifest, files })
+}
+
+/// Moves the snapshots an older collector kept in `root` (`<data-dir>/datasets/`) into the
+/// store, so that every replica serves them, and removes each folder once it is stored; a
+/// folder that cannot be read or does not match its digests is left where it is, with a
+/// warning. Returns how many were moved.
+pub async fn import_folders(store: &Store, root: &Path) -> usize {
+    let listing = match std::fs::read_dir(root) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return 0,
+        Err(e) => {
+            tracing::warn!(error = %e, path = %root.display(), "listing old dataset snapshots failed");
+            return 0;
+        }
+    };
+    let mut moved = 0;
+    for entry in listing.flatten() {
+        let dir = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            // A folder an interrupted write left behind.
+            let _removed = std::fs::remove_dir_all(&dir);
+            continue;
+        }
+        if !name.starts_with("ds-") || !dir.is_dir() {
+            continue;
+        }
+        match import_folder(store, dir.clone()).await {
+            Ok(()) => {
+                moved += 1;
+                tracing::info!(dataset = %name, "dataset snapshot moved from the data directory into the store");
+                if let Err(e) = std::fs::remove_dir_all(&dir)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(error = %e, path = %dir.display(), "removing a moved snapshot's folder failed");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, dataset = %name, "an old dataset snapshot was not moved into the store")
+            }
+        }
     }
-    Ok(dir)
+    let _removed_if_empty = std::fs::remove_dir(root);
+    moved
+}
+
+async fn import_folder(store: &Store, dir: PathBuf) -> Result<(), ImportError> {
+    let snapshot = tokio::task::spawn_blocking(move || read_folder(&dir))
+        .await
+        .map_err(|e| ImportError::Task(e.to_string()))??;
+    let FolderSnapshot { id, namespace, deployment, manifest, files } = snapshot;
+    store.put_dataset(&id, &namespace, &deployment, &manifest, files).await?;
+    Ok(())
 }
 
 /// Row counts as the manifest and the RetrainJob carry them.

@@ -30,6 +30,7 @@ use axum::extract::{Path as UrlPath, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
+use futures::TryStreamExt;
 use k8s_openapi::jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -50,7 +51,8 @@ pub const MAX_BATCH_ITEMS: usize = 1000;
 pub struct CollectorConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// Data directory: the SQLite store, dataset snapshots, a generated token.
+    /// Data directory: the SQLite store and a generated token (dataset snapshots are stored in
+    /// the database, SQLite or PostgreSQL).
     pub data_dir: PathBuf,
     /// Token file (one token per line, optionally followed by `read` or `write`); when unset a
     /// token is generated into `<data-dir>/token`.
@@ -135,6 +137,7 @@ impl Collector {
             .map_err(|source| StoreError::Io { path: config.data_dir.clone(), source })?;
         let (tokens, token_path) = Tokens::load_or_generate(config.token_file.as_deref(), &config.data_dir)?;
         let store = Store::open(&config.data_dir, config.database_url.as_deref()).await?;
+        dataset::import_folders(&store, &config.data_dir.join("datasets")).await;
         let metrics = Arc::new(Metrics::default());
         let (writer, writer_task) = Writer::start(store.clone(), metrics.clone(), config.queue, config.max_batch);
         let listener = TcpListener::bind(config.listen)
@@ -714,16 +717,12 @@ async fn post_dataset(State(state): State<AppState>, request: Request) -> Respon
         return (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(body)).into_response();
     }
     let id = dataset::snapshot_id(&req.namespace, &req.deployment, &encoded.sha256);
-    let existing = match state.store.get_dataset(&id).await {
-        Ok(m) => m,
+    // The same rows were snapshotted before: that snapshot, unless its files are missing (one
+    // an older collector kept on a data directory it no longer has), which this build restores.
+    match existing_snapshot(&state, &id).await {
+        Ok(Some(manifest)) => return (StatusCode::OK, axum::Json(manifest)).into_response(),
+        Ok(None) => {}
         Err(e) => return store_problem(&e),
-    };
-    let root = state.config.data_dir.join("datasets");
-    let dir = root.join(&id);
-    if let Some(manifest) = existing
-        && dir.join("manifest.json").exists()
-    {
-        return (StatusCode::OK, axum::Json(manifest)).into_response();
     }
     let mut files = serde_json::Map::new();
     for (name, bytes) in &encoded.files {
@@ -745,33 +744,34 @@ async fn post_dataset(State(state): State<AppState>, request: Request) -> Respon
         "counts": counts,
         "sha256": encoded.sha256,
         "files": files,
-        "uri": format!("file://{}", dir.display()),
         "downloadPath": format!("/v1/datasets/{id}/files"),
     });
-    let write_root = root.clone();
-    let write_id = id.clone();
-    let write_manifest = manifest.clone();
-    let written =
-        tokio::task::spawn_blocking(move || dataset::write(&write_root, &write_id, &encoded, &write_manifest)).await;
-    match written {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, dataset = %id, "writing the dataset failed");
-            return problem(
-                StatusCode::INSUFFICIENT_STORAGE,
-                "WriteFailed",
-                &format!("writing the snapshot: {e}"),
-                None,
-            );
+    let stored = dataset::stored_files(encoded);
+    match state.store.put_dataset(&id, &req.namespace, &req.deployment, &manifest, stored).await {
+        Ok(true) => {}
+        // Another request (on this replica or another) stored the same snapshot first: both
+        // answer with the stored description.
+        Ok(false) => {
+            return match state.store.get_dataset(&id).await {
+                Ok(Some(stored)) => (StatusCode::OK, axum::Json(stored)).into_response(),
+                Ok(None) => store_problem(&StoreError::Corrupt {
+                    id,
+                    reason: "the snapshot was stored but cannot be read back".into(),
+                }),
+                Err(e) => store_problem(&e),
+            };
         }
-        Err(_) => return problem(StatusCode::INTERNAL_SERVER_ERROR, "Internal", "writing the dataset failed", None),
-    }
-    if let Err(e) = state.store.put_dataset(&id, &req.namespace, &req.deployment, &manifest).await {
-        return store_problem(&e);
+        Err(e) => return store_problem(&e),
     }
     state.metrics.datasets.inc();
     tracing::info!(dataset = %id, namespace = %req.namespace, deployment = %req.deployment, sha256 = %manifest["sha256"], "dataset snapshot built");
     (StatusCode::CREATED, axum::Json(manifest)).into_response()
+}
+
+/// A stored snapshot with its files, or `None` when it is not stored or its files are not.
+async fn existing_snapshot(state: &AppState, id: &str) -> Result<Option<Value>, StoreError> {
+    let Some(manifest) = state.store.get_dataset(id).await? else { return Ok(None) };
+    Ok(state.store.dataset_file(id, dataset::SUMS).await?.map(|_| manifest))
 }
 
 fn valid_dataset_id(id: &str) -> bool {
@@ -800,38 +800,81 @@ async fn get_dataset_file(
     if let Err(r) = authorize(&state, &headers, Scope::Read) {
         return r;
     }
-    let known = dataset::FILES.contains(&name.as_str()) || name == "SHA256SUMS" || name == "manifest.json";
+    let known = dataset::FILES.contains(&name.as_str()) || name == dataset::SUMS || name == dataset::MANIFEST;
     if !valid_dataset_id(&id) || !known {
         return problem(StatusCode::NOT_FOUND, "NotFound", &format!("no file {name:?} in dataset {id:?}"), None);
     }
-    let path = state.config.data_dir.join("datasets").join(&id).join(&name);
-    match tokio::fs::File::open(&path).await {
-        Ok(file) => {
-            let len = file.metadata().await.map(|m| m.len()).ok();
-            let stream = tokio_util::io::ReaderStream::new(file);
-            let kind = if name.ends_with(".jsonl") {
-                "application/x-ndjson"
-            } else if name.ends_with(".json") {
-                "application/json"
-            } else {
-                "text/plain; charset=utf-8"
-            };
-            let mut builder = Response::builder().header(header::CONTENT_TYPE, kind);
-            if let Some(len) = len {
-                builder = builder.header(header::CONTENT_LENGTH, len);
+    if name == dataset::MANIFEST {
+        // The description, as `GET /v1/datasets/{id}` gives it.
+        return match state.store.get_dataset(&id).await {
+            Ok(Some(m)) => {
+                let mut body = serde_json::to_vec_pretty(&m).unwrap_or_default();
+                body.push(b'\n');
+                ([(header::CONTENT_TYPE, "application/json")], body).into_response()
             }
-            builder
-                .body(Body::from_stream(stream))
-                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => problem(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            &format!("dataset {id} is not on this replica's data directory"),
-            None,
-        ),
-        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, "ReadFailed", &e.to_string(), None),
+            Ok(None) => problem(StatusCode::NOT_FOUND, "NotFound", &format!("no dataset {id:?}"), None),
+            Err(e) => store_problem(&e),
+        };
     }
+    let file = match state.store.dataset_file(&id, &name).await {
+        Ok(Some(f)) => f,
+        Ok(None) => {
+            return match state.store.get_dataset(&id).await {
+                Ok(Some(_)) => problem(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!(
+                        "dataset {id} has no stored files: an older collector kept them on a data directory this \
+                         replica does not have; build the snapshot again (POST /v1/datasets with the same window \
+                         and recipe) to store them"
+                    ),
+                    None,
+                ),
+                Ok(None) => problem(StatusCode::NOT_FOUND, "NotFound", &format!("no dataset {id:?}"), None),
+                Err(e) => store_problem(&e),
+            };
+        }
+        Err(e) => return store_problem(&e),
+    };
+    let kind = if name.ends_with(".jsonl") { "application/x-ndjson" } else { "text/plain; charset=utf-8" };
+    let etag = format!("\"{}\"", file.sha256);
+    let body = Body::from_stream(file_stream(state.store.clone(), id, name, file.size));
+    Response::builder()
+        .header(header::CONTENT_TYPE, kind)
+        .header(header::CONTENT_LENGTH, file.size)
+        .header(header::ETAG, etag)
+        .body(body)
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// A stored file's bytes, one chunk at a time; an error (the store failed, or a chunk is
+/// missing) ends the response early, so the client sees a body shorter than its length.
+fn file_stream(
+    store: Store,
+    id: String,
+    name: String,
+    size: i64,
+) -> impl futures::Stream<Item = Result<bytes::Bytes, StoreError>> + Send {
+    futures::stream::try_unfold((0i64, 0i64), move |(part, sent)| {
+        let (store, id, name) = (store.clone(), id.clone(), name.clone());
+        async move {
+            if sent >= size {
+                return Ok(None);
+            }
+            let chunk = match store.dataset_chunk(&id, &name, part).await? {
+                Some(c) if !c.is_empty() && sent + c.len() as i64 <= size => c,
+                _ => {
+                    return Err(StoreError::Corrupt {
+                        id,
+                        reason: format!("{name}: chunk {part} is missing or does not fit a file of {size} bytes"),
+                    });
+                }
+            };
+            let sent = sent + chunk.len() as i64;
+            Ok(Some((bytes::Bytes::from(chunk), (part + 1, sent))))
+        }
+    })
+    .inspect_err(|e: &StoreError| tracing::error!(error = %e, "serving a dataset file failed"))
 }
 
 async fn delete_subject(State(state): State<AppState>, headers: HeaderMap, UrlPath(key): UrlPath<String>) -> Response {

@@ -119,6 +119,34 @@ pub struct StoredFeedback {
     pub feedback: Feedback,
 }
 
+/// Files are stored in chunks of this many bytes (the last one shorter).
+pub const CHUNK_BYTES: usize = 1024 * 1024;
+
+/// A file of a dataset snapshot, to store.
+#[derive(Debug, Clone)]
+pub struct DatasetFile {
+    /// The file name (`sft.jsonl`, `SHA256SUMS`, ...).
+    pub name: String,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// What the store knows of a snapshot's file without reading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFile {
+    /// sha256 of the bytes, hex.
+    pub sha256: String,
+    /// Length in bytes.
+    pub size: i64,
+}
+
+/// The rows a file becomes: its digest and length, and its chunks numbered from 0.
+fn file_rows(file: &DatasetFile) -> (String, i64, impl Iterator<Item = (i64, &[u8])>) {
+    let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&file.bytes));
+    let chunks = file.bytes.chunks(CHUNK_BYTES).enumerate().map(|(k, c)| (k as i64, c));
+    (sha256, file.bytes.len() as i64, chunks)
+}
+
 /// Which database.
 #[derive(Clone)]
 pub enum Store {
@@ -248,21 +276,26 @@ impl Store {
         }
     }
 
-    /// Records a dataset snapshot's manifest (idempotent by id).
+    /// Records a dataset snapshot, its manifest and its files, in one transaction: a snapshot
+    /// is visible with all its files or not at all. Idempotent by id: when the id is stored
+    /// already (another request or replica built the same rows), nothing is written and the
+    /// answer is `false`; the stored manifest stays. A stored snapshot without files (one an
+    /// older collector kept on a data directory) gets these files.
     pub async fn put_dataset(
         &self,
         id: &str,
         namespace: &str,
         deployment: &str,
         manifest: &Value,
-    ) -> Result<(), StoreError> {
+        files: Vec<DatasetFile>,
+    ) -> Result<bool, StoreError> {
         let body = manifest.to_string();
         match self {
             Store::Sqlite(s) => {
                 let (s, id, ns, d) = (s.clone(), id.to_string(), namespace.to_string(), deployment.to_string());
-                blocking(move || s.put_dataset(&id, &ns, &d, &body)).await
+                blocking(move || s.put_dataset(&id, &ns, &d, &body, &files)).await
             }
-            Store::Postgres(p) => p.put_dataset(id, namespace, deployment, &body).await,
+            Store::Postgres(p) => p.put_dataset(id, namespace, deployment, &body, &files).await,
         }
     }
 
@@ -279,6 +312,30 @@ impl Store {
             serde_json::from_str(&t).map_err(|e| StoreError::Corrupt { id: id.to_string(), reason: e.to_string() })
         })
         .transpose()
+    }
+
+    /// The digest and length of one file of a snapshot; `None` when it is not stored.
+    pub async fn dataset_file(&self, id: &str, name: &str) -> Result<Option<StoredFile>, StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                let (s, id, name) = (s.clone(), id.to_string(), name.to_string());
+                blocking(move || s.dataset_file(&id, &name)).await
+            }
+            Store::Postgres(p) => p.dataset_file(id, name).await,
+        }
+    }
+
+    /// Chunk `part` (from 0) of a snapshot's file: at most [`CHUNK_BYTES`]; `None` past the end.
+    /// A download reads one chunk at a time, so it holds one chunk in memory and no database
+    /// connection between chunks.
+    pub async fn dataset_chunk(&self, id: &str, name: &str, part: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                let (s, id, name) = (s.clone(), id.to_string(), name.to_string());
+                blocking(move || s.dataset_chunk(&id, &name, part)).await
+            }
+            Store::Postgres(p) => p.dataset_chunk(id, name, part).await,
+        }
     }
 
     /// Whether the store answers.
@@ -438,7 +495,56 @@ CREATE TABLE IF NOT EXISTS datasets (
     deployment TEXT NOT NULL,
     manifest TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS dataset_files (
+    dataset_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    PRIMARY KEY (dataset_id, name)
+);
+CREATE TABLE IF NOT EXISTS dataset_chunks (
+    dataset_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    part BIGINT NOT NULL,
+    bytes {BLOB} NOT NULL,
+    PRIMARY KEY (dataset_id, name, part)
+);
 ";
+
+// Dataset snapshots: each query is written once, with PostgreSQL's `$n` placeholders, and run on
+// SQLite through `sqlite_sql` (which makes them `?n`).
+
+/// Records a snapshot; does nothing when its id is stored already.
+const INSERT_DATASET: &str = "INSERT INTO datasets (id, namespace, deployment, manifest) VALUES ($1, $2, $3, $4)
+     ON CONFLICT (id) DO NOTHING";
+/// A snapshot's manifest.
+const SELECT_DATASET: &str = "SELECT manifest FROM datasets WHERE id = $1";
+/// How many files of a snapshot are stored.
+const COUNT_DATASET_FILES: &str = "SELECT COUNT(*) FROM dataset_files WHERE dataset_id = $1";
+/// One file of a snapshot: its digest and length.
+const INSERT_DATASET_FILE: &str = "INSERT INTO dataset_files (dataset_id, name, sha256, size) VALUES ($1, $2, $3, $4)
+     ON CONFLICT (dataset_id, name) DO NOTHING";
+/// One chunk of a file's bytes.
+const INSERT_DATASET_CHUNK: &str = "INSERT INTO dataset_chunks (dataset_id, name, part, bytes) VALUES ($1, $2, $3, $4)
+     ON CONFLICT (dataset_id, name, part) DO NOTHING";
+/// A file's digest and length.
+const SELECT_DATASET_FILE: &str = "SELECT sha256, size FROM dataset_files WHERE dataset_id = $1 AND name = $2";
+/// One chunk of a file.
+const SELECT_DATASET_CHUNK: &str = "SELECT bytes FROM dataset_chunks WHERE dataset_id = $1 AND name = $2 AND part = $3";
+
+/// A query written for PostgreSQL (`$1`), as SQLite numbers its parameters (`?1`).
+fn sqlite_sql(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
 
 /// The embedded store.
 pub struct Sqlite {
@@ -763,21 +869,63 @@ impl Sqlite {
         Ok((a + b) as u64)
     }
 
-    fn put_dataset(&self, id: &str, namespace: &str, deployment: &str, manifest: &str) -> Result<(), StoreError> {
-        let conn = self.writer.lock().map_err(|_| StoreError::Task("writer poisoned".into()))?;
-        conn.execute(
-            "INSERT INTO datasets (id, namespace, deployment, manifest) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (id) DO NOTHING",
-            rusqlite::params![id, namespace, deployment, manifest],
-        )
-        .map_err(sq("insert dataset"))?;
-        Ok(())
+    fn put_dataset(
+        &self,
+        id: &str,
+        namespace: &str,
+        deployment: &str,
+        manifest: &str,
+        files: &[DatasetFile],
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.writer.lock().map_err(|_| StoreError::Task("writer poisoned".into()))?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(sq("begin"))?;
+        let created = tx
+            .execute(&sqlite_sql(INSERT_DATASET), rusqlite::params![id, namespace, deployment, manifest])
+            .map_err(sq("insert dataset"))?
+            > 0;
+        let stored: i64 =
+            tx.query_row(&sqlite_sql(COUNT_DATASET_FILES), [id], |r| r.get(0)).map_err(sq("count dataset files"))?;
+        if stored == 0 {
+            let mut file_insert = tx.prepare(&sqlite_sql(INSERT_DATASET_FILE)).map_err(sq("prepare dataset file"))?;
+            let mut chunk_insert =
+                tx.prepare(&sqlite_sql(INSERT_DATASET_CHUNK)).map_err(sq("prepare dataset chunk"))?;
+            for file in files {
+                let (sha256, size, chunks) = file_rows(file);
+                file_insert
+                    .execute(rusqlite::params![id, file.name, sha256, size])
+                    .map_err(sq("insert dataset file"))?;
+                for (part, bytes) in chunks {
+                    chunk_insert
+                        .execute(rusqlite::params![id, file.name, part, bytes])
+                        .map_err(sq("insert dataset chunk"))?;
+                }
+            }
+        }
+        tx.commit().map_err(sq("commit"))?;
+        Ok(created)
     }
 
     fn get_dataset(&self, id: &str) -> Result<Option<String>, StoreError> {
         self.read(|conn| {
-            conn.query_row("SELECT manifest FROM datasets WHERE id = ?1", [id], |r| r.get(0))
+            conn.query_row(&sqlite_sql(SELECT_DATASET), [id], |r| r.get(0)).optional().map_err(sq("read dataset"))
+        })
+    }
+
+    fn dataset_file(&self, id: &str, name: &str) -> Result<Option<StoredFile>, StoreError> {
+        self.read(|conn| {
+            conn.query_row(&sqlite_sql(SELECT_DATASET_FILE), [id, name], |r| {
+                Ok(StoredFile { sha256: r.get(0)?, size: r.get(1)? })
+            })
+            .optional()
+            .map_err(sq("read dataset file"))
+        })
+    }
+
+    fn dataset_chunk(&self, id: &str, name: &str, part: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read(|conn| {
+            conn.query_row(&sqlite_sql(SELECT_DATASET_CHUNK), rusqlite::params![id, name, part], |r| r.get(0))
                 .optional()
-                .map_err(sq("read dataset"))
+                .map_err(sq("read dataset chunk"))
         })
     }
 
@@ -1219,22 +1367,67 @@ impl Postgres {
         Ok(a + b)
     }
 
-    async fn put_dataset(&self, id: &str, namespace: &str, deployment: &str, manifest: &str) -> Result<(), StoreError> {
-        let c = self.reader().await?;
-        c.execute(
-            "INSERT INTO datasets (id, namespace, deployment, manifest) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
-            &[&id, &namespace, &deployment, &manifest],
-        )
-        .await
-        .map_err(pg("insert dataset"))?;
-        Ok(())
+    /// On a connection of its own, so that writing tens of megabytes neither waits for nor
+    /// delays the group commit.
+    async fn put_dataset(
+        &self,
+        id: &str,
+        namespace: &str,
+        deployment: &str,
+        manifest: &str,
+        files: &[DatasetFile],
+    ) -> Result<bool, StoreError> {
+        let mut client = pg_connect(&self.url).await?;
+        let tx = client.transaction().await.map_err(pg("begin"))?;
+        // A concurrent insert of the same id (another replica building the same rows) makes
+        // this one wait for its commit, then do nothing: one snapshot, written once.
+        let created = tx
+            .execute(INSERT_DATASET, &[&id, &namespace, &deployment, &manifest])
+            .await
+            .map_err(pg("insert dataset"))?
+            > 0;
+        let stored: i64 = tx
+            .query_one(COUNT_DATASET_FILES, &[&id])
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(pg("count dataset files"))?;
+        if stored == 0 {
+            let file_insert = tx.prepare(INSERT_DATASET_FILE).await.map_err(pg("prepare dataset file"))?;
+            let chunk_insert = tx.prepare(INSERT_DATASET_CHUNK).await.map_err(pg("prepare dataset chunk"))?;
+            for file in files {
+                let (sha256, size, chunks) = file_rows(file);
+                tx.execute(&file_insert, &[&id, &file.name, &sha256, &size])
+                    .await
+                    .map_err(pg("insert dataset file"))?;
+                for (part, bytes) in chunks {
+                    tx.execute(&chunk_insert, &[&id, &file.name, &part, &bytes])
+                        .await
+                        .map_err(pg("insert dataset chunk"))?;
+                }
+            }
+        }
+        tx.commit().await.map_err(pg("commit"))?;
+        Ok(created)
     }
 
     async fn get_dataset(&self, id: &str) -> Result<Option<String>, StoreError> {
         let c = self.reader().await?;
-        let row =
-            c.query_opt("SELECT manifest FROM datasets WHERE id = $1", &[&id]).await.map_err(pg("read dataset"))?;
+        let row = c.query_opt(SELECT_DATASET, &[&id]).await.map_err(pg("read dataset"))?;
         row.map(|r| r.try_get(0)).transpose().map_err(pg("dataset column"))
+    }
+
+    async fn dataset_file(&self, id: &str, name: &str) -> Result<Option<StoredFile>, StoreError> {
+        let c = self.reader().await?;
+        let row = c.query_opt(SELECT_DATASET_FILE, &[&id, &name]).await.map_err(pg("read dataset file"))?;
+        row.map(|r| Ok(StoredFile { sha256: r.try_get(0)?, size: r.try_get(1)? }))
+            .transpose()
+            .map_err(pg("dataset file column"))
+    }
+
+    async fn dataset_chunk(&self, id: &str, name: &str, part: i64) -> Result<Option<Vec<u8>>, StoreError> {
+        let c = self.reader().await?;
+        let row = c.query_opt(SELECT_DATASET_CHUNK, &[&id, &name, &part]).await.map_err(pg("read dataset chunk"))?;
+        row.map(|r| r.try_get(0)).transpose().map_err(pg("dataset chunk column"))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -1247,11 +1440,37 @@ impl Postgres {
         let c = self.reader().await?;
         let row = c
             .query_one(
-                "SELECT (pg_total_relation_size('feedback') + pg_total_relation_size('interactions') + pg_total_relation_size('datasets'))::BIGINT",
+                "SELECT (pg_total_relation_size('feedback') + pg_total_relation_size('interactions') + pg_total_relation_size('datasets')
+                         + pg_total_relation_size('dataset_files') + pg_total_relation_size('dataset_chunks'))::BIGINT",
                 &[],
             )
             .await
             .map_err(pg("size"))?;
         row.try_get(0).map_err(pg("size"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_query_text_serves_both_stores() {
+        assert_eq!(
+            sqlite_sql("SELECT a FROM t WHERE x = $1 AND y = $12 AND z = '$'"),
+            "SELECT a FROM t WHERE x = ?1 AND y = ?12 AND z = '$'"
+        );
+    }
+
+    #[test]
+    fn files_are_stored_in_chunks_with_their_digest() {
+        let file = DatasetFile { name: "sft.jsonl".into(), bytes: vec![b'x'; 2 * CHUNK_BYTES + 3] };
+        let (sha256, size, chunks) = file_rows(&file);
+        assert_eq!(sha256, hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&file.bytes)));
+        assert_eq!(size, (2 * CHUNK_BYTES + 3) as i64);
+        let parts: Vec<(i64, usize)> = chunks.map(|(k, c)| (k, c.len())).collect();
+        assert_eq!(parts, [(0, CHUNK_BYTES), (1, CHUNK_BYTES), (2, 3)]);
+        let empty = DatasetFile { name: "dpo.jsonl".into(), bytes: Vec::new() };
+        assert_eq!(file_rows(&empty).2.count(), 0, "an empty file has no chunk");
     }
 }
