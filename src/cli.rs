@@ -140,7 +140,8 @@ pub struct CollectorArgs {
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0:8090")]
     pub listen: SocketAddr,
-    /// Directory of the embedded store and dataset snapshots.
+    /// Directory of the embedded SQLite store (dataset snapshots included) and of a generated
+    /// token file.
     #[arg(long, default_value = "/var/lib/flywheel")]
     pub data_dir: PathBuf,
     /// File of bearer tokens, one per line, each optionally followed by `read` or `write`;

@@ -257,7 +257,10 @@ async fn the_reference_trainer_runs_in_the_jobs_environment_and_serving_mounts_i
     };
     let built = job::build(&rtj, 1, &settings).unwrap_or_else(|e| panic!("the Job builder: {e}"));
     let built = serde_json::to_value(&built).unwrap_or_else(|e| panic!("{e}"));
-    assert!(built["spec"]["template"]["spec"]["initContainers"].is_null(), "nothing to fetch: a claim and the collector");
+    assert!(
+        built["spec"]["template"]["spec"]["initContainers"].is_null(),
+        "nothing to fetch: a claim and the collector"
+    );
 
     // Run the trainer as the kubelet would run the Job's container.
     let secrets = BTreeMap::from([(
@@ -306,20 +309,26 @@ async fn the_reference_trainer_runs_in_the_jobs_environment_and_serving_mounts_i
     }))
     .unwrap_or_else(|e| panic!("{e}"));
     mds.create(&PostParams::default(), &md).await.unwrap_or_else(|e| panic!("{e}"));
-    let stable = eventually(Duration::from_secs(60), || {
-        let mds = mds.clone();
-        async move { mds.get("support-chat").await.ok().filter(|m| m.status.as_ref().is_some_and(|s| s.stable.is_some())) }
-    })
-    .await
-    .unwrap_or_else(|| panic!("no stable version"));
+    let stable =
+        eventually(Duration::from_secs(60), || {
+            let mds = mds.clone();
+            async move {
+                mds.get("support-chat").await.ok().filter(|m| m.status.as_ref().is_some_and(|s| s.stable.is_some()))
+            }
+        })
+        .await
+        .unwrap_or_else(|| panic!("no stable version"));
     let candidate = Candidate {
         version: trained.version.clone(),
         uri: trained.uri.clone(),
         handed_over_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now())),
         lineage: Some(operator::retrain_job::lineage(&rtj)),
     };
-    let patch = json!({"metadata": {"resourceVersion": stable.metadata.resource_version}, "status": {"candidate": candidate}});
-    mds.patch_status("support-chat", &PatchParams::default(), &Patch::Merge(patch)).await.unwrap_or_else(|e| panic!("{e}"));
+    let patch =
+        json!({"metadata": {"resourceVersion": stable.metadata.resource_version}, "status": {"candidate": candidate}});
+    mds.patch_status("support-chat", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), &ns.name);
     let canary = eventually(Duration::from_secs(60), || {
         let deployments = deployments.clone();
@@ -341,8 +350,12 @@ async fn the_reference_trainer_runs_in_the_jobs_environment_and_serving_mounts_i
         .unwrap_or_else(|| panic!("no FLYWHEEL_MODEL_DIR"))
         .to_string();
     // The inference pod's view: its volumes mapped the same way (the claim is the same directory).
-    let serving = Volumes::of(&json!({"spec": {"template": {"spec": {
-        "volumes": pod["volumes"], "containers": [runtime]}}}}), &files, &BTreeMap::new());
+    let serving = Volumes::of(
+        &json!({"spec": {"template": {"spec": {
+        "volumes": pod["volumes"], "containers": [runtime]}}}}),
+        &files,
+        &BTreeMap::new(),
+    );
     let served = serving.host(&model_dir).unwrap_or_else(|| panic!("{model_dir} is on no volume of the canary"));
     assert_eq!(served, written, "the canary reads the model where the trainer wrote it");
 
