@@ -141,6 +141,21 @@ impl Loop {
     }
 
     async fn stop(mut self) {
+        // The namespace goes first, while the operator still runs: it releases the result
+        // finalizer of trainer pods whose RetrainJob is gone (on a shared real cluster a pod
+        // left with it would keep the namespace Terminating).
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.cluster.client.clone());
+        let _deleting = namespaces.delete(&self.ns.name, &Default::default()).await;
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = self.api();
+        let _released = eventually(Duration::from_secs(15), || {
+            let pods = pods.clone();
+            async move {
+                let left =
+                    pods.list(&ListParams::default().labels("app.kubernetes.io/component=trainer")).await.ok()?;
+                left.items.is_empty().then_some(())
+            }
+        })
+        .await;
         if let Some(op) = self.op.take() {
             op.shutdown().await;
         }
@@ -616,6 +631,101 @@ async fn a_candidate_serving_cannot_load_is_rejected_and_stable_keeps_serving() 
     // No canary Deployment was ever made for it.
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = l.api();
     assert!(deployments.get_opt(&format!("{TARGET}-canary")).await.unwrap_or_else(|e| panic!("{e}")).is_none());
+    l.stop().await;
+}
+
+/// A finished Job removed before the operator saw its end (the TTL-after-finished controller
+/// deletes it with foreground propagation; a user may delete it in the background) is recorded
+/// from its pods, which the result finalizer keeps: never a "disruption", never a second run of
+/// the attempt. Once recorded, the pods are released and go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_removed_after_it_finished_is_recorded_not_run_again() {
+    use kube::api::{DeleteParams, PropagationPolicy};
+    let script: flywheel::sim::PodScript = Arc::new(move |pod: &Value| {
+        let uri = env_of(pod, "FLYWHEEL_OUTPUT_URI")?;
+        let version = env_of(pod, "FLYWHEEL_VERSION").unwrap_or_default();
+        Some(PodBehavior {
+            ready_after: Duration::from_millis(50),
+            finish: Some((
+                Duration::from_millis(500),
+                Outcome::Succeed,
+                format!(r#"{{"version":"{version}","uri":"{uri}"}}"#),
+            )),
+        })
+    });
+    let sim = SimConfig {
+        workloads: WorkloadConfig { script: Some(script), ..WorkloadConfig::default() },
+        ..SimConfig::default()
+    };
+    let mut l = Loop::start("loop-ttl", sim).await;
+    if l.cluster.sim_only("a scripted trainer").is_none() {
+        l.stop().await;
+        return;
+    }
+    let rtjs: Api<RetrainJob> = l.api();
+    let jobs: Api<Job> = l.api();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = l.api();
+    for (name, propagation) in [("ttl-fg", PropagationPolicy::Foreground), ("ttl-bg", PropagationPolicy::Background)] {
+        let mut rtj = manual(name, 2);
+        rtj.spec.trainer.ttl_seconds_after_finished = 0;
+        rtjs.create(&PostParams::default(), &rtj).await.unwrap_or_else(|e| panic!("{e}"));
+        let job = format!("{name}-1");
+        let started = eventually(Duration::from_secs(30), || {
+            let jobs = jobs.clone();
+            let job = job.clone();
+            async move { jobs.get_opt(&job).await.ok().flatten() }
+        })
+        .await
+        .unwrap_or_else(|| panic!("no Job {job}"));
+        // The floor: time to read the Job even without the finalizer.
+        assert_eq!(started.spec.as_ref().and_then(|s| s.ttl_seconds_after_finished), Some(60));
+        // The operator goes down; the Job finishes and is removed meanwhile.
+        if let Some(op) = l.op.take() {
+            op.shutdown().await;
+        }
+        let complete = eventually(Duration::from_secs(30), || {
+            let jobs = jobs.clone();
+            let job = job.clone();
+            async move {
+                let j = jobs.get(&job).await.ok()?;
+                let done = j.status?.conditions?.iter().any(|c| c.type_ == "Complete" && c.status == "True");
+                done.then_some(())
+            }
+        })
+        .await;
+        assert!(complete.is_some(), "{job} completed");
+        jobs.delete(&job, &DeleteParams { propagation_policy: Some(propagation.clone()), ..DeleteParams::default() })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let selector = format!("flywheel.dev/retrain-job={name}");
+        let held = pods.list(&ListParams::default().labels(&selector)).await.unwrap_or_else(|e| panic!("{e}")).items;
+        assert!(!held.is_empty(), "{name}: the result finalizer keeps the pod while the operator is down");
+        l.op = Some(l.start_operator().await);
+        let done = until(&rtjs, name, "recorded", 60, |r| {
+            r.status.as_ref().is_some_and(|s| matches!(s.phase, RetrainPhase::Succeeded | RetrainPhase::Failed))
+        })
+        .await
+        .status
+        .unwrap_or_default();
+        assert_eq!(done.phase, RetrainPhase::Succeeded, "{name}: {done:?}");
+        let outcomes: Vec<_> = done.attempts.iter().map(|a| (a.job_name.clone(), a.outcome)).collect();
+        assert_eq!(outcomes, vec![(job.clone(), Some(AttemptOutcome::Succeeded))], "{name}: recorded, not run again");
+        assert_eq!(done.result.map(|r| r.uri), Some(format!("pvc://models/{name}")));
+        // Released: the pods and the Job go.
+        let gone = eventually(Duration::from_secs(30), || {
+            let pods = pods.clone();
+            let jobs = jobs.clone();
+            let selector = selector.clone();
+            let job = job.clone();
+            async move {
+                let left = pods.list(&ListParams::default().labels(&selector)).await.ok()?.items;
+                (left.is_empty() && jobs.get_opt(&job).await.ok()?.is_none()).then_some(())
+            }
+        })
+        .await;
+        assert!(gone.is_some(), "{name}: the pods were released and removed");
+        assert!(jobs.get_opt(&format!("{name}-2")).await.unwrap_or_else(|e| panic!("{e}")).is_none(), "no second run");
+    }
     l.stop().await;
 }
 

@@ -182,7 +182,9 @@ pub struct TrainerTemplate {
     #[serde(default = "default_retries")]
     #[schemars(range(min = 0, max = 10))]
     pub retries: i32,
-    /// How long a finished Job is kept before it is garbage-collected, in seconds.
+    /// How long a finished Job is kept before it is garbage-collected, in seconds; at least
+    /// 60 is used, so the operator reads the attempt's result first (its pods also carry a
+    /// finalizer the operator removes once the result is recorded).
     #[serde(default = "default_ttl_seconds")]
     #[schemars(range(min = 0, max = 2592000))]
     pub ttl_seconds_after_finished: i32,

@@ -23,7 +23,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -618,13 +618,33 @@ fn scope_controllers(
 
     let rtjs = Controller::new(scope.api::<RetrainJob>(client), watcher::Config::default())
         .owns(scope.api::<Job>(client), managed)
+        .with_config(config.clone());
+
+    // Trainer pods keep their result (a finalizer) until their RetrainJob recorded it: woken by
+    // the pod and by its RetrainJob's changes.
+    let trainer_pods =
+        Controller::new(scope.api::<Pod>(client), watcher::Config::default().labels(retrain_job::pods::SELECTOR));
+    let pod_store = trainer_pods.store();
+    let by_rtj = pod_store.clone();
+    let trainer_pods = trainer_pods
+        .watches(scope.api::<RetrainJob>(client), watcher::Config::default(), move |rtj| {
+            let ns = rtj.namespace();
+            let name = rtj.name_any();
+            by_rtj
+                .state()
+                .into_iter()
+                .filter(|p| p.namespace() == ns && p.labels().get(retrain_job::job::LABEL_RETRAIN_JOB) == Some(&name))
+                .map(|p| ObjectRef::from_obj(p.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .with_config(config);
 
-    let stores = (mds.store(), policy_store, rtjs.store());
+    let stores = (mds.store(), policy_store, rtjs.store(), pod_store);
     let synced = Box::pin(async move {
-        let (a, b, c) = stores;
-        let (a, b, c) = futures::join!(a.wait_until_ready(), b.wait_until_ready(), c.wait_until_ready());
-        a.is_ok() && b.is_ok() && c.is_ok()
+        let (a, b, c, d) = stores;
+        let (a, b, c, d) =
+            futures::join!(a.wait_until_ready(), b.wait_until_ready(), c.wait_until_ready(), d.wait_until_ready());
+        a.is_ok() && b.is_ok() && c.is_ok() && d.is_ok()
     });
     let shutdown = |stop: &CancellationToken| {
         let stop = stop.clone();
@@ -655,8 +675,16 @@ fn scope_controllers(
                 tracing::debug!(error = %e, "controller event");
             }
         });
+    let pods_run = trainer_pods
+        .graceful_shutdown_on(shutdown(stop))
+        .run(retrain_job::pods::reconcile, error_policy, ctx.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "controller event");
+            }
+        });
     let run = Box::pin(async move {
-        futures::join!(md_run, policy_run, rtj_run);
+        futures::join!(md_run, policy_run, rtj_run, pods_run);
     });
     (run, synced)
 }

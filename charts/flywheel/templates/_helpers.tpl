@@ -177,10 +177,11 @@ rules:
   - apiGroups: [""]
     resources: ["services"]
     verbs: ["get", "list", "watch", "create", "patch", "delete"]
-  # Pods: the autoscaler scrapes the agents; a finished Job's termination message is read.
+  # Pods: the autoscaler scrapes the agents; a finished Job's termination message is read;
+  # patch removes the attempt-result finalizer from a trainer pod once its result is recorded.
   - apiGroups: [""]
     resources: ["pods"]
-    verbs: ["get", "list", "watch"]
+    verbs: ["get", "list", "watch", "patch"]
   # A model or dataset URI of the form pvc:// must name an existing claim.
   - apiGroups: [""]
     resources: ["persistentvolumeclaims"]

@@ -17,6 +17,12 @@ pub const CONTAINER: &str = "trainer";
 pub const EXIT_BAD_CONFIGURATION: i32 = 3;
 /// Label on a Job naming its RetrainJob.
 pub const LABEL_RETRAIN_JOB: &str = "flywheel.dev/retrain-job";
+/// Finalizer on every trainer pod: the pod (and its termination message, the attempt's result)
+/// stays until the RetrainJob has recorded how the attempt ended, whatever deletes it first
+/// (the Job's TTL, a user, the garbage collector).
+pub const RESULT_FINALIZER: &str = "flywheel.dev/attempt-result";
+/// The least `ttlSecondsAfterFinished` a Job gets: time to read it even without the finalizer.
+pub const TTL_FLOOR_SECONDS: i32 = 60;
 /// Label on a Job carrying its attempt number.
 pub const LABEL_ATTEMPT: &str = "flywheel.dev/attempt";
 
@@ -288,13 +294,17 @@ pub fn build(rtj: &RetrainJob, attempt: i32, settings: &ChildSettings) -> Result
             // decides on the next one. Disruptions do not end it.
             "backoffLimit": 0,
             "activeDeadlineSeconds": trainer.deadline_seconds,
-            "ttlSecondsAfterFinished": trainer.ttl_seconds_after_finished,
+            "ttlSecondsAfterFinished": trainer.ttl_seconds_after_finished.max(TTL_FLOOR_SECONDS),
             "podFailurePolicy": {"rules": [
                 {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_BAD_CONFIGURATION]}},
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
             ]},
             "template": {
-                "metadata": {"labels": pod_labels, "annotations": trainer.pod_annotations},
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": trainer.pod_annotations,
+                    "finalizers": [RESULT_FINALIZER],
+                },
                 "spec": pod_spec,
             },
         },
@@ -390,6 +400,14 @@ mod tests {
         assert_eq!(e["HF_HOME"], "/tmp/hf");
         let v = serde_json::to_value(&job).unwrap_or_default();
         assert_eq!(v.pointer("/spec/backoffLimit"), Some(&json!(0)));
+        // The result outlives any deletion until it is recorded; the TTL has a floor.
+        assert_eq!(v.pointer("/spec/template/metadata/finalizers"), Some(&json!([RESULT_FINALIZER])));
+        assert_eq!(v.pointer("/spec/ttlSecondsAfterFinished"), Some(&json!(86400)));
+        let mut quick = r.clone();
+        quick.spec.trainer.ttl_seconds_after_finished = 0;
+        let quick =
+            serde_json::to_value(build(&quick, 1, &settings()).unwrap_or_else(|e| panic!("{e}"))).unwrap_or_default();
+        assert_eq!(quick.pointer("/spec/ttlSecondsAfterFinished"), Some(&json!(TTL_FLOOR_SECONDS)));
         assert_eq!(v.pointer("/spec/podFailurePolicy/rules/0/onExitCodes/values"), Some(&json!([3])));
         assert_eq!(v.pointer("/spec/podFailurePolicy/rules/1/action"), Some(&json!("Ignore")));
         assert_eq!(

@@ -7,6 +7,7 @@
 //! nothing, so one attempt never has two Jobs.
 
 pub mod job;
+pub mod pods;
 pub mod result;
 
 use std::collections::BTreeMap;
@@ -258,13 +259,31 @@ async fn run_attempts(
         let open = next.attempts.iter().position(|a| a.outcome.is_none());
         if let Some(i) = open {
             let index = next.attempts[i].index;
+            let expected = result::Expected {
+                version: rtj.spec.version.as_deref(),
+                whole_model: rtj.spec.promotion == crate::api::Promotion::Canary,
+            };
             let ended = match jobs.get(&index) {
-                None => Some(result::Ended {
-                    outcome: AttemptOutcome::Disrupted,
-                    exit_code: None,
-                    message: format!("Job {} was deleted before it finished", next.attempts[i].job_name),
-                    result: None,
-                }),
+                // The Job is gone: its pods (kept by the result finalizer) say whether it had
+                // finished; only a Job deleted before it finished is a disruption.
+                None => {
+                    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+                    let selector = format!("{LABEL_RETRAIN_JOB}={name},{}={index}", job::LABEL_ATTEMPT);
+                    let created = rtj.metadata.creation_timestamp.clone();
+                    let pods: Vec<Pod> = pods
+                        .list(&ListParams::default().labels(&selector))
+                        .await
+                        .map_err(kube_err(format!("reading the pods of attempt {index}")))?
+                        .items
+                        .into_iter()
+                        // Not a pod of an earlier RetrainJob of the same name.
+                        .filter(|p| match (&created, &p.metadata.creation_timestamp) {
+                            (Some(r), Some(c)) => c.0 >= r.0,
+                            _ => true,
+                        })
+                        .collect();
+                    Some(result::ended_without_job(&next.attempts[i].job_name, &pods, expected))
+                }
                 Some(j) => {
                     if result::terminal(j).is_none() {
                         next.phase = RetrainPhase::Running;
@@ -276,10 +295,6 @@ async fn run_attempts(
                         .await
                         .map_err(kube_err(format!("reading the pods of Job {}", j.name_any())))?
                         .items;
-                    let expected = result::Expected {
-                        version: rtj.spec.version.as_deref(),
-                        whole_model: rtj.spec.promotion == crate::api::Promotion::Canary,
-                    };
                     result::ended(j, &pods, expected)
                 }
             };

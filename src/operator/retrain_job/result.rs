@@ -209,6 +209,65 @@ pub fn ended(job: &Job, pods: &[Pod], expected: Expected<'_>) -> Option<Ended> {
     })
 }
 
+/// How an attempt whose Job is gone ended, from its pods (which the result finalizer kept): a pod
+/// that finished decided it, whatever removed the Job afterwards; none did: the Job was deleted
+/// before it finished (a disruption, which does not count).
+pub fn ended_without_job(job_name: &str, pods: &[Pod], expected: Expected<'_>) -> Ended {
+    let decided = pods.iter().any(|p| {
+        let disrupted = p
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "DisruptionTarget" && c.status == "True"));
+        let phase = p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default();
+        !disrupted && matches!(phase, "Succeeded" | "Failed")
+    });
+    let end = decided.then(|| pod_end(pods)).flatten();
+    match end {
+        Some(end) if end.exit_code == Some(0) => {
+            let text = end.message.clone().unwrap_or_default();
+            match parse_result(&text, expected) {
+                Ok(result) => Ended {
+                    outcome: AttemptOutcome::Succeeded,
+                    exit_code: Some(0),
+                    message: format!(
+                        "trained {} at {} (Job {job_name} was removed after it finished)",
+                        result.version, result.uri
+                    ),
+                    result: Some(result),
+                },
+                Err(why) => Ended {
+                    outcome: AttemptOutcome::MalformedResult,
+                    exit_code: Some(0),
+                    message: clip(&format!("the trainer exited 0 but {why}")),
+                    result: None,
+                },
+            }
+        }
+        Some(end) => {
+            let outcome = if end.exit_code == Some(EXIT_BAD_CONFIGURATION) {
+                AttemptOutcome::BadConfiguration
+            } else {
+                AttemptOutcome::Failed
+            };
+            let said = end.message.as_deref().map(str::trim).filter(|m| !m.is_empty()).map(|m| format!(": {m}"));
+            let code = end.exit_code.map_or_else(String::new, |c| format!(" with exit code {c}"));
+            Ended {
+                outcome,
+                exit_code: end.exit_code,
+                message: clip(&format!("the trainer failed{code}{}", said.unwrap_or_default())),
+                result: None,
+            }
+        }
+        None => Ended {
+            outcome: AttemptOutcome::Disrupted,
+            exit_code: None,
+            message: format!("Job {job_name} was deleted before it finished"),
+            result: None,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,6 +331,35 @@ mod tests {
             let line = format!(r#"{{"version":"v2","uri":"{uri}","artifact":"model"}}"#);
             assert!(parse_result(&line, Expected::default()).is_ok(), "{uri}");
         }
+    }
+
+    fn phased(mut p: Pod, phase: &str) -> Pod {
+        if let Some(s) = p.status.as_mut() {
+            s.phase = Some(phase.to_string());
+        }
+        p
+    }
+
+    #[test]
+    fn a_job_removed_after_it_finished_is_read_from_its_pods_never_counted_as_a_disruption() {
+        let t = "2026-11-27T10:00:00Z";
+        let none = Expected::default();
+        let done = phased(pod(0, r#"{"version":"v2","uri":"pvc://models/v2"}"#, t), "Succeeded");
+        let e = ended_without_job("j-1", &[done], none);
+        assert_eq!(e.outcome, AttemptOutcome::Succeeded, "{}", e.message);
+        assert_eq!(e.result.map(|r| r.version), Some("v2".to_string()));
+        let bad = phased(pod(3, "bad token", t), "Failed");
+        assert_eq!(ended_without_job("j-1", &[bad], none).outcome, AttemptOutcome::BadConfiguration);
+        let crashed = phased(pod(137, "", t), "Failed");
+        assert_eq!(ended_without_job("j-1", &[crashed], none).outcome, AttemptOutcome::Failed);
+        // Nothing finished (no pods, or a pod still running, or only a preempted one): deleted
+        // before it finished.
+        assert_eq!(ended_without_job("j-1", &[], none).outcome, AttemptOutcome::Disrupted);
+        let mut preempted = phased(pod(137, "", t), "Failed");
+        if let Some(s) = preempted.status.as_mut() {
+            s.conditions = serde_json::from_value(json!([{"type": "DisruptionTarget", "status": "True"}])).ok();
+        }
+        assert_eq!(ended_without_job("j-1", &[preempted], none).outcome, AttemptOutcome::Disrupted);
     }
 
     #[test]
