@@ -156,7 +156,7 @@ impl Volumes {
             mounts.push((m["mountPath"].as_str().unwrap_or_default().to_string(), dir));
         }
         // Longest mount path first, so a nested mount wins.
-        mounts.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.0.len()));
         Self { root: root.to_path_buf(), mounts }
     }
 
