@@ -235,15 +235,64 @@ fn stable_of(md: &ModelDeployment) -> String {
     md.status.as_ref().and_then(|s| s.stable.as_ref()).map(|s| s.version.clone()).unwrap_or_default()
 }
 
+/// What a cycle runs under.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stress {
+    /// Nothing.
+    None,
+    /// The operator is killed at random points (by the caller).
+    Crashing,
+    /// Once the resources are applied, the simulated API server fails 30 % of writes (500, 429,
+    /// 409 in turn), drops every watch after a second, and compacts its history (watches resume with
+    /// a 410) until the verdict.
+    ApiFaults,
+}
+
+/// Faults on the simulated API server until dropped.
+struct FaultsOn<'a> {
+    sim: &'a flywheel::sim::Sim,
+    compaction: tokio::task::JoinHandle<()>,
+}
+
+impl<'a> FaultsOn<'a> {
+    fn start(sim: &'a flywheel::sim::Sim) -> Self {
+        sim.faults().set(flywheel::sim::faults::FaultConfig {
+            write_error_rate: 0.3,
+            latency: Some(Duration::from_millis(2)),
+            drop_watches_after: Some(Duration::from_secs(1)),
+        });
+        let core = sim.core().clone();
+        let compaction = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                core.compact();
+            }
+        });
+        Self { sim, compaction }
+    }
+}
+
+impl Drop for FaultsOn<'_> {
+    fn drop(&mut self) {
+        self.compaction.abort();
+        self.sim.faults().set(flywheel::sim::faults::FaultConfig::default());
+    }
+}
+
 /// Drive one cycle: healthy traffic, a dip, the trigger, the training, the canary, the verdict.
 /// Returns the trigger latency.
-async fn cycle(l: &Loop, canary_up: usize, expect: HistoryType, crashing: bool) -> Duration {
+async fn cycle(l: &Loop, canary_up: usize, expect: HistoryType, stress: Stress) -> Duration {
+    let crashing = stress != Stress::None;
     let mds: Api<ModelDeployment> = l.api();
     let policies: Api<FeedbackPolicy> = l.api();
     let rtjs: Api<RetrainJob> = l.api();
     mds.create(&PostParams::default(), &model_deployment()).await.unwrap_or_else(|e| panic!("{e}"));
     until(&mds, TARGET, "Ready", 60, |m| stable_of(m) == "v1").await;
     policies.create(&PostParams::default(), &policy("auto", 3600)).await.unwrap_or_else(|e| panic!("{e}"));
+    let faults = match (stress, l.cluster.sim.as_ref()) {
+        (Stress::ApiFaults, Some(sim)) => Some(FaultsOn::start(sim)),
+        _ => None,
+    };
 
     // Healthy: 80% positive, no trigger.
     l.users("v1", 300, 240).await;
@@ -258,7 +307,16 @@ async fn cycle(l: &Loop, canary_up: usize, expect: HistoryType, crashing: bool) 
     // The dip: 400 more at 40% brings v1 to 400/700 = 57%, below 70%. The watch is opened first
     // so the latency is measured from the acknowledged crossing to the RetrainJob's creation.
     let mut created = watcher(rtjs.clone(), watcher::Config::default()).applied_objects().boxed();
-    let first = tokio::spawn(async move { created.try_next().await.ok().flatten().map(|_| Instant::now()) });
+    let first = tokio::spawn(async move {
+        loop {
+            match created.try_next().await {
+                Ok(Some(_)) => return Some(Instant::now()),
+                Ok(None) => return None,
+                // A dropped watch or a 410: the watcher starts again on the next poll.
+                Err(_) => continue,
+            }
+        }
+    });
     l.users("v1", 400, 160).await;
     let crossed = Instant::now();
     let seen = tokio::time::timeout(Duration::from_secs(30), first)
@@ -332,8 +390,10 @@ async fn cycle(l: &Loop, canary_up: usize, expect: HistoryType, crashing: bool) 
     assert!(evidence.stable_samples >= 200 && evidence.canary_samples >= 200, "{evidence:?}");
     let expected_stable = if expect == HistoryType::Promoted { NEW_VERSION } else { "v1" };
     assert_eq!(stable_of(&md), expected_stable);
+    drop(faults);
     if crashing {
-        // An Event published just before a crash is lost; status is not.
+        // An Event published just before a crash (or failed by an injected fault) is lost;
+        // status is not.
         return latency;
     }
     // Events follow the status write that records the verdict.
@@ -359,7 +419,7 @@ async fn cycle(l: &Loop, canary_up: usize, expect: HistoryType, crashing: bool) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quality_dip_retrains_and_the_better_version_is_promoted() {
     let l = Loop::start("loop-improve", SimConfig::default()).await;
-    cycle(&l, 340, HistoryType::Promoted, false).await;
+    cycle(&l, 340, HistoryType::Promoted, Stress::None).await;
     // The promoted version is good: nothing fires again.
     let policies: Api<FeedbackPolicy> = l.api();
     let p = until(&policies, POLICY, "watching the new stable version", 30, |p| {
@@ -377,7 +437,7 @@ async fn a_quality_dip_retrains_and_the_better_version_is_promoted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worse_candidate_is_rolled_back_and_the_cooldown_holds_the_next_trigger() {
     let l = Loop::start("loop-regress", SimConfig::default()).await;
-    cycle(&l, 100, HistoryType::RolledBack, false).await;
+    cycle(&l, 100, HistoryType::RolledBack, Stress::None).await;
     // v1 is still below the threshold, but the hour of cooldown holds the trigger.
     let policies: Api<FeedbackPolicy> = l.api();
     let p = until(&policies, POLICY, "the trigger held by the cooldown", 30, |p| {
@@ -777,7 +837,7 @@ async fn a_crashing_operator_converges_without_duplicates() {
                 op
             })
         };
-        let latency = cycle(&l, 340, HistoryType::Promoted, true).await;
+        let latency = cycle(&l, 340, HistoryType::Promoted, Stress::Crashing).await;
         stop.cancel();
         l.op = chaos.await.unwrap_or_else(|e| panic!("{e}"));
         let jobs: Api<Job> = l.api();
@@ -803,6 +863,39 @@ async fn a_crashing_operator_converges_without_duplicates() {
         );
         l.stop().await;
     }
+}
+
+/// The three real controllers, through the whole improve scenario, while the API server fails
+/// 30 % of all writes (500, 429, 409), drops every watch after a second and compacts its
+/// history so watches resume with a 410: they converge with one RetrainJob, one Job and one
+/// verdict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loop_converges_under_api_faults() {
+    let l = Loop::start("loop-faults", SimConfig::default()).await;
+    if l.cluster.sim_only("fault injection").is_none() {
+        l.stop().await;
+        return;
+    }
+    cycle(&l, 340, HistoryType::Promoted, Stress::ApiFaults).await;
+    let injected = l.cluster.sim.as_ref().map_or(0, |s| s.faults().injected());
+    assert!(injected >= 3, "faults were injected ({injected})");
+    assert_eq!(l.retrain_jobs().await.len(), 1, "one RetrainJob for one trigger");
+    let jobs: Api<Job> = l.api();
+    let job_names: Vec<String> = jobs
+        .list(&ListParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .items
+        .into_iter()
+        .filter_map(|j| j.metadata.name)
+        .collect();
+    assert_eq!(job_names, [format!("{POLICY}-1-1")], "one Job for one attempt");
+    let mds: Api<ModelDeployment> = l.api();
+    let md = mds.get(TARGET).await.unwrap_or_else(|e| panic!("{e}"));
+    let verdicts = md.status.as_ref().map_or(0, |s| s.history.iter().filter(|h| h.version == NEW_VERSION).count());
+    assert_eq!(verdicts, 1, "one verdict");
+    eprintln!("api faults: {injected} writes failed on purpose; converged");
+    l.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -399,8 +399,9 @@ async fn reconcile_inner(policy: &FeedbackPolicy, ctx: &Context) -> Result<Actio
                     let rtj_name = rtj.name_any();
                     let created = match rtj_api.create(&PostParams::default(), &rtj).await {
                         Ok(_) => true,
-                        // Made before a crash: the same trigger, the same object.
-                        Err(kube::Error::Api(s)) if s.code == 409 => false,
+                        // Made before a crash: the same trigger, the same object. Another 409
+                        // (a storage conflict) created nothing: it is retried.
+                        Err(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists" => false,
                         Err(e) => return Err(kube_err(format!("creating RetrainJob {rtj_name}"))(e)),
                     };
                     next.last_trigger = Some(TriggerRecord {

@@ -369,8 +369,9 @@ async fn run_attempts(
         let job_name = desired.name_any();
         match jobs_api.create(&PostParams::default(), &desired).await {
             Ok(_) => {}
-            // Made before a crash: the same attempt, the same Job.
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            // Made before a crash: the same attempt, the same Job. Another 409 (a storage
+            // conflict) created nothing: it is retried, so no attempt is recorded without its Job.
+            Err(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists" => {}
             Err(e) => return Err(kube_err(format!("creating Job {job_name}"))(e)),
         }
         next.attempts.push(Attempt {
