@@ -181,7 +181,7 @@ fn model_deployment() -> ModelDeployment {
 /// busybox does the same.
 fn policy(mode: &str, cooldown: i64) -> FeedbackPolicy {
     let result = format!(
-        r#"{{"version":"{NEW_VERSION}","uri":"pvc://models/{NEW_VERSION}","metrics":{{"evalLoss":1.25,"trainRows":180}}}}"#
+        r#"{{"version":"{NEW_VERSION}","uri":"pvc://models/{POLICY}-1","metrics":{{"evalLoss":1.25,"trainRows":180}}}}"#
     );
     serde_json::from_value(json!({
         "apiVersion": "flywheel.dev/v1alpha1", "kind": "FeedbackPolicy",
@@ -532,7 +532,8 @@ async fn failed_runs_are_retried_per_policy_and_bad_configuration_is_not() {
             *c
         };
         let version = env_of(pod, "FLYWHEEL_VERSION").unwrap_or_default();
-        let ok = format!(r#"{{"version":"{version}","uri":"pvc://models/{version}","metrics":{{"evalLoss":0.9}}}}"#);
+        let output = env_of(pod, "FLYWHEEL_OUTPUT_URI").unwrap_or_default();
+        let ok = format!(r#"{{"version":"{version}","uri":"{output}","metrics":{{"evalLoss":0.9}}}}"#);
         let finish = match (rtj.as_str(), attempt.as_str(), n) {
             ("flaky", "1", 1) => (Outcome::Disrupted, String::new()),
             ("flaky", "1", _) => (Outcome::Fail(75), "CUDA out of memory".to_string()),

@@ -277,7 +277,7 @@ async fn the_reference_trainer_runs_in_the_jobs_environment_and_serving_mounts_i
 
     // The operator's parser reads the result; the URI is what serving loads.
     let message = std::fs::read_to_string(files.join("termination-log")).unwrap_or_else(|e| panic!("{e}"));
-    let expected = result::Expected { version: None, whole_model: true };
+    let expected = result::Expected { version: None, whole_model: true, output_uri: Some(&rtj.spec.output_uri) };
     let trained = result::parse_result(&message, expected).unwrap_or_else(|e| panic!("{e}: {message}"));
     assert_eq!(trained.uri, rtj.spec.output_uri);
     assert!(trained.metrics.contains_key("evalLoss") && trained.metrics.contains_key("trainRows"), "{trained:?}");

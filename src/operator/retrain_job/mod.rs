@@ -262,6 +262,7 @@ async fn run_attempts(
             let expected = result::Expected {
                 version: rtj.spec.version.as_deref(),
                 whole_model: rtj.spec.promotion == crate::api::Promotion::Canary,
+                output_uri: Some(rtj.spec.output_uri.as_str()),
             };
             let ended = match jobs.get(&index) {
                 // The Job is gone: its pods (kept by the result finalizer) say whether it had

@@ -16,6 +16,8 @@ use crate::operator::model_deployment::children::ModelSource;
 pub struct Expected<'a> {
     /// The version the RetrainJob asked for, if any.
     pub version: Option<&'a str>,
+    /// The RetrainJob's output URI: the result's must be it, or a path below it.
+    pub output_uri: Option<&'a str>,
     /// The result is handed to a ModelDeployment that serves whole models (promotion `Canary`):
     /// an adapter alone cannot be served there.
     pub whole_model: bool,
@@ -132,6 +134,15 @@ pub fn parse_result(message: &str, expected: Expected<'_>) -> Result<TrainResult
             return Err(format!(
                 "the result's uri {uri:?} is not a URI serving can load (pvc://claim/path, s3://, gs://, https://, hf://); \
                  a trainer reports FLYWHEEL_OUTPUT_URI, not the local FLYWHEEL_OUTPUT_DIR it wrote to"
+            ));
+        }
+    }
+    if let Some(output) = expected.output_uri {
+        let output = output.trim_end_matches('/');
+        let below = uri.strip_prefix(output).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+        if !below {
+            return Err(format!(
+                "the result's uri {uri:?} is not the output the RetrainJob gave the trainer ({output:?}, FLYWHEEL_OUTPUT_URI) or below it"
             ));
         }
     }
@@ -291,7 +302,7 @@ mod tests {
     fn a_result_line_is_read_and_checked() {
         let ok = parse_result(
             "loading…\n{\"version\":\"v2\",\"uri\":\"s3://m/v2\",\"metrics\":{\"evalLoss\":1.5}}\n",
-            Expected { version: Some("v2"), whole_model: true },
+            Expected { version: Some("v2"), whole_model: true, output_uri: Some("s3://m/") },
         )
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(ok.version, "v2");
@@ -315,7 +326,7 @@ mod tests {
             (r#"{"version":"v2","uri":"pvc://models/v2","artifact":"weights"}"#, "\"model\" or \"adapter\""),
             (r#"{"version":"v2","uri":"pvc://models/v2","artifact":"adapter"}"#, "mergeAdapter"),
         ] {
-            let e = parse_result(bad, Expected { version: Some("v2"), whole_model: true })
+            let e = parse_result(bad, Expected { version: Some("v2"), whole_model: true, output_uri: None })
                 .err()
                 .unwrap_or_else(|| panic!("{bad} accepted"));
             assert!(e.contains(why), "{bad}: {e}");
@@ -323,9 +334,24 @@ mod tests {
     }
 
     #[test]
+    fn the_uri_is_the_output_the_trainer_was_given_or_below_it() {
+        let expected = Expected { version: None, whole_model: true, output_uri: Some("pvc://models/v2") };
+        for ok in ["pvc://models/v2", "pvc://models/v2/final"] {
+            let line = format!(r#"{{"version":"v2","uri":"{ok}"}}"#);
+            assert!(parse_result(&line, expected).is_ok(), "{ok}");
+        }
+        for bad in ["pvc://other/v2", "pvc://models/v22", "s3://models/v2"] {
+            let line = format!(r#"{{"version":"v2","uri":"{bad}"}}"#);
+            let e = parse_result(&line, expected).err().unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(e.contains("not the output") && e.contains("FLYWHEEL_OUTPUT_URI"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn an_adapter_is_accepted_where_no_whole_model_is_needed() {
         let line = r#"{"version":"v2","uri":"pvc://models/v2","artifact":"adapter"}"#;
-        let ok = parse_result(line, Expected { version: None, whole_model: false }).unwrap_or_else(|e| panic!("{e}"));
+        let ok = parse_result(line, Expected { version: None, whole_model: false, output_uri: Some("pvc://models") })
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((ok.artifact, ok.uri.as_str()), (Artifact::Adapter, "pvc://models/v2"));
         for uri in ["pvc://models/v2", "s3://bucket/m/v2", "gs://b/m", "https://host/m.tar", "hf://org/m"] {
             let line = format!(r#"{{"version":"v2","uri":"{uri}","artifact":"model"}}"#);
