@@ -70,6 +70,31 @@ pub fn set(conditions: &mut Vec<Condition>, desired: &Desired, generation: Optio
     }
 }
 
+/// A status with kstatus conditions and an observed generation: what the controller skeleton
+/// needs to record a failed reconcile in any of the three kinds' status.
+pub trait Conditioned {
+    /// The conditions.
+    fn conditions_mut(&mut self) -> &mut Vec<Condition>;
+}
+
+impl Conditioned for super::model_deployment::ModelDeploymentStatus {
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        &mut self.conditions
+    }
+}
+
+impl Conditioned for super::feedback_policy::FeedbackPolicyStatus {
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        &mut self.conditions
+    }
+}
+
+impl Conditioned for super::retrain_job::RetrainJobStatus {
+    fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        &mut self.conditions
+    }
+}
+
 /// Find a condition by type.
 pub fn get<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)

@@ -12,8 +12,8 @@ use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::api::feedback_policy::FeedbackPolicy;
-use crate::operator::Scope;
 use crate::operator::collector_client::{CollectorClient, StatsQuery};
+use crate::operator::config::Scope;
 
 /// Least time between two wake-ups of one policy: a busy deployment's feed changes with every
 /// commit, and one reconcile per interval sees all of them.
@@ -69,7 +69,7 @@ impl Feeds {
 
     /// Run a feed for `policy` unless one for its current target runs.
     pub fn ensure(&self, policy: &FeedbackPolicy, collector: &CollectorClient) {
-        let key = super::super::key(policy);
+        let key = crate::operator::skeleton::object_key(policy);
         let ns = policy.namespace().unwrap_or_default();
         let target = policy.spec.target_ref.name.clone();
         let mut feeds = self.feeds.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

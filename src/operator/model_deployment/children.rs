@@ -74,6 +74,16 @@ impl ModelSource {
         Err(SpecError::UnsupportedUri(uri.to_string()))
     }
 
+    /// The URI again (for messages).
+    pub fn uri(&self) -> String {
+        match self {
+            Self::Pvc { claim, path } if path.is_empty() => format!("pvc://{claim}"),
+            Self::Pvc { claim, path } => format!("pvc://{claim}/{path}"),
+            Self::File { path } => format!("file://{path}"),
+            Self::Fetch { uri } => uri.clone(),
+        }
+    }
+
     /// The directory the runtime reads the model from.
     pub fn model_dir(&self) -> String {
         match self {

@@ -4,12 +4,68 @@
 use futures::future::BoxFuture;
 use kube::ResourceExt;
 
-use super::{AnalysisSource, Judging};
 use crate::api::ModelDeployment;
 use crate::api::feedback_policy::SignalStats;
 use crate::api::model_deployment::{Evidence, Verdict};
 use crate::operator::collector_client::{CollectorClient, StatsQuery};
 use crate::rollout::analysis::{Arm, analyze};
+
+/// What a signal counts as when a canary is judged: the signal mapping of the FeedbackPolicy
+/// that targets the ModelDeployment, or the default mapping when none does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judging {
+    /// The mapping.
+    pub mapping: crate::api::feedback_policy::SignalMapping,
+    /// Where it came from, as status shows it: `FeedbackPolicy <name>` or `default`.
+    pub source: String,
+}
+
+impl Judging {
+    /// The mapping of the policy (of `policies`) that targets `md`: the first by name when
+    /// several do (and it says how many), the default when none does.
+    pub fn of(md: &str, policies: &[crate::api::FeedbackPolicy]) -> Self {
+        let mut targeting: Vec<&crate::api::FeedbackPolicy> =
+            policies.iter().filter(|p| p.spec.target_ref.name == md).collect();
+        targeting.sort_by_key(|p| p.name_any());
+        match targeting.first() {
+            None => Self {
+                mapping: crate::api::feedback_policy::SignalMapping::default(),
+                source: "default (no FeedbackPolicy targets this ModelDeployment)".into(),
+            },
+            Some(p) => Self {
+                mapping: p.spec.signals.clone(),
+                source: if targeting.len() == 1 {
+                    format!("FeedbackPolicy {}", p.name_any())
+                } else {
+                    format!("FeedbackPolicy {} (first by name of {} that target it)", p.name_any(), targeting.len())
+                },
+            },
+        }
+    }
+}
+
+/// The source of feedback evidence for `Analysis` gates (filled by the feedback loop); without
+/// one, analysis steps wait and abort at their deadline.
+pub trait AnalysisSource: Send + Sync {
+    /// The evidence for the current step of `md`'s canary, each signal counted as `judging` says.
+    fn evidence<'a>(&'a self, md: &'a ModelDeployment, judging: &'a Judging) -> BoxFuture<'a, Option<Evidence>>;
+}
+
+/// No analysis configured: every look is inconclusive.
+pub struct NoAnalysis;
+
+impl AnalysisSource for NoAnalysis {
+    fn evidence<'a>(&'a self, _md: &'a ModelDeployment, _judging: &'a Judging) -> BoxFuture<'a, Option<Evidence>> {
+        Box::pin(async {
+            Some(Evidence {
+                time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now())),
+                verdict: Verdict::Inconclusive,
+                message: "no feedback analysis is configured (the operator has no collector URL)".into(),
+                ..Evidence::default()
+            })
+        })
+    }
+}
 
 /// Reads `GET /v1/stats` of the collector.
 pub struct CollectorAnalysis {

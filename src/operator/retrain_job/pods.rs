@@ -13,9 +13,9 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 
 use super::job::{LABEL_ATTEMPT, LABEL_RETRAIN_JOB, RESULT_FINALIZER};
-use super::{RetrainError, kube_err};
+use super::{RetrainError, reading, writing};
 use crate::api::retrain_job::{RetrainJob, RetrainPhase};
-use crate::operator::Context;
+use crate::operator::skeleton::{Reconciler, Shared};
 
 /// The controller's name in metrics and logs.
 pub const CONTROLLER: &str = "trainerpod";
@@ -58,41 +58,49 @@ pub async fn release(api: &Api<Pod>, pod: &Pod) -> Result<bool, RetrainError> {
         Ok(_) => Ok(true),
         // Gone, or the list changed under us (the next event brings the pod back).
         Err(kube::Error::Api(s)) if matches!(s.code, 404 | 409 | 422) => Ok(false),
-        Err(e) => Err(kube_err(format!("releasing the result of pod {}", pod.name_any()))(e)),
+        Err(e) => Err(writing(format!("releasing the result of pod {}", pod.name_any()))(e)),
     }
 }
 
-/// Reconcile one trainer pod.
-pub async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, RetrainError> {
-    let timer = ctx.metrics.reconcile(CONTROLLER);
-    let result = reconcile_inner(&pod, &ctx).await;
-    timer.finish(result.as_ref().err().map(RetrainError::category));
-    if let Err(e) = &result {
-        tracing::warn!(pod = %pod.name_any(), namespace = ?pod.namespace(), category = e.category(), error = %e, "releasing a trainer pod failed");
-    }
-    result
+/// The guard's context.
+pub struct TrainerPods {
+    /// Client, metrics, Events, requeue bookkeeping.
+    pub shared: Arc<Shared>,
 }
 
-async fn reconcile_inner(pod: &Pod, ctx: &Context) -> Result<Action, RetrainError> {
-    if !pod.finalizers().iter().any(|f| f == RESULT_FINALIZER) {
-        return Ok(Action::await_change());
+impl Reconciler for TrainerPods {
+    type Object = Pod;
+    type Error = RetrainError;
+    const NAME: &'static str = CONTROLLER;
+
+    fn shared(&self) -> &Shared {
+        &self.shared
     }
-    let ns = pod.namespace().ok_or(RetrainError::Malformed("a pod namespace"))?;
-    let Some(name) = pod.labels().get(LABEL_RETRAIN_JOB) else {
-        // Not a RetrainJob's pod after all: nothing waits for its result.
-        release(&Api::namespaced(ctx.client.clone(), &ns), pod).await?;
-        return Ok(Action::await_change());
-    };
-    let rtjs: Api<RetrainJob> = Api::namespaced(ctx.client.clone(), &ns);
-    let rtj = rtjs.get_opt(name).await.map_err(kube_err(format!("reading RetrainJob {name}")))?;
-    if releasable(pod, rtj.as_ref()) {
-        let released = release(&Api::namespaced(ctx.client.clone(), &ns), pod).await?;
-        if released {
-            tracing::debug!(pod = %pod.name_any(), retrain_job = %name, "released the attempt's result");
+
+    async fn reconcile(&self, pod: &Pod) -> Result<Action, RetrainError> {
+        if !pod.finalizers().iter().any(|f| f == RESULT_FINALIZER) {
+            return Ok(Action::await_change());
         }
+        let ns = pod.namespace().ok_or(RetrainError::Malformed("a pod namespace"))?;
+        let pods: Api<Pod> = Api::namespaced(self.shared.client.clone(), &ns);
+        let rtj = match pod.labels().get(LABEL_RETRAIN_JOB) {
+            Some(name) => {
+                let rtjs: Api<RetrainJob> = Api::namespaced(self.shared.client.clone(), &ns);
+                rtjs.get_opt(name).await.map_err(reading(format!("reading RetrainJob {name}")))?
+            }
+            // Not a RetrainJob's pod after all: nothing waits for its result.
+            None => None,
+        };
+        if releasable(pod, rtj.as_ref()) && release(&pods, pod).await? {
+            tracing::debug!(pod = %pod.name_any(), "released the attempt's result");
+        }
+        // The RetrainJob's changes wake this pod (see the operator's wiring).
+        Ok(Action::await_change())
     }
-    // The RetrainJob's changes wake this pod (see the operator's wiring).
-    Ok(Action::await_change())
+
+    async fn record_failure(&self, _pod: &Pod, _error: &RetrainError) {
+        // A pod has no status of Flywheel's: the failure is in the metric, the log and the Event.
+    }
 }
 
 #[cfg(test)]
