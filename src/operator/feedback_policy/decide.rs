@@ -205,7 +205,7 @@ pub fn stalled(policy: &FeedbackPolicy, reason: &str, message: &str, now: Timest
 }
 
 fn wait_until(at: Timestamp, now: Timestamp, cap: Duration) -> Duration {
-    let wait = (at - now).get_seconds().max(1);
+    let wait = at.duration_since(now).as_secs().max(1);
     cap.min(Duration::from_secs(u64::try_from(wait).unwrap_or(60)))
 }
 
@@ -268,10 +268,10 @@ pub fn decide(policy: &FeedbackPolicy, r: &Readings, now: Timestamp) -> PolicyDe
     };
     next.next_eligible_time = trigger::eligible_at(&policy.spec, &retrains, now).map(Time);
 
-    let mut health = Health::Ready {
-        reason: "Watching".into(),
-        message: format!("{} signals on {} in the window; no trigger holds", stats.total, stats.version),
-    };
+    // The numbers live in status.stats: a message that carried them would change with every
+    // signal and defeat the statistics' write interval.
+    let mut health =
+        Health::Ready { reason: "Watching".into(), message: format!("watching {}; no trigger holds", stats.version) };
     let mut suggested: Option<Firing> = None;
     let mut requeue = Duration::from_secs(60);
     let mut fire = None;
@@ -404,7 +404,9 @@ pub fn write_now(current: &FeedbackPolicyStatus, d: &mut PolicyDecision, interva
     let due = last_write
         .map_or(now, |t| t.saturating_add(SignedDuration::try_from(interval).unwrap_or_default()).unwrap_or(t));
     if only_stats && due > now {
-        let wait = (due - now).get_milliseconds().max(1);
+        // The whole span in milliseconds (a Span's `get_milliseconds` is only its millisecond
+        // field: a 7 s wait read as 0 ms and requeued at once, again and again).
+        let wait = due.duration_since(now).as_millis().max(1);
         let wait = Duration::from_millis(u64::try_from(wait).unwrap_or(1000));
         d.requeue = Some(d.requeue.map_or(wait, |r| r.min(wait)));
         return false;

@@ -371,3 +371,6 @@ pub fn decide(
     }
     Ok(Decision { children: out, status: next, events, requeue })
 }
+
+#[cfg(test)]
+mod tests;

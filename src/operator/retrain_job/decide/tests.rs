@@ -1,1 +1,176 @@
+//! The RetrainJob's decisions with a fixed clock, from fixtures of its Jobs, pods and target.
 
+use super::*;
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::json;
+
+fn at(s: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + s).unwrap_or_default()
+}
+
+fn rtj(status: serde_json::Value, promotion: &str) -> RetrainJob {
+    serde_json::from_value(json!({
+        "apiVersion": "flywheel.dev/v1alpha1", "kind": "RetrainJob",
+        "metadata": {"name": "chat-1", "namespace": "team", "uid": "r-1", "generation": 1,
+                     "creationTimestamp": Time(at(-100))},
+        "spec": {"targetRef": {"name": "chat"}, "base": {"version": "v1", "uri": "pvc://models/v1"},
+                 "dataset": {"uri": "http://c/v1/datasets/ds-1/files", "sha256": "a".repeat(64), "formats": ["SFT"],
+                             "counts": {"sft": 10, "dpo": 0, "heldOut": 1}},
+                 "trainer": {"image": "trainer:1", "retries": 1}, "outputUri": "pvc://models/chat-1",
+                 "promotion": promotion},
+        "status": status,
+    }))
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn settings() -> ChildSettings {
+    ChildSettings { operator_image: "flywheel:test".into(), collector_url: None, collector_token_secret: "t".into() }
+}
+
+fn job(n: i32, condition: Option<(&str, &str)>) -> Job {
+    let conditions: Vec<serde_json::Value> =
+        condition.map(|(t, r)| vec![json!({"type": t, "status": "True", "reason": r})]).unwrap_or_default();
+    serde_json::from_value(json!({"metadata": {"name": format!("chat-1-{n}"), "creationTimestamp": Time(at(-90))},
+                                  "status": {"conditions": conditions}}))
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn pod(code: i32, phase: &str, message: &str) -> Pod {
+    serde_json::from_value(
+        json!({"metadata": {"name": "chat-1-1-x"}, "status": {"phase": phase, "containerStatuses": [{
+        "name": "trainer", "image": "t", "imageID": "", "ready": false, "restartCount": 0,
+        "state": {"terminated": {"exitCode": code, "message": message, "finishedAt": Time(at(-10))}}}]}}),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn md(status: serde_json::Value) -> ModelDeployment {
+    serde_json::from_value(json!({
+        "apiVersion": "flywheel.dev/v1alpha1", "kind": "ModelDeployment",
+        "metadata": {"name": "chat", "namespace": "team", "resourceVersion": "42"},
+        "spec": {"model": {"name": "m", "version": "v1", "uri": "pvc://models/v1"}, "runtime": {"image": "r"}},
+        "status": status,
+    }))
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn running() -> serde_json::Value {
+    json!({"phase": "Running", "attemptCount": 1, "attempts": [{"index": 1, "jobName": "chat-1-1"}]})
+}
+
+#[test]
+fn the_first_look_starts_attempt_one() {
+    let d =
+        decide(&rtj(json!(null), "None"), &Observed::default(), &settings(), at(0)).unwrap_or_else(|e| panic!("{e}"));
+    let created = d.children.create.as_ref().and_then(|j| j.metadata.name.clone());
+    assert_eq!(created.as_deref(), Some("chat-1-1"));
+    assert_eq!((d.status.phase, d.status.attempt_count), (RetrainPhase::Running, 1));
+    assert_eq!(d.events.iter().map(|e| e.reason.as_str()).collect::<Vec<_>>(), ["AttemptStarted"]);
+    assert_eq!(d.requeue, Some(Duration::from_secs(60)));
+}
+
+#[test]
+fn a_running_job_changes_nothing() {
+    let r = rtj(running(), "None");
+    let observed = Observed { jobs: [(1, job(1, None))].into(), ..Observed::default() };
+    let d = decide(&r, &observed, &settings(), at(0)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(d.children.create.is_none() && d.events.is_empty());
+    let again =
+        decide(&rtj(serde_json::to_value(&d.status).unwrap_or_default(), "None"), &observed, &settings(), at(5))
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(again.status, d.status, "an unchanged look writes nothing");
+}
+
+#[test]
+fn a_completed_job_succeeds_and_its_version_is_handed_over() {
+    let r = rtj(running(), "Canary");
+    let observed = Observed {
+        jobs: [(1, job(1, Some(("Complete", "CompletionsReached"))))].into(),
+        pods: vec![pod(0, "Succeeded", r#"{"version":"v2","uri":"pvc://models/chat-1"}"#)],
+        target: Some(md(json!({"stable": {"version": "v1", "uri": "pvc://models/v1"}}))),
+    };
+    let d = decide(&r, &observed, &settings(), at(0)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(d.status.phase, RetrainPhase::Succeeded);
+    assert_eq!(d.children.ended, [AttemptOutcome::Succeeded]);
+    let h = d.children.hand_over.clone().unwrap_or_else(|| panic!("a hand-over"));
+    assert_eq!((h.target.as_str(), h.resource_version.as_deref()), ("chat", Some("42")));
+    assert_eq!(h.candidate.version, "v2");
+    assert_eq!(h.candidate.lineage.as_ref().and_then(|l| l.retrain_job.as_deref()), Some("chat-1"));
+    let ready = conditions::get(&d.status.conditions, "Ready").cloned().unwrap_or_else(|| panic!("Ready"));
+    assert_eq!(ready.reason, "HandingOver");
+    let done = handed_over(&r, d, &h, at(1));
+    assert_eq!(done.status.handed_over_at, Some(Time(at(1))));
+    assert!(conditions::is_true(&done.status.conditions, "Ready"));
+    assert!(done.events.iter().any(|e| e.reason == "HandedOver"));
+}
+
+#[test]
+fn a_version_the_model_deployment_knows_is_not_handed_over_twice_and_a_missing_target_stalls() {
+    let done = json!({"phase": "Succeeded", "attemptCount": 1, "attempts": [{"index": 1, "jobName": "chat-1-1", "outcome": "Succeeded"}],
+                      "result": {"version": "v2", "uri": "pvc://models/chat-1"}});
+    let r = rtj(done, "Canary");
+    let knows = Observed {
+        target: Some(md(json!({"candidate": {"version": "v2", "uri": "pvc://models/chat-1"}}))),
+        ..Observed::default()
+    };
+    let d = decide(&r, &knows, &settings(), at(0)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(d.children.hand_over.is_none());
+    assert_eq!(d.status.handed_over_at, Some(Time(at(0))));
+    let d = decide(&r, &Observed::default(), &settings(), at(0)).unwrap_or_else(|e| panic!("{e}"));
+    let stalled = conditions::get(&d.status.conditions, "Stalled").cloned().unwrap_or_else(|| panic!("Stalled"));
+    assert_eq!(stalled.reason, "MissingTarget");
+    assert_eq!(d.requeue, Some(Duration::from_secs(30)));
+}
+
+#[test]
+fn failures_are_retried_within_the_limit_and_bad_configuration_is_not() {
+    let r = rtj(running(), "None");
+    let crashed = Observed {
+        jobs: [(1, job(1, Some(("Failed", "BackoffLimitExceeded"))))].into(),
+        pods: vec![pod(75, "Failed", "CUDA out of memory")],
+        target: None,
+    };
+    let d = decide(&r, &crashed, &settings(), at(0)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(d.status.attempts[0].outcome, Some(AttemptOutcome::Failed));
+    assert_eq!(d.children.create.as_ref().and_then(|j| j.metadata.name.as_deref()), Some("chat-1-2"), "retry 1 of 1");
+    // The second failure exhausts the retries.
+    let second = json!({"phase": "Running", "attemptCount": 2, "attempts": [
+        {"index": 1, "jobName": "chat-1-1", "outcome": "Failed"}, {"index": 2, "jobName": "chat-1-2"}]});
+    let again = Observed { jobs: [(2, job(2, Some(("Failed", "BackoffLimitExceeded"))))].into(), ..crashed.clone() };
+    let d = decide(&rtj(second, "None"), &again, &settings(), at(10)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(d.status.phase, RetrainPhase::Failed);
+    assert!(d.children.create.is_none());
+    assert_eq!(conditions::get(&d.status.conditions, "Stalled").map(|c| c.reason.as_str()), Some("RetriesExhausted"));
+    let bad = Observed {
+        jobs: [(1, job(1, Some(("Failed", "PodFailurePolicy"))))].into(),
+        pods: vec![pod(3, "Failed", "FLYWHEEL_DATASET_SHA256 does not match")],
+        target: None,
+    };
+    let d = decide(&r, &bad, &settings(), at(0)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((d.status.phase, d.children.create.is_none()), (RetrainPhase::Failed, true));
+    assert_eq!(conditions::get(&d.status.conditions, "Stalled").map(|c| c.reason.as_str()), Some("BadConfiguration"));
+}
+
+#[test]
+fn a_job_gone_is_read_from_its_pods_and_only_a_disruption_runs_again() {
+    let r = rtj(running(), "None");
+    let finished = Observed {
+        pods: vec![pod(0, "Succeeded", r#"{"version":"v2","uri":"pvc://models/chat-1"}"#)],
+        ..Observed::default()
+    };
+    let d = decide(&r, &finished, &settings(), at(0)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(d.status.phase, RetrainPhase::Succeeded);
+    assert!(d.children.create.is_none(), "a finished attempt is never run again");
+    let d = decide(&r, &Observed::default(), &settings(), at(0)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(d.status.attempts[0].outcome, Some(AttemptOutcome::Disrupted));
+    assert_eq!(d.children.create.as_ref().and_then(|j| j.metadata.name.as_deref()), Some("chat-1-2"));
+}
+
+#[test]
+fn a_job_made_before_a_crash_is_adopted_not_made_again() {
+    let r = rtj(json!(null), "None");
+    let observed = Observed { jobs: [(1, job(1, None))].into(), ..Observed::default() };
+    let d = decide(&r, &observed, &settings(), at(0)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(d.children.create.is_none());
+    assert_eq!((d.status.attempt_count, d.status.attempts[0].job_name.as_str()), (1, "chat-1-1"));
+}
