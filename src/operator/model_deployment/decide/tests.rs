@@ -144,10 +144,10 @@ fn a_canary_gets_its_track_and_loses_it_when_it_ends() {
     let mut object = md(serde_json::to_value(&status).unwrap_or_default());
     object.spec.model.version = "v2".into();
     object.spec.model.uri = "hf://org/m-v2".into();
-    object.status.as_mut().map(|s| {
+    if let Some(s) = object.status.as_mut() {
         s.observed_model =
-            Some(crate::api::model_deployment::ModelRef { version: "v2".into(), uri: "hf://org/m-v2".into() })
-    });
+            Some(crate::api::model_deployment::ModelRef { version: "v2".into(), uri: "hf://org/m-v2".into() });
+    }
     let d = decide_at(&object, &observed, at(10));
     let names: Vec<&str> =
         d.children.apply.iter().filter_map(|c| c.pointer("/metadata/name").and_then(Value::as_str)).collect();
