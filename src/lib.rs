@@ -5,7 +5,7 @@
 pub mod agent;
 pub mod api;
 pub mod autoscale;
-pub mod cli;
+pub mod cmd;
 pub mod collector;
 pub mod demo;
 pub mod fetch_model;

@@ -232,10 +232,10 @@ fn the_namespaced_install_grants_the_same_rules_in_the_watched_namespace_only() 
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
         .unwrap_or_default();
-    let cli = <flywheel::cli::Cli as clap::Parser>::try_parse_from(std::iter::once("flywheel".to_string()).chain(args))
+    let cli = <flywheel::cmd::Cli as clap::Parser>::try_parse_from(std::iter::once("flywheel".to_string()).chain(args))
         .unwrap_or_else(|e| panic!("the operator's arguments do not parse: {e}"));
     match cli.command {
-        flywheel::cli::Command::Operator(a) => assert_eq!(a.watch_namespaces, vec![watched.to_string()]),
+        flywheel::cmd::Command::Operator(a) => assert_eq!(a.watch_namespaces, vec![watched.to_string()]),
         other => panic!("the operator container runs {other:?}"),
     }
     // The leader-election Role stays in the operator's own namespace.

@@ -7,7 +7,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use flywheel::cli::Scenario;
+use flywheel::demo::scenario::Scenario;
 use flywheel::demo::{DemoOptions, Summary};
 use serde_json::Value;
 

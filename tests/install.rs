@@ -24,7 +24,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use clap::Parser as _;
 use common::{Cluster, TempDir, eventually, kubectl, ok};
-use flywheel::cli::{Cli, CollectorArgs, OperatorArgs};
+use flywheel::cmd::Cli;
+use flywheel::cmd::collector::CollectorArgs;
+use flywheel::cmd::operator::OperatorArgs;
 use flywheel::collector::{Collector, CollectorConfig};
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DynamicObject, ListParams};
@@ -217,14 +219,14 @@ fn parse(c: &Value) -> Cli {
 
 fn operator_args(c: &Value) -> OperatorArgs {
     match parse(c).command {
-        flywheel::cli::Command::Operator(a) => a,
+        flywheel::cmd::Command::Operator(a) => a,
         other => panic!("the operator container runs {other:?}"),
     }
 }
 
 fn collector_args(c: &Value) -> CollectorArgs {
     match parse(c).command {
-        flywheel::cli::Command::Collector(a) => a,
+        flywheel::cmd::Command::Collector(a) => a,
         other => panic!("the collector container runs {other:?}"),
     }
 }

@@ -34,8 +34,8 @@ use self::users::{CollectorClient, Routes, Target, TrafficStats};
 use self::view::{Frame, View};
 use crate::api::model_deployment::HistoryType;
 use crate::api::{FeedbackPolicy, ModelDeployment};
-use crate::cli::Scenario;
 use crate::collector::{Collector, CollectorConfig};
+use crate::demo::scenario::Scenario;
 use crate::operator::model_deployment::feedback_analysis::CollectorAnalysis;
 use crate::operator::{Operator, OperatorConfig};
 use crate::sim::{Sim, SimConfig, WorkloadConfig};
@@ -618,13 +618,13 @@ async fn drive(
 }
 
 /// Logs for the demo: quiet unless `RUST_LOG` asks (the live view is the output), to stderr.
-pub fn init_logging(format: crate::cli::LogFormat) {
+pub fn init_logging(format: crate::telemetry::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let result = match format {
-        crate::cli::LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        crate::cli::LogFormat::Text => builder.try_init(),
+        crate::telemetry::LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        crate::telemetry::LogFormat::Text => builder.try_init(),
     };
     drop(result);
 }

@@ -5,7 +5,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::cli::Scenario;
+/// A demo scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// A quality dip, a retrain, a better version promoted.
+    Improve,
+    /// A worse candidate rolled back.
+    Regression,
+}
 
 /// Quality (probability that a user finds an answer good) of the first version.
 pub const INITIAL_QUALITY: f64 = 0.86;

@@ -103,7 +103,7 @@ pub fn script(world: Arc<Mutex<World>>, pace: Pace) -> PodScript {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::Scenario;
+    use crate::demo::scenario::Scenario;
 
     fn pod(env: Value) -> Value {
         json!({"spec": {"restartPolicy": "Never", "containers": [{"name": "trainer", "image": "t", "env": env}]}})
