@@ -25,13 +25,32 @@ struct ApiErr {
     code: u16,
     reason: String,
     message: String,
+    details: Option<kube::core::response::StatusDetails>,
+}
+
+impl ApiErr {
+    /// `details.kind`, or "" when there are no details.
+    fn details_kind(&self) -> &str {
+        self.details.as_ref().map_or("", |d| d.kind.as_str())
+    }
+
+    /// The causes as (reason, field, message).
+    fn causes(&self) -> Vec<(String, String, String)> {
+        self.details
+            .as_ref()
+            .map(|d| d.causes.iter().map(|c| (c.reason.clone(), c.field.clone(), c.message.clone())).collect())
+            .unwrap_or_default()
+    }
 }
 
 fn api_error(e: kube::Error) -> ApiErr {
     match e {
-        kube::Error::Api(status) => {
-            ApiErr { code: status.code, reason: status.reason.clone(), message: status.message.clone() }
-        }
+        kube::Error::Api(status) => ApiErr {
+            code: status.code,
+            reason: status.reason.clone(),
+            message: status.message.clone(),
+            details: status.details.clone(),
+        },
         other => panic!("expected an API error, got {other}"),
     }
 }
@@ -540,7 +559,14 @@ async fn finalizers_hold_deletion_until_removed() {
         .err()
         .unwrap_or_else(|| panic!("new finalizer accepted while deleting")),
     );
-    assert_eq!(err.code, 403);
+    // ValidateObjectMetaUpdate: 422 Invalid, a Forbidden cause on metadata.finalizers.
+    assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"));
+    let expected = "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{\"another\"}";
+    assert_eq!(err.message, format!("ConfigMap \"held\" is invalid: metadata.finalizers: {expected}"));
+    assert_eq!(
+        err.causes(),
+        vec![("FieldValueForbidden".to_string(), "metadata.finalizers".to_string(), expected.to_string())]
+    );
     api.patch("held", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -1047,14 +1073,31 @@ async fn delete_preconditions_guard_against_stale_deletes() {
     };
     let err = api_error(api.delete("p", &stale).await.err().unwrap_or_else(|| panic!("stale delete accepted")));
     assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
-    assert!(err.message.contains("Precondition failed: ResourceVersion in precondition: 1"), "{}", err.message);
+    // rest.BeforeDelete names the object by its kind, in the message and in details.kind.
+    let current_rv = created.metadata.resource_version.clone().unwrap_or_default();
+    assert_eq!(
+        err.message,
+        format!(
+            "Operation cannot be fulfilled on ConfigMap \"p\": the ResourceVersion in the precondition (1) does not match the ResourceVersion in record ({current_rv}). The object might have been modified"
+        )
+    );
+    assert_eq!(err.details_kind(), "ConfigMap");
     let wrong_uid = DeleteParams {
-        preconditions: Some(kube::api::Preconditions { uid: Some("not-it".into()), resource_version: None }),
+        preconditions: Some(kube::api::Preconditions {
+            uid: Some("not-it".into()),
+            resource_version: Some("1".into()),
+        }),
         ..DeleteParams::default()
     };
+    let err = api_error(api.delete("p", &wrong_uid).await.err().unwrap_or_else(|| panic!("wrong uid accepted")));
+    assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
+    let uid = created.metadata.uid.clone().unwrap_or_default();
     assert_eq!(
-        api_error(api.delete("p", &wrong_uid).await.err().unwrap_or_else(|| panic!("wrong uid accepted"))).code,
-        409
+        err.message,
+        format!(
+            "Operation cannot be fulfilled on ConfigMap \"p\": the UID in the precondition (not-it) does not match the UID in record ({uid}). The object might have been deleted and then recreated"
+        ),
+        "the uid is checked before the resourceVersion"
     );
     let right = DeleteParams {
         preconditions: Some(kube::api::Preconditions {

@@ -947,17 +947,39 @@ impl Core {
                         }
                     }
                 }
-                // A deleting object may lose finalizers but gain none.
+                // A deleting object may lose finalizers but gain none (`ValidateNoNewFinalizers`).
                 if current_meta.get("deletionTimestamp").is_some() {
-                    let before: Vec<Value> =
-                        current_meta.get("finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
-                    let after: Vec<Value> =
-                        meta.get("finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
-                    if after.iter().any(|f| !before.contains(f)) {
-                        return Err(ApiError::forbidden(format!(
-                            "{} \"{name}\" is forbidden: no new finalizers can be added if the object is being deleted",
-                            t.qualified()
-                        )));
+                    let before: Vec<&str> = current_meta
+                        .get("finalizers")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    let mut added: Vec<String> = meta
+                        .get("finalizers")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .filter(|f| !before.contains(f))
+                        .map(str::to_string)
+                        .collect();
+                    added.sort();
+                    added.dedup();
+                    if !added.is_empty() {
+                        let list = added.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>().join(", ");
+                        return Err(ApiError::invalid(
+                            t,
+                            &name,
+                            &[FieldError {
+                                reason: FieldReason::Forbidden,
+                                field: "metadata.finalizers".into(),
+                                message: format!(
+                                    "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{{{list}}}"
+                                ),
+                            }],
+                        ));
                     }
                 }
                 o
@@ -1021,16 +1043,24 @@ impl Core {
         let t = Self::resolve(&state, gvr)?;
         let key = Self::key(&t, namespace, name);
         let current = state.objects.get(&key).map(|o| Value::clone(o)).ok_or_else(|| ApiError::not_found(&t, name))?;
-        let preconditions = [("UID", "uid", &opts.uid), ("ResourceVersion", "resourceVersion", &opts.resource_version)];
-        for (label, field, wanted) in preconditions {
-            if let Some(wanted) = wanted
-                && meta_str(&current, field) != Some(wanted.as_str())
-            {
-                let actual = meta_str(&current, field).unwrap_or_default();
-                let why =
-                    format!("Precondition failed: {label} in precondition: {wanted}, {label} in object meta: {actual}");
-                return Err(ApiError::conflict(&t, name, &why));
-            }
+        // As `rest.BeforeDelete`: the uid first, then the resourceVersion.
+        if let Some(wanted) = &opts.uid
+            && meta_str(&current, "uid") != Some(wanted.as_str())
+        {
+            let actual = meta_str(&current, "uid").unwrap_or_default();
+            let why = format!(
+                "the UID in the precondition ({wanted}) does not match the UID in record ({actual}). The object might have been deleted and then recreated"
+            );
+            return Err(ApiError::precondition_failed(&t, name, &why));
+        }
+        if let Some(wanted) = &opts.resource_version
+            && meta_str(&current, "resourceVersion") != Some(wanted.as_str())
+        {
+            let actual = meta_str(&current, "resourceVersion").unwrap_or_default();
+            let why = format!(
+                "the ResourceVersion in the precondition ({wanted}) does not match the ResourceVersion in record ({actual}). The object might have been modified"
+            );
+            return Err(ApiError::precondition_failed(&t, name, &why));
         }
         let mut obj = current.clone();
         let mut finalizers: Vec<Value> =

@@ -70,6 +70,13 @@ impl ApiError {
             .with_details(json!({"name": name, "group": t.group, "kind": t.plural}))
     }
 
+    /// 409: a delete precondition (uid or resourceVersion) does not hold. The real server checks
+    /// them in `rest.BeforeDelete`, naming the object by its kind (`ConfigMap`, `Deployment.apps`).
+    pub fn precondition_failed(t: &ResourceType, name: &str, why: &str) -> Self {
+        Self::new(409, "Conflict", format!("Operation cannot be fulfilled on {} \"{name}\": {why}", t.qualified_kind()))
+            .with_details(json!({"name": name, "group": t.group, "kind": t.kind}))
+    }
+
     /// 409: the object changed since it was read.
     pub fn stale(t: &ResourceType, name: &str) -> Self {
         Self::conflict(
