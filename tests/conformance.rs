@@ -416,7 +416,17 @@ async fn merge_json_and_strategic_patches() {
     assert_eq!(containers.len(), 2, "strategic merge keeps the sidecar");
     assert_eq!(containers[0].image.as_deref(), Some("app:2"));
     let env: Vec<String> = containers[0].env.clone().unwrap_or_default().into_iter().map(|e| e.name).collect();
-    assert_eq!(env, vec!["A", "B"]);
+    // strategicpatch.mergeSlice: an item new to a merge-keyed list goes before the live ones.
+    assert_eq!(env, vec!["B", "A"]);
+    // With `$setElementOrder` (what client-side `kubectl apply` sends) the directive decides.
+    let ordered = api
+        .patch("web", &PatchParams::default(), &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [{"name": "app",
+            "$setElementOrder/env": [{"name": "A"}, {"name": "B"}, {"name": "C"}], "env": [{"name": "C", "value": "3"}]}]}}}})))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let containers = ordered.spec.and_then(|s| s.template.spec).map(|s| s.containers).unwrap_or_default();
+    let env: Vec<String> = containers[0].env.clone().unwrap_or_default().into_iter().map(|e| e.name).collect();
+    assert_eq!(env, vec!["A", "B", "C"]);
     // Merge patch: lists replace; null deletes.
     let merged = api
         .patch("web", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"a": "1", "b": "2"}}})))
