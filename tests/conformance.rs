@@ -273,9 +273,11 @@ async fn label_and_field_selectors_and_pagination() {
         ("tier=web", vec!["a", "b"]),
         ("tier==web,track!=canary", vec!["a"]),
         ("tier in (web,db)", vec!["a", "b", "c"]),
-        ("tier notin (web,db)", vec!["d"]),
+        // `notin` and `!` match objects without the label too: the namespace's kube-root-ca.crt.
+        ("tier notin (web,db)", vec!["d", "kube-root-ca.crt"]),
+        ("tier,tier notin (web,db)", vec!["d"]),
         ("track", vec!["a", "b", "c"]),
-        ("!track", vec!["d"]),
+        ("!track", vec!["d", "kube-root-ca.crt"]),
     ] {
         let got = names(
             api.list(&ListParams::default().labels(selector)).await.unwrap_or_else(|e| panic!("{selector}: {e}")),
@@ -290,13 +292,16 @@ async fn label_and_field_selectors_and_pagination() {
             .unwrap_or_else(|e| panic!("{e}")),
     );
     assert_eq!(got, vec!["c"]);
-    // Pagination: 4 items, pages of 3 then 1, with a continue token and remainingItemCount.
-    let first = api.list(&ListParams::default().limit(3)).await.unwrap_or_else(|e| panic!("{e}"));
+    // Pagination: 4 items (the namespace's kube-root-ca.crt aside), pages of 3 then 1, with a
+    // continue token and remainingItemCount.
+    let first = api.list(&ListParams::default().labels("tier").limit(3)).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(first.items.len(), 3);
     assert_eq!(first.metadata.remaining_item_count, Some(1));
     let token = first.metadata.continue_.clone().unwrap_or_else(|| panic!("no continue token"));
-    let second =
-        api.list(&ListParams::default().limit(3).continue_token(&token)).await.unwrap_or_else(|e| panic!("{e}"));
+    let second = api
+        .list(&ListParams::default().labels("tier").limit(3).continue_token(&token))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(second.items.len(), 1);
     assert!(second.metadata.continue_.as_deref().unwrap_or_default().is_empty());
     ns.cleanup().await;
@@ -1118,6 +1123,56 @@ async fn delete_preconditions_guard_against_stale_deletes() {
     };
     api.delete("p", &right).await.unwrap_or_else(|e| panic!("{e}"));
     assert!(api.get_opt("p").await.unwrap_or_else(|e| panic!("{e}")).is_none());
+    ns.cleanup().await;
+    cluster.stop().await;
+}
+
+/// The controller-manager's root-ca-cert publisher: every namespace holds `kube-root-ca.crt`
+/// with the cluster's CA; deleted or changed, it comes back.
+#[tokio::test]
+async fn every_namespace_holds_the_root_ca_config_map() {
+    let cluster = Cluster::start().await;
+    let ns = cluster.namespace("rootca").await;
+    let api: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let published = |api: Api<ConfigMap>, not_uid: Option<String>| async move {
+        eventually(Duration::from_secs(30), || {
+            let api = api.clone();
+            let not_uid = not_uid.clone();
+            async move {
+                let cm = api.get_opt("kube-root-ca.crt").await.ok()??;
+                let fresh = not_uid.is_none_or(|u| cm.metadata.uid.as_deref() != Some(u.as_str()));
+                let keys: Vec<String> = cm.data.clone().unwrap_or_default().into_keys().collect();
+                (fresh && keys == ["ca.crt"]).then_some(cm)
+            }
+        })
+        .await
+        .unwrap_or_else(|| panic!("kube-root-ca.crt not published"))
+    };
+    let cm = published(api.clone(), None).await;
+    let pem = cm.data.as_ref().and_then(|d| d.get("ca.crt")).cloned().unwrap_or_default();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    if let Some(sim) = cluster.sim.as_ref() {
+        assert_eq!(pem, sim.ca_pem(), "the CA the server's certificate chains to");
+    }
+    let description = cm.metadata.annotations.as_ref().and_then(|a| a.get("kubernetes.io/description")).cloned();
+    assert_eq!(
+        description.as_deref(),
+        Some(
+            "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters."
+        )
+    );
+    // The namespaces that exist from the start have it too.
+    let default: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), "default");
+    assert!(published(default, None).await.data.is_some());
+    // Deleted: recreated (a new object).
+    api.delete("kube-root-ca.crt", &DeleteParams::default()).await.unwrap_or_else(|e| panic!("{e}"));
+    let recreated = published(api.clone(), cm.metadata.uid.clone()).await;
+    assert_eq!(recreated.data.as_ref().and_then(|d| d.get("ca.crt")), Some(&pem));
+    // Changed: put back.
+    api.patch("kube-root-ca.crt", &PatchParams::default(), &Patch::Merge(json!({"data": {"extra": "x"}})))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    published(api.clone(), None).await;
     ns.cleanup().await;
     cluster.stop().await;
 }

@@ -163,7 +163,8 @@ impl Sim {
         let tls = tls::generate()?;
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config.clone());
         let server = tokio::spawn(serve_tls(listener, acceptor, app, stop.clone()));
-        let controllers = tokio::spawn(workloads::run(core.clone(), config.workloads.clone(), stop.clone()));
+        let controllers =
+            tokio::spawn(workloads::run(core.clone(), config.workloads.clone(), tls.ca_pem.clone(), stop.clone()));
         tracing::info!(%addr, "simulated API server listening");
         Ok(Self { addr, token, core, faults, requests, ca_pem: tls.ca_pem, stop, tasks: vec![server, controllers] })
     }
@@ -181,6 +182,12 @@ impl Sim {
     /// The bearer token.
     pub fn token(&self) -> &str {
         &self.token
+    }
+
+    /// The PEM of the CA the server's certificate chains to (also in every namespace's
+    /// `kube-root-ca.crt` ConfigMap).
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
     }
 
     /// The store, for in-process scripting and inspection.

@@ -27,6 +27,11 @@ pub const EXIT_CODE_ANNOTATION: &str = "sim.flywheel.dev/exit-code";
 pub const DISRUPTED_ANNOTATION: &str = "sim.flywheel.dev/disrupted";
 
 const MANAGER: &str = "kube-controller-manager";
+
+/// The ConfigMap the controller-manager's root-ca-cert publisher keeps in every namespace.
+pub const ROOT_CA_CONFIG_MAP: &str = "kube-root-ca.crt";
+const DESCRIPTION_ANNOTATION: &str = "kubernetes.io/description";
+const ROOT_CA_DESCRIPTION: &str = "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters.";
 const KUBELET: &str = "kubelet";
 
 /// How a terminating pod ends.
@@ -112,8 +117,9 @@ fn template_hash(template: &Value) -> String {
     fnv1a_hex(&template.to_string())[6..].to_string()
 }
 
-/// Run the simulated controllers until `stop` is cancelled.
-pub async fn run(core: Arc<Core>, config: WorkloadConfig, stop: CancellationToken) {
+/// Run the simulated controllers until `stop` is cancelled; `root_ca` is the PEM of the CA the
+/// server's certificate chains to (what the root-ca-cert publisher puts in every namespace).
+pub async fn run(core: Arc<Core>, config: WorkloadConfig, root_ca: String, stop: CancellationToken) {
     let mut events = core.subscribe();
     let mut started: HashSet<String> = HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -143,7 +149,7 @@ pub async fn run(core: Arc<Core>, config: WorkloadConfig, stop: CancellationToke
                     start_pod(&core, &config, &event.object, &mut started, &stop);
                 }
             }
-            reconcile_all(&core);
+            reconcile_all(&core, &root_ca);
         }
     }
 }
@@ -168,9 +174,10 @@ fn pods_by_owner(core: &Core) -> PodsByOwner {
     by_owner
 }
 
-fn reconcile_all(core: &Core) {
+fn reconcile_all(core: &Core, root_ca: &str) {
     garbage_collect(core);
     namespaces(core);
+    publish_root_ca(core, root_ca);
     let pods = pods_by_owner(core);
     for d in list(core, &gvr_deployments()) {
         deployment(core, &d, &pods);
@@ -280,6 +287,45 @@ fn namespaces(core: &Core) {
         }
         if left == 0 {
             core.finalize_namespace(&name);
+        }
+    }
+}
+
+/// The root-ca-cert publisher (`pkg/controller/certificates/rootcacertpublisher`): every namespace that is
+/// not terminating holds the ConfigMap `kube-root-ca.crt` with the CA as `ca.crt` and its description
+/// annotation; a missing one is created, a changed one is put back (other data keys go).
+fn publish_root_ca(core: &Core, root_ca: &str) {
+    let gvr = Gvr::new("", "v1", "configmaps");
+    let data = json!({"ca.crt": root_ca});
+    for ns in list(core, &Gvr::new("", "v1", "namespaces")) {
+        if ns.pointer("/metadata/deletionTimestamp").is_some() {
+            continue;
+        }
+        let Some(name) = s(&ns, "/metadata/name") else { continue };
+        match core.get(&gvr, Some(name), ROOT_CA_CONFIG_MAP) {
+            Ok(cm) => {
+                let described = cm
+                    .pointer("/metadata/annotations")
+                    .and_then(|a| a.get(DESCRIPTION_ANNOTATION))
+                    .and_then(Value::as_str)
+                    .is_some_and(|d| !d.is_empty());
+                if cm.get("data") == Some(&data) && described {
+                    continue;
+                }
+                let mut body = cm.clone();
+                body["data"] = data.clone();
+                body["metadata"]["annotations"][DESCRIPTION_ANNOTATION] = json!(ROOT_CA_DESCRIPTION);
+                let _updated = core.update(&gvr, Some(name), ROOT_CA_CONFIG_MAP, body, None, &opts(MANAGER));
+            }
+            Err(e) if e.code == 404 => {
+                let cm = json!({
+                    "apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": ROOT_CA_CONFIG_MAP, "annotations": {DESCRIPTION_ANNOTATION: ROOT_CA_DESCRIPTION}},
+                    "data": data,
+                });
+                let _created = core.create(&gvr, Some(name), cm, &opts(MANAGER));
+            }
+            Err(_) => {}
         }
     }
 }
