@@ -1057,6 +1057,13 @@ async fn gateway_api_httproutes_work_once_their_crd_is_applied() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     }
+    // Served once the API server has accepted the CRD's names (not at once).
+    eventually(Duration::from_secs(30), || {
+        let routes = routes.clone();
+        async move { routes.list(&ListParams::default()).await.ok().map(|_| ()) }
+    })
+    .await
+    .unwrap_or_else(|| panic!("HTTPRoutes never served"));
     let route: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "chat"},
         "spec": {"parentRefs": [{"name": "gw"}], "rules": [{"backendRefs": [{"name": "chat-stable", "port": 80, "weight": 90}, {"name": "chat-canary", "port": 80}]}]}
@@ -1173,6 +1180,99 @@ async fn every_namespace_holds_the_root_ca_config_map() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     published(api.clone(), None).await;
+    ns.cleanup().await;
+    cluster.stop().await;
+}
+
+/// A CRD's names are accepted, then it is established, by controllers of the API server, after
+/// its creation: until its names are accepted its resources answer 404.
+#[tokio::test]
+async fn a_crd_is_served_once_its_names_are_accepted_then_established() {
+    let cluster = Cluster::start_with(flywheel::sim::SimConfig {
+        crd_establish_delay: Duration::from_millis(1500),
+        ..flywheel::sim::SimConfig::default()
+    })
+    .await;
+    let ns = cluster.namespace("establish").await;
+    // A group of its own, so that parallel runs on one cluster never conflict on names.
+    let tail = ns.name.rsplit('-').next().unwrap_or_default().to_string();
+    let group = format!("g{tail}.establish.example.com");
+    let name = format!("gadgets.{group}");
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": name},
+        "spec": {"group": group, "scope": "Namespaced", "names": {"kind": "Gadget", "plural": "gadgets"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let crds: Api<CustomResourceDefinition> = Api::all(cluster.client.clone());
+    let created = crds.create(&PostParams::default(), &crd).await.unwrap_or_else(|e| panic!("{e}"));
+    // The create answer: defaults in spec, a status with the storage version and no condition yet.
+    assert_eq!(created.spec.names.singular.as_deref(), Some("gadget"));
+    assert_eq!(created.spec.names.list_kind.as_deref(), Some("GadgetList"));
+    assert_eq!(created.spec.conversion.as_ref().map(|c| c.strategy.as_str()), Some("None"));
+    let status = created.status.clone().unwrap_or_default();
+    assert_eq!(status.stored_versions, Some(vec!["v1".to_string()]));
+    assert!(status.conditions.unwrap_or_default().is_empty(), "no condition on create");
+    assert_eq!(status.accepted_names.map(|n| (n.plural, n.kind)), Some((String::new(), String::new())));
+    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(&group, "v1", "Gadget"), "gadgets");
+    let gadgets: Api<DynamicObject> = Api::namespaced_with(cluster.client.clone(), &ns.name, &ar);
+    if cluster.sim_only("a CRD establish delay long enough to observe").is_some() {
+        let err =
+            api_error(gadgets.list(&ListParams::default()).await.err().unwrap_or_else(|| panic!("served at once")));
+        assert_eq!(err.code, 404);
+    }
+    // The conditions as the CRD's watchers see them: NamesAccepted first, then Established.
+    let from = created.metadata.resource_version.clone().unwrap_or_default();
+    let mut stream = crds
+        .watch(&WatchParams::default().fields(&format!("metadata.name={name}")).timeout(30), &from)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .boxed();
+    let mut seen: Vec<Vec<(String, String, String)>> = Vec::new();
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("never established: {seen:?}"));
+        let Some(Ok(WatchEvent::Modified(crd))) = event else { continue };
+        let conditions: Vec<(String, String, String)> = crd
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c.type_ == "NamesAccepted" || c.type_ == "Established")
+            .map(|c| (c.type_, c.status, c.reason.unwrap_or_default()))
+            .collect();
+        let done = conditions.iter().any(|c| c.0 == "Established" && c.1 == "True");
+        if seen.last() != Some(&conditions) {
+            seen.push(conditions);
+        }
+        if done {
+            break;
+        }
+    }
+    let c = |t: &str, s: &str, r: &str| (t.to_string(), s.to_string(), r.to_string());
+    assert_eq!(
+        seen,
+        vec![
+            vec![c("NamesAccepted", "True", "NoConflicts"), c("Established", "False", "Installing")],
+            vec![c("NamesAccepted", "True", "NoConflicts"), c("Established", "True", "InitialNamesAccepted")],
+        ]
+    );
+    let listed = gadgets.list(&ListParams::default()).await.unwrap_or_else(|e| panic!("not served: {e}"));
+    assert!(listed.items.is_empty());
+    let discovered = eventually(Duration::from_secs(30), || {
+        let client = cluster.client.clone();
+        let group = group.clone();
+        async move {
+            let discovery = kube::Discovery::new(client).run().await.ok()?;
+            discovery.has_group(&group).then_some(())
+        }
+    })
+    .await;
+    assert!(discovered.is_some(), "an established CRD is discovered");
+    crds.delete(&name, &DeleteParams::default()).await.unwrap_or_else(|e| panic!("{e}"));
     ns.cleanup().await;
     cluster.stop().await;
 }

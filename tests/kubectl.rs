@@ -36,14 +36,22 @@ async fn kubectl_applies_lists_waits_and_deletes() {
         out.contains("customresourcedefinition.apiextensions.k8s.io/modeldeployments.flywheel.dev serverside-applied"),
         "{out}"
     );
+    // All three: a CRD is established a moment after it is created, not at once.
     ok(
         &kubectl(
             &cluster,
             &n,
-            &["wait", "--for=condition=Established", "crd/modeldeployments.flywheel.dev", "--timeout=30s"],
+            &[
+                "wait",
+                "--for=condition=Established",
+                "crd/modeldeployments.flywheel.dev",
+                "crd/feedbackpolicies.flywheel.dev",
+                "crd/retrainjobs.flywheel.dev",
+                "--timeout=30s",
+            ],
             None,
         ),
-        "wait for CRD",
+        "wait for CRDs",
     );
 
     let samples = kubectl(&cluster, &n, &["kustomize", &root("config/samples")], None);

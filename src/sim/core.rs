@@ -460,10 +460,12 @@ impl Core {
         Value::clone(&stored)
     }
 
+    /// Serve a CRD's types once its names are accepted (as the CRD handler: `NamesAccepted` or
+    /// `Established` true), stop serving them when it goes.
     fn sync_crd(state: &mut State, crd: &Value, deleted: bool) {
         let Some(name) = meta_str(crd, "name").map(str::to_string) else { return };
         state.registry.remove_crd(&name);
-        if deleted {
+        if deleted || !(crd_condition(crd, "NamesAccepted") || crd_condition(crd, "Established")) {
             return;
         }
         if let Ok(types) = from_crd(crd) {
@@ -695,6 +697,7 @@ impl Core {
             m.remove("status");
         }
         let mut obj = self.admit(t, obj, None, opts)?;
+        defaults_on_write(t, &mut obj);
         defaults_on_create(t, &mut obj);
         let manager = opts.field_manager.clone().unwrap_or_else(|| "unknown".into());
         let types = list_types(t);
@@ -988,6 +991,9 @@ impl Core {
         obj["apiVersion"] = json!(t.api_version());
         obj["kind"] = json!(t.kind);
         let mut obj = self.admit(t, obj, Some(&current), opts)?;
+        if sub.is_none() {
+            defaults_on_write(t, &mut obj);
+        }
         if t.tracks_generation() && content(&obj) != content(&current) && sub != Some(Sub::Status) {
             let generation = current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
             metadata_mut(&mut obj).insert("generation".into(), json!(generation + 1));
@@ -1158,6 +1164,16 @@ impl Core {
     }
 }
 
+/// Whether a CRD's condition `type_` is True.
+pub fn crd_condition(crd: &Value, type_: &str) -> bool {
+    crd.pointer("/status/conditions").and_then(Value::as_array).is_some_and(|cs| {
+        cs.iter().any(|c| {
+            c.get("type").and_then(Value::as_str) == Some(type_)
+                && c.get("status").and_then(Value::as_str) == Some("True")
+        })
+    })
+}
+
 fn check_kind(t: &ResourceType, obj: &Value) -> Result<(), ApiError> {
     if let Some(kind) = obj.get("kind").and_then(Value::as_str)
         && kind != t.kind
@@ -1207,6 +1223,27 @@ fn conflict_error(conflicts: &[patch::Conflict]) -> ApiError {
     ApiError::apply_conflict(patch::conflict_message(conflicts), causes)
 }
 
+/// Defaults the real server's decoding fills in on every write (`SetDefaults_*`).
+fn defaults_on_write(t: &ResourceType, obj: &mut Value) {
+    if (t.group.as_str(), t.kind.as_str()) == ("apiextensions.k8s.io", "CustomResourceDefinition") {
+        // SetDefaults_CustomResourceDefinitionSpec: singular and listKind from the kind, conversion None.
+        let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else { return };
+        if let Some(names) = spec.get_mut("names").and_then(Value::as_object_mut)
+            && let Some(kind) = names.get("kind").and_then(Value::as_str).map(str::to_string)
+        {
+            if names.get("singular").and_then(Value::as_str).is_none_or(str::is_empty) {
+                names.insert("singular".into(), json!(kind.to_lowercase()));
+            }
+            if names.get("listKind").and_then(Value::as_str).is_none_or(str::is_empty) {
+                names.insert("listKind".into(), json!(format!("{kind}List")));
+            }
+        }
+        if !spec.contains_key("conversion") {
+            spec.insert("conversion".into(), json!({"strategy": "None"}));
+        }
+    }
+}
+
 /// Defaults the real server (or its admission) fills in on create.
 fn defaults_on_create(t: &ResourceType, obj: &mut Value) {
     match (t.group.as_str(), t.kind.as_str()) {
@@ -1242,14 +1279,10 @@ fn defaults_on_create(t: &ResourceType, obj: &mut Value) {
             }
         }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => {
-            let names = obj.pointer("/spec/names").cloned().unwrap_or_else(|| json!({}));
-            let now = now_rfc3339();
+            // As the CRD strategy's PrepareForCreate: an empty status but the storage version; the
+            // naming and establishing controllers (`workloads::crd_conditions`) fill in the rest.
             obj["status"] = json!({
-                "acceptedNames": names,
-                "conditions": [
-                    {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now},
-                    {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now}
-                ],
+                "acceptedNames": {"plural": "", "kind": ""},
                 "storedVersions": obj.pointer("/spec/versions").and_then(Value::as_array).map(|vs| vs.iter().filter(|v| v.get("storage").and_then(Value::as_bool) == Some(true)).filter_map(|v| v.get("name").cloned()).collect::<Vec<_>>()).unwrap_or_default(),
             });
         }

@@ -540,7 +540,7 @@ fn stream_response(body: Body) -> Response {
 
 /// `/openapi/v3`: one entry per group-version, as kubectl reads it before `apply`.
 fn openapi_root(state: &AppState) -> Value {
-    let registry = state.core.registry();
+    let registry = state.core.registry().established_only();
     let mut paths = serde_json::Map::new();
     for (group, versions) in registry.groups() {
         for version in versions {
@@ -574,7 +574,7 @@ fn openapi_group_version(state: &AppState, gv: &str) -> Result<Response, ApiErro
 /// their `fieldValidation` parameter (kubectl checks for it to use server-side validation), and
 /// the schemas of custom resources (for `kubectl explain`).
 fn openapi_document(state: &AppState, group: &str, version: &str) -> Value {
-    let registry = state.core.registry();
+    let registry = state.core.registry().established_only();
     let mut paths = serde_json::Map::new();
     let mut schemas = serde_json::Map::new();
     let params = json!([
@@ -613,7 +613,7 @@ fn openapi_document(state: &AppState, group: &str, version: &str) -> Value {
 
 fn discovery_core_root(state: &AppState, headers: &HeaderMap) -> Response {
     if accepts(headers, "as=APIGroupDiscoveryList") {
-        let registry = state.core.registry();
+        let registry = state.core.registry().established_only();
         let resources: Vec<Value> =
             registry.all().filter(|t| t.group.is_empty()).map(ResourceType::aggregated_entry).collect();
         let body = json!({
@@ -640,7 +640,7 @@ fn aggregated_response(body: &Value) -> Response {
 }
 
 fn discovery_groups(state: &AppState, headers: &HeaderMap) -> Response {
-    let registry = state.core.registry();
+    let registry = state.core.registry().established_only();
     let groups: Vec<(String, Vec<String>)> = registry.groups().into_iter().filter(|(g, _)| !g.is_empty()).collect();
     if accepts(headers, "as=APIGroupDiscoveryList") {
         let items: Vec<Value> = groups
@@ -676,7 +676,7 @@ fn group_entry(group: &str, versions: &[String]) -> Value {
 }
 
 fn discovery_group(state: &AppState, group: &str) -> Result<Response, ApiError> {
-    let registry = state.core.registry();
+    let registry = state.core.registry().established_only();
     let (_, versions) =
         registry.groups().into_iter().find(|(g, _)| g == group).ok_or_else(|| ApiError::no_route(group))?;
     let mut body = group_entry(group, &versions);
@@ -686,7 +686,7 @@ fn discovery_group(state: &AppState, group: &str) -> Result<Response, ApiError> 
 }
 
 fn discovery_version(state: &AppState, group: &str, version: &str) -> Result<Response, ApiError> {
-    let registry = state.core.registry();
+    let registry = state.core.registry().established_only();
     let resources: Vec<Value> = registry
         .all()
         .filter(|t| t.group == group && t.version == version)

@@ -68,6 +68,10 @@ pub struct SimConfig {
     pub history: usize,
     /// How often a watch that allows bookmarks gets one.
     pub bookmark_interval: Duration,
+    /// How long after its creation a CRD's names are accepted and it is established. Until then
+    /// its resources answer 404 and discovery does not list them, as on a real server (where the
+    /// window is a few milliseconds to a second); the default keeps it observable.
+    pub crd_establish_delay: Duration,
 }
 
 impl Default for SimConfig {
@@ -78,6 +82,7 @@ impl Default for SimConfig {
             workloads: WorkloadConfig::default(),
             history: 100_000,
             bookmark_interval: Duration::from_secs(5),
+            crd_establish_delay: Duration::from_millis(200),
         }
     }
 }
@@ -163,8 +168,9 @@ impl Sim {
         let tls = tls::generate()?;
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config.clone());
         let server = tokio::spawn(serve_tls(listener, acceptor, app, stop.clone()));
-        let controllers =
-            tokio::spawn(workloads::run(core.clone(), config.workloads.clone(), tls.ca_pem.clone(), stop.clone()));
+        let plane =
+            workloads::ControlPlane { root_ca: tls.ca_pem.clone(), crd_establish_delay: config.crd_establish_delay };
+        let controllers = tokio::spawn(workloads::run(core.clone(), config.workloads.clone(), plane, stop.clone()));
         tracing::info!(%addr, "simulated API server listening");
         Ok(Self { addr, token, core, faults, requests, ca_pem: tls.ca_pem, stop, tasks: vec![server, controllers] })
     }

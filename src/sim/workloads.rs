@@ -33,6 +33,7 @@ pub const ROOT_CA_CONFIG_MAP: &str = "kube-root-ca.crt";
 const DESCRIPTION_ANNOTATION: &str = "kubernetes.io/description";
 const ROOT_CA_DESCRIPTION: &str = "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters.";
 const KUBELET: &str = "kubelet";
+const APISERVER: &str = "kube-apiserver";
 
 /// How a terminating pod ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +82,9 @@ fn gvr_deployments() -> Gvr {
 fn gvr_jobs() -> Gvr {
     Gvr::new("batch", "v1", "jobs")
 }
+fn gvr_crds() -> Gvr {
+    Gvr::new("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+}
 
 fn opts(manager: &str) -> WriteOptions {
     WriteOptions { field_manager: Some(manager.into()), ..WriteOptions::default() }
@@ -117,11 +121,23 @@ fn template_hash(template: &Value) -> String {
     fnv1a_hex(&template.to_string())[6..].to_string()
 }
 
-/// Run the simulated controllers until `stop` is cancelled; `root_ca` is the PEM of the CA the
-/// server's certificate chains to (what the root-ca-cert publisher puts in every namespace).
-pub async fn run(core: Arc<Core>, config: WorkloadConfig, root_ca: String, stop: CancellationToken) {
+/// What the simulated control plane needs of the server it runs beside.
+#[derive(Debug, Clone)]
+pub struct ControlPlane {
+    /// The PEM of the CA the server's certificate chains to (what the root-ca-cert publisher puts
+    /// in every namespace).
+    pub root_ca: String,
+    /// How long after a CRD is created its names are accepted (its resources served from then)
+    /// and it is established.
+    pub crd_establish_delay: Duration,
+}
+
+/// Run the simulated controllers until `stop` is cancelled.
+pub async fn run(core: Arc<Core>, config: WorkloadConfig, plane: ControlPlane, stop: CancellationToken) {
+    let root_ca = plane.root_ca.clone();
     let mut events = core.subscribe();
     let mut started: HashSet<String> = HashSet::new();
+    let mut naming: HashSet<String> = HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
@@ -130,6 +146,9 @@ pub async fn run(core: Arc<Core>, config: WorkloadConfig, root_ca: String, stop:
                 Ok(event) => {
                     if event.type_ == EventType::Added && event.group.is_empty() && event.plural == "pods" {
                         start_pod(&core, &config, &event.object, &mut started, &stop);
+                    }
+                    if event.type_ == EventType::Added && event.plural == "customresourcedefinitions" {
+                        accept_crd_names(&core, &event.object, &plane, &mut naming, &stop);
                     }
                 }
                 Err(RecvError::Lagged(_)) => {}
@@ -140,6 +159,9 @@ pub async fn run(core: Arc<Core>, config: WorkloadConfig, root_ca: String, stop:
                 for pod in list(&core, &gvr_pods()) {
                     start_pod(&core, &config, &pod, &mut started, &stop);
                 }
+                for crd in list(&core, &gvr_crds()) {
+                    accept_crd_names(&core, &crd, &plane, &mut naming, &stop);
+                }
             }
         }
         {
@@ -147,6 +169,9 @@ pub async fn run(core: Arc<Core>, config: WorkloadConfig, root_ca: String, stop:
             while let Ok(event) = events.try_recv() {
                 if event.type_ == EventType::Added && event.group.is_empty() && event.plural == "pods" {
                     start_pod(&core, &config, &event.object, &mut started, &stop);
+                }
+                if event.type_ == EventType::Added && event.plural == "customresourcedefinitions" {
+                    accept_crd_names(&core, &event.object, &plane, &mut naming, &stop);
                 }
             }
             reconcile_all(&core, &root_ca);
@@ -289,6 +314,52 @@ fn namespaces(core: &Core) {
             core.finalize_namespace(&name);
         }
     }
+}
+
+/// The apiextensions server's naming and establishing controllers, for one new CRD: after the
+/// configured delay its names are accepted (`NamesAccepted` True, `Established` False
+/// `Installing`; the CRD handler serves its resources from then), then it is established
+/// (`Established` True `InitialNamesAccepted`; discovery lists it from then). Name conflicts
+/// between CRDs are not modelled.
+fn accept_crd_names(
+    core: &Arc<Core>,
+    crd: &Value,
+    plane: &ControlPlane,
+    naming: &mut HashSet<String>,
+    stop: &CancellationToken,
+) {
+    let Some(uid) = s(crd, "/metadata/uid").map(str::to_string) else { return };
+    if super::core::crd_condition(crd, "NamesAccepted") || !naming.insert(uid.clone()) {
+        return;
+    }
+    let Some(name) = s(crd, "/metadata/name").map(str::to_string) else { return };
+    let core = core.clone();
+    let delay = plane.crd_establish_delay;
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        let condition = |type_: &str, status: &str, reason: &str, message: &str| json!({"type": type_, "status": status, "reason": reason, "message": message, "lastTransitionTime": now_rfc3339()});
+        let write = |conditions: Vec<Value>| {
+            let Ok(mut current) = core.get(&gvr_crds(), None, &name) else { return false };
+            if s(&current, "/metadata/uid") != Some(uid.as_str()) {
+                return false;
+            }
+            current["status"]["acceptedNames"] = current.pointer("/spec/names").cloned().unwrap_or_else(|| json!({}));
+            current["status"]["conditions"] = json!(conditions);
+            core.update(&gvr_crds(), None, &name, current, Some(Sub::Status), &opts(APISERVER)).is_ok()
+        };
+        let names_accepted = condition("NamesAccepted", "True", "NoConflicts", "no conflicts found");
+        let installing = condition("Established", "False", "Installing", "the initial names have been accepted");
+        if !write(vec![names_accepted.clone(), installing]) {
+            return;
+        }
+        let established =
+            condition("Established", "True", "InitialNamesAccepted", "the initial names have been accepted");
+        write(vec![names_accepted, established]);
+    });
 }
 
 /// The root-ca-cert publisher (`pkg/controller/certificates/rootcacertpublisher`): every namespace that is
