@@ -1276,3 +1276,62 @@ async fn a_crd_is_served_once_its_names_are_accepted_then_established() {
     ns.cleanup().await;
     cluster.stop().await;
 }
+
+/// The TTL-after-finished controller deletes a finished Job (and its pods) that many seconds
+/// after it finished; a Job without a TTL stays.
+#[tokio::test]
+async fn finished_jobs_go_after_their_ttl() {
+    let cluster = Cluster::start().await;
+    if cluster.sim_only("simulated kubelet (or a stand-in kubelet on a real control plane)").is_none() {
+        return;
+    }
+    let ns = cluster.namespace("ttl").await;
+    let api: Api<Job> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns.name);
+    for (name, ttl) in [("now", Some(0)), ("later", Some(1)), ("kept", None)] {
+        let mut j = job(name, json!({"sim.flywheel.dev/duration": "0.1"}), json!(null), 0);
+        if let Some(spec) = j.spec.as_mut() {
+            spec.ttl_seconds_after_finished = ttl;
+            spec.pod_failure_policy = None;
+        }
+        api.create(&PostParams::default(), &j).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let gone = |name: &'static str| {
+        let api = api.clone();
+        let pods = pods.clone();
+        async move {
+            eventually(Duration::from_secs(30), || {
+                let api = api.clone();
+                let pods = pods.clone();
+                async move {
+                    let job_gone = api.get_opt(name).await.ok()?.is_none();
+                    let left = pods.list(&ListParams::default().labels(&format!("job-name={name}"))).await.ok()?;
+                    (job_gone && left.items.is_empty()).then_some(())
+                }
+            })
+            .await
+            .is_some()
+        }
+    };
+    // ttlSecondsAfterFinished 1: seen finished first, gone (with its pod) a second after.
+    let later = finished(&api, "later").await;
+    let finished_at = later
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "Complete" && c.status == "True")
+        .and_then(|c| c.last_transition_time)
+        .unwrap_or_else(|| panic!("no Complete condition"));
+    assert!(gone("now").await, "a Job with ttlSecondsAfterFinished 0 is deleted once finished");
+    assert!(gone("later").await, "a Job with ttlSecondsAfterFinished 1 is deleted");
+    let now = k8s_openapi::jiff::Timestamp::now();
+    assert!(
+        now >= finished_at.0 + k8s_openapi::jiff::SignedDuration::from_secs(1),
+        "deleted no earlier than its TTL after it finished"
+    );
+    let kept = finished(&api, "kept").await;
+    assert!(kept.metadata.deletion_timestamp.is_none(), "a Job without a TTL stays");
+    ns.cleanup().await;
+    cluster.stop().await;
+}

@@ -207,8 +207,45 @@ fn reconcile_all(core: &Core, root_ca: &str) {
     for d in list(core, &gvr_deployments()) {
         deployment(core, &d, &pods);
     }
-    for j in list(core, &gvr_jobs()) {
-        job(core, &j, &pods);
+    let jobs = list(core, &gvr_jobs());
+    for j in &jobs {
+        job(core, j, &pods);
+    }
+    ttl_after_finished(core, &jobs);
+}
+
+/// The TTL-after-finished controller (`pkg/controller/ttlafterfinished`): a finished Job with
+/// `spec.ttlSecondsAfterFinished` is deleted that many seconds after the `lastTransitionTime` of
+/// its `Complete` or `Failed` condition, in the foreground (its pods first), guarded by its uid.
+fn ttl_after_finished(core: &Core, jobs: &[Value]) {
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+    let now = Timestamp::now();
+    for j in jobs {
+        if j.pointer("/metadata/deletionTimestamp").is_some() {
+            continue;
+        }
+        let Some(ttl) = j.pointer("/spec/ttlSecondsAfterFinished").and_then(Value::as_i64) else { continue };
+        let finished_at = j.pointer("/status/conditions").and_then(Value::as_array).and_then(|cs| {
+            cs.iter().find_map(|c| {
+                let terminal = matches!(c.get("type").and_then(Value::as_str), Some("Complete" | "Failed"))
+                    && c.get("status").and_then(Value::as_str) == Some("True");
+                terminal.then(|| c.get("lastTransitionTime").and_then(Value::as_str)).flatten()
+            })
+        });
+        let Some(finished_at) = finished_at.and_then(|t| t.parse::<Timestamp>().ok()) else { continue };
+        if now < finished_at + SignedDuration::from_secs(ttl) {
+            continue;
+        }
+        let _gone = core.delete(
+            &gvr_jobs(),
+            s(j, "/metadata/namespace"),
+            s(j, "/metadata/name").unwrap_or_default(),
+            &DeleteOptions {
+                propagation: Some(super::core::Propagation::Foreground),
+                uid: s(j, "/metadata/uid").map(str::to_string),
+                ..DeleteOptions::default()
+            },
+        );
     }
 }
 
