@@ -1335,3 +1335,92 @@ async fn finished_jobs_go_after_their_ttl() {
     ns.cleanup().await;
     cluster.stop().await;
 }
+
+/// The disruption controller: PodDisruptionBudget status from the selected pods and the scale of
+/// their controllers; a Job among them fails the sync (a Job has no scale subresource).
+#[tokio::test]
+async fn pod_disruption_budgets_report_allowed_disruptions() {
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    let cluster = Cluster::start().await;
+    let ns = cluster.namespace("pdb").await;
+    let labels = json!({"app": "pdb-web", "tier": "pdbtest"});
+    let container = json!([{"name": "pause", "image": "registry.k8s.io/pause:3.10"}]);
+    let d: Deployment = serde_json::from_value(json!({"metadata": {"name": "web"}, "spec": {"replicas": 2,
+        "selector": {"matchLabels": {"app": "pdb-web"}},
+        "template": {"metadata": {"labels": labels}, "spec": {"containers": container}}}}))
+    .unwrap_or_else(|e| panic!("{e}"));
+    Api::<Deployment>::namespaced(cluster.client.clone(), &ns.name)
+        .create(&PostParams::default(), &d)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let j: Job = serde_json::from_value(json!({"metadata": {"name": "batch"}, "spec": {"template": {
+        "metadata": {"labels": {"tier": "pdbtest"}}, "spec": {"restartPolicy": "Never", "containers": container}}}}))
+    .unwrap_or_else(|e| panic!("{e}"));
+    Api::<Job>::namespaced(cluster.client.clone(), &ns.name)
+        .create(&PostParams::default(), &j)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(cluster.client.clone(), &ns.name);
+    for (name, selector, budget) in [
+        ("mixed", json!({"tier": "pdbtest"}), json!({"maxUnavailable": 1})),
+        ("web", json!({"app": "pdb-web"}), json!({"maxUnavailable": 1})),
+        ("half", json!({"app": "pdb-web"}), json!({"minAvailable": "50%"})),
+        ("three", json!({"app": "pdb-web"}), json!({"minAvailable": 3})),
+    ] {
+        let mut spec = budget;
+        spec["selector"] = json!({"matchLabels": selector});
+        let pdb: PodDisruptionBudget =
+            serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap_or_else(|e| panic!("{e}"));
+        pdbs.create(&PostParams::default(), &pdb).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    // (disruptionsAllowed, currentHealthy, desiredHealthy, expectedPods, observedGeneration,
+    //  condition status, reason, message)
+    type Seen = (i32, i32, i32, i32, Option<i64>, String, String, String);
+    let read = |pdb: PodDisruptionBudget| -> Option<Seen> {
+        let status = pdb.status?;
+        let c = status.conditions.clone()?.into_iter().find(|c| c.type_ == "DisruptionAllowed")?;
+        Some((
+            status.disruptions_allowed,
+            status.current_healthy,
+            status.desired_healthy,
+            status.expected_pods,
+            status.observed_generation,
+            c.status,
+            c.reason,
+            c.message,
+        ))
+    };
+    let settled = |name: &'static str, expected: Seen| {
+        let pdbs = pdbs.clone();
+        async move {
+            let got = eventually(Duration::from_secs(60), || {
+                let pdbs = pdbs.clone();
+                let expected = expected.clone();
+                async move { (read(pdbs.get(name).await.ok()?)? == expected).then_some(()) }
+            })
+            .await;
+            if got.is_none() {
+                let last = pdbs.get(name).await.ok().and_then(read);
+                panic!("{name}: {last:?}, expected {expected:?}");
+            }
+        }
+    };
+    let s = |v: &str| v.to_string();
+    settled("web", (1, 2, 1, 2, Some(1), s("True"), s("SufficientPods"), s(""))).await;
+    settled("half", (1, 2, 1, 2, Some(1), s("True"), s("SufficientPods"), s(""))).await;
+    settled("three", (0, 2, 3, 2, Some(1), s("False"), s("InsufficientPods"), s(""))).await;
+    // The failed sync leaves the counts as they were (they depend on what the controller saw
+    // before the Job's pod): disruptionsAllowed 0 and the condition are what it sets.
+    let failed = eventually(Duration::from_secs(60), || {
+        let pdbs = pdbs.clone();
+        async move {
+            let (allowed, .., status, reason, message) = read(pdbs.get("mixed").await.ok()?)?;
+            (allowed == 0 && reason == "SyncFailed").then_some((status, message))
+        }
+    })
+    .await
+    .unwrap_or_else(|| panic!("the PDB selecting a Job's pod never failed its sync"));
+    assert_eq!(failed, (s("False"), s("jobs.batch does not implement the scale subresource")));
+    ns.cleanup().await;
+    cluster.stop().await;
+}
