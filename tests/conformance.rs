@@ -216,6 +216,18 @@ async fn invalid_objects_are_rejected_with_causes() {
         cel.message,
         "Widget.example.com \"bad2\" is invalid: spec.minReplicas: Invalid value: minReplicas must not exceed replicas"
     );
+    // A bound alone does not keep the CEL rules from running (only a wrong type, a missing field,
+    // an unsupported value, a value too long or too many items do): both causes, the rule's last.
+    let both = api_error(
+        api.create(&PostParams::default(), &widget("bad3", json!({"replicas": 200, "minReplicas": 300})))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("invalid widget accepted")),
+    );
+    assert_eq!(
+        both.message,
+        "Widget.example.com \"bad3\" is invalid: [spec.replicas: Invalid value: 200: spec.replicas in body should be less than or equal to 100, spec.minReplicas: Invalid value: minReplicas must not exceed replicas]"
+    );
     // Unknown fields: pruned by default, rejected when strict.
     let pruned = api
         .create(&PostParams::default(), &widget("p", json!({"replicas": 1, "minReplicas": 1, "bogus": true})))
