@@ -1436,3 +1436,38 @@ async fn pod_disruption_budgets_report_allowed_disruptions() {
     ns.cleanup().await;
     cluster.stop().await;
 }
+
+/// Protobuf bodies: custom resources take JSON and YAML only (415); a body that is not a
+/// Kubernetes protobuf object is a 400.
+#[tokio::test]
+async fn protobuf_bodies_of_custom_resources_are_unsupported() {
+    let cluster = Cluster::start().await;
+    let ns = cluster.namespace("proto").await;
+    let _widgets = widget_api(&cluster, &ns.name).await;
+    let post = |path: String, body: &[u8]| {
+        http::Request::post(path)
+            .header("content-type", "application/vnd.kubernetes.protobuf")
+            .header("accept", "application/json")
+            .body(body.to_vec())
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let envelope = b"k8s\x00\n\x16\n\x0eexample.com/v1\x12\x06Widget\x12\x00";
+    let err = cluster
+        .client
+        .request_text(post(format!("/apis/example.com/v1/namespaces/{}/widgets", ns.name), envelope))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a protobuf custom resource was accepted"));
+    let err = api_error(err);
+    assert_eq!((err.code, err.reason.as_str()), (415, "UnsupportedMediaType"));
+    assert!(err.message.starts_with("the body of the request was in an unknown format"), "{}", err.message);
+    let err = cluster
+        .client
+        .request_text(post(format!("/api/v1/namespaces/{}/configmaps", ns.name), b"{\"kind\": \"ConfigMap\"}"))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a JSON body sent as protobuf was accepted"));
+    assert_eq!(api_error(err).code, 400);
+    ns.cleanup().await;
+    cluster.stop().await;
+}

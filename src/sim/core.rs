@@ -1254,6 +1254,10 @@ fn defaults_on_create(t: &ResourceType, obj: &mut Value) {
         ("", "Pod") => {
             obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
         }
+        ("", "Secret") if obj.get("type").and_then(Value::as_str).is_none_or(str::is_empty) => {
+            // SetDefaults_Secret.
+            obj["type"] = json!("Opaque");
+        }
         ("", "Service") => {
             if obj.pointer("/spec/type").is_none() {
                 obj["spec"]["type"] = json!("ClusterIP");

@@ -142,6 +142,13 @@ impl ApiError {
         )
     }
 
+    /// 415 for a body type a resource does not take: a custom resource takes only JSON and YAML
+    /// (as the real server answers), a built-in kind the simulated server cannot decode from
+    /// protobuf says so.
+    pub fn unsupported_body(message: impl Into<String>) -> Self {
+        Self::new(415, "UnsupportedMediaType", message)
+    }
+
     /// 429: fault injection, or overload.
     pub fn too_many_requests() -> Self {
         Self::new(

@@ -217,6 +217,24 @@ fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("the body of the request could not be decoded: {e}")))
 }
 
+/// The object of a create or update body: JSON, or protobuf for the built-in kinds.
+fn parse_object(headers: &HeaderMap, t: &ResourceType, bytes: &[u8]) -> Result<Value, ApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if content_type.split(';').next().unwrap_or_default().trim() != super::protobuf::MEDIA_TYPE {
+        return parse_json(bytes);
+    }
+    if t.custom {
+        // Custom resources are served in JSON and YAML only, as by the real server.
+        return Err(ApiError::unsupported_body(
+            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml",
+        ));
+    }
+    super::protobuf::decode(bytes).map_err(|e| match e {
+        super::protobuf::ProtobufError::UnknownKind { .. } => ApiError::unsupported_body(e.to_string()),
+        other => ApiError::bad_request(format!("the body of the request could not be decoded: {other}")),
+    })
+}
+
 /// The field manager of a write: `?fieldManager=`, else the user agent's product name, as the
 /// real server defaults it.
 fn field_manager(q: &HashMap<String, String>, headers: &HeaderMap) -> Option<String> {
@@ -302,13 +320,13 @@ async fn route(state: &AppState, request: Request) -> Result<Response, ApiError>
         }
         (Method::POST, None) => {
             let opts = write_options(&q, &headers);
-            let body = parse_json(&read_body(request).await?)?;
+            let body = parse_object(&headers, &t, &read_body(request).await?)?;
             let created = state.core.create(&target.gvr, ns, body, &opts)?;
             Ok(json_response(StatusCode::CREATED, &created))
         }
         (Method::PUT, Some(name)) => {
             let opts = write_options(&q, &headers);
-            let body = parse_json(&read_body(request).await?)?;
+            let body = parse_object(&headers, &t, &read_body(request).await?)?;
             let updated = state.core.update(&target.gvr, ns, name, body, sub, &opts)?;
             let updated = if sub == Some(Sub::Scale) { scale_view(state, &target, name)? } else { updated };
             Ok(json_response(StatusCode::OK, &updated))

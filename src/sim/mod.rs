@@ -8,6 +8,8 @@ pub mod error;
 pub mod faults;
 pub mod http;
 pub mod patch;
+mod proto_schema;
+pub mod protobuf;
 pub mod registry;
 pub mod select;
 pub mod table;
