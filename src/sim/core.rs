@@ -360,6 +360,11 @@ impl Core {
         self.lock().registry.get(&gvr.group, &gvr.version, &gvr.plural).cloned()
     }
 
+    /// The type of `kind` in `api_version` (`apps/v1`, `Deployment`), as a REST mapper finds it.
+    pub fn resource_type_by_kind(&self, api_version: &str, kind: &str) -> Option<ResourceType> {
+        self.lock().registry.by_kind(api_version, kind).cloned()
+    }
+
     /// The current resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.lock().rv

@@ -14,7 +14,6 @@ use super::core::{
     Core, DeleteOptions, EventType, Gvr, ListOptions, PatchKind, Sub, WriteOptions, fnv1a_hex, now_rfc3339,
     random_suffix,
 };
-use super::registry::Registry;
 use super::select::{LabelSelector, labels_of};
 
 /// Annotation: `succeed` (default) or `fail`.
@@ -237,12 +236,7 @@ fn scaled_value(v: &Value, total: i64) -> Result<i64, String> {
 /// The controller of a pod and its scale, as the disruption controller's finders look it up
 /// (ReplicationController, ReplicaSet of a Deployment, ReplicaSet, StatefulSet, then any type
 /// with a scale subresource). `Ok(None)`: no controller found by that reference.
-fn controller_scale(
-    core: &Core,
-    registry: &Registry,
-    namespace: &str,
-    owner: &Value,
-) -> Result<Option<(String, i64)>, String> {
+fn controller_scale(core: &Core, namespace: &str, owner: &Value) -> Result<Option<(String, i64)>, String> {
     let api_version = owner.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
     let kind = owner.get("kind").and_then(Value::as_str).unwrap_or_default();
     let name = owner.get("name").and_then(Value::as_str).unwrap_or_default();
@@ -275,7 +269,7 @@ fn controller_scale(
     }
     // getScaleController: the owner's type, and its scale subresource.
     let version = api_version.rsplit('/').next().unwrap_or_default();
-    let Some(t) = registry.by_kind(api_version, kind) else {
+    let Some(t) = core.resource_type_by_kind(api_version, kind) else {
         return Err(format!("no matches for kind {kind:?} in version {api_version:?}"));
     };
     if t.scale.is_none() {
@@ -290,12 +284,7 @@ fn controller_scale(
 
 /// `getExpectedScale`: the sum of the scales of the selected pods' controllers, and the names of
 /// pods without one.
-fn expected_scale(
-    core: &Core,
-    registry: &Registry,
-    namespace: &str,
-    pods: &[Value],
-) -> Result<(i64, Vec<String>), String> {
+fn expected_scale(core: &Core, namespace: &str, pods: &[Value]) -> Result<(i64, Vec<String>), String> {
     let mut scales: BTreeMap<String, i64> = BTreeMap::new();
     let mut unmanaged = Vec::new();
     for pod in pods {
@@ -311,7 +300,7 @@ fn expected_scale(
         if owner.get("uid").and_then(Value::as_str).is_some_and(|u| scales.contains_key(u)) {
             continue;
         }
-        match controller_scale(core, registry, namespace, owner)? {
+        match controller_scale(core, namespace, owner)? {
             Some((uid, scale)) => {
                 scales.insert(uid, scale);
             }
@@ -353,9 +342,12 @@ fn pdb_condition(status: bool, reason: &str, message: &str, observed_generation:
 /// `disruptionsAllowed` 0, the rest of the status as it was. No eviction API: `disruptedPods`
 /// stays empty.
 fn disruption(core: &Core) {
-    let registry = core.registry();
+    let pdbs = list(core, &gvr_pdbs());
+    if pdbs.is_empty() {
+        return;
+    }
     let all_pods = list(core, &gvr_pods());
-    for pdb in list(core, &gvr_pdbs()) {
+    for pdb in pdbs {
         if pdb.pointer("/metadata/deletionTimestamp").is_some() {
             continue;
         }
@@ -377,12 +369,12 @@ fn disruption(core: &Core) {
         let spec = pdb.get("spec").cloned().unwrap_or_else(|| json!({}));
         let expected: Result<(i64, i64), String> =
             if let Some(max) = spec.get("maxUnavailable").filter(|v| !v.is_null()) {
-                expected_scale(core, &registry, &namespace, &pods)
+                expected_scale(core, &namespace, &pods)
                     .and_then(|(count, _)| scaled_value(max, count).map(|m| (count, (count - m).max(0))))
             } else if let Some(min) = spec.get("minAvailable").filter(|v| !v.is_null()) {
                 match min.as_i64() {
                     Some(n) => Ok((pods.len() as i64, n)),
-                    None => expected_scale(core, &registry, &namespace, &pods)
+                    None => expected_scale(core, &namespace, &pods)
                         .and_then(|(count, _)| scaled_value(min, count).map(|m| (count, m))),
                 }
             } else {
