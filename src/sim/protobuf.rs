@@ -171,7 +171,7 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtobufError> {
     let Some((_, _, index)) = KINDS.iter().find(|(v, k, _)| *v == api_version && *k == kind) else {
         return Err(ProtobufError::UnknownKind { api_version, kind });
     };
-    let mut object = match message(*index, raw)? {
+    let mut object = match message(*index, raw, 0)? {
         Value::Object(map) => map,
         _ => return Err(malformed("the object is not a message")),
     };
@@ -290,7 +290,7 @@ fn scalar(r: &mut Reader<'_>, ty: Ty, wire: u8) -> Result<Option<Value>, Protobu
 }
 
 /// A `map<string, …>` entry.
-fn map_entry(bytes: &[u8], ty: Ty) -> Result<(String, Value), ProtobufError> {
+fn map_entry(bytes: &[u8], ty: Ty, depth: usize) -> Result<(String, Value), ProtobufError> {
     let mut r = Reader::new(bytes);
     let (mut key, mut value) = (String::new(), None);
     while let Some((tag, wire)) = r.key()? {
@@ -298,20 +298,27 @@ fn map_entry(bytes: &[u8], ty: Ty) -> Result<(String, Value), ProtobufError> {
             (1, WIRE_LEN, _) => key = utf8(r.bytes()?)?,
             (2, WIRE_LEN, Ty::StrMap) => value = Some(Value::String(utf8(r.bytes()?)?)),
             (2, WIRE_LEN, Ty::BytesMap) => value = Some(Value::String(base64(r.bytes()?))),
-            (2, WIRE_LEN, Ty::MsgMap(index)) => value = Some(message(index, r.bytes()?)?),
+            (2, WIRE_LEN, Ty::MsgMap(index)) => value = Some(message(index, r.bytes()?, depth)?),
             _ => r.skip(wire)?,
         }
     }
     let value = match (value, ty) {
         (Some(v), _) => v,
-        (None, Ty::MsgMap(index)) => message(index, &[])?,
+        (None, Ty::MsgMap(index)) => message(index, &[], depth)?,
         (None, _) => Value::String(String::new()),
     };
     Ok((key, value))
 }
 
-/// Decode message `index` of the table to its JSON form.
-fn message(index: usize, bytes: &[u8]) -> Result<Value, ProtobufError> {
+/// How deep messages may nest (a CRD's schema nests; a body nested deeper is refused rather
+/// than decoded on an ever deeper stack).
+const MAX_DEPTH: usize = 200;
+
+/// Decode message `index` of the table, found `depth` messages deep, to its JSON form.
+fn message(index: usize, bytes: &[u8], depth: usize) -> Result<Value, ProtobufError> {
+    if depth > MAX_DEPTH {
+        return Err(malformed("messages nested too deeply"));
+    }
     let m = MESSAGES.get(index).ok_or_else(|| malformed("unknown message"))?;
     let mut out = Map::new();
     let mut inlined = Map::new();
@@ -327,7 +334,7 @@ fn message(index: usize, bytes: &[u8]) -> Result<Value, ProtobufError> {
                 if wire != WIRE_LEN {
                     return Err(ProtobufError::Malformed(format!("{}.{}: not a map entry", m.name, f.json)));
                 }
-                let (k, v) = map_entry(r.bytes()?, f.ty)?;
+                let (k, v) = map_entry(r.bytes()?, f.ty, depth + 1)?;
                 let slot = out.entry(f.json).or_insert_with(|| Value::Object(Map::new()));
                 if let Value::Object(map) = slot {
                     map.insert(k, v);
@@ -337,7 +344,7 @@ fn message(index: usize, bytes: &[u8]) -> Result<Value, ProtobufError> {
                 if wire != WIRE_LEN {
                     return Err(ProtobufError::Malformed(format!("{}.{}: not a message", m.name, f.json)));
                 }
-                let value = message(target, r.bytes()?)?;
+                let value = message(target, r.bytes()?, depth + 1)?;
                 if f.inline {
                     if let Value::Object(mut fields) = value {
                         inlined.append(&mut fields);
@@ -449,6 +456,25 @@ mod tests {
             obj,
             json!({"kind": "Namespace", "apiVersion": "v1", "metadata": {"name": "x"}, "spec": {}, "status": {}})
         );
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        // A JSONSchemaProps whose `not` (field 28) holds another, 300 deep.
+        let mut inner: Vec<u8> = Vec::new();
+        for _ in 0..300 {
+            let mut outer = vec![0xe2, 0x01];
+            let mut len = inner.len();
+            while len >= 0x80 {
+                outer.push((len as u8 & 0x7f) | 0x80);
+                len >>= 7;
+            }
+            outer.push(len as u8);
+            outer.extend_from_slice(&inner);
+            inner = outer;
+        }
+        let index = MESSAGES.iter().position(|m| m.name.ends_with("v1.JsonSchemaProps")).unwrap();
+        assert_eq!(message(index, &inner, 0), Err(malformed("messages nested too deeply")));
     }
 
     #[test]
