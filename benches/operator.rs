@@ -47,6 +47,23 @@ async fn main() {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
     }
+    // A CRD is established a moment after it is created: wait for all of them.
+    for crd in flywheel::api::crds() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let live = crds.get(&name).await.unwrap_or_else(|e| panic!("{e}"));
+            let established = live
+                .status
+                .and_then(|s| s.conditions)
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+            if established {
+                break;
+            }
+            assert!(Instant::now() < deadline, "CRD {name} never established");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let mut operator = std::process::Command::new(env!("CARGO_BIN_EXE_flywheel"))
         .args(["--log-format", "json", "operator", "--leader-elect=false", "--metrics-listen", "127.0.0.1:0"])
         .env("KUBECONFIG", &kubeconfig)

@@ -25,13 +25,32 @@ struct ApiErr {
     code: u16,
     reason: String,
     message: String,
+    details: Option<kube::core::response::StatusDetails>,
+}
+
+impl ApiErr {
+    /// `details.kind`, or "" when there are no details.
+    fn details_kind(&self) -> &str {
+        self.details.as_ref().map_or("", |d| d.kind.as_str())
+    }
+
+    /// The causes as (reason, field, message).
+    fn causes(&self) -> Vec<(String, String, String)> {
+        self.details
+            .as_ref()
+            .map(|d| d.causes.iter().map(|c| (c.reason.clone(), c.field.clone(), c.message.clone())).collect())
+            .unwrap_or_default()
+    }
 }
 
 fn api_error(e: kube::Error) -> ApiErr {
     match e {
-        kube::Error::Api(status) => {
-            ApiErr { code: status.code, reason: status.reason.clone(), message: status.message.clone() }
-        }
+        kube::Error::Api(status) => ApiErr {
+            code: status.code,
+            reason: status.reason.clone(),
+            message: status.message.clone(),
+            details: status.details.clone(),
+        },
         other => panic!("expected an API error, got {other}"),
     }
 }
@@ -197,6 +216,18 @@ async fn invalid_objects_are_rejected_with_causes() {
         cel.message,
         "Widget.example.com \"bad2\" is invalid: spec.minReplicas: Invalid value: minReplicas must not exceed replicas"
     );
+    // A bound alone does not keep the CEL rules from running (only a wrong type, a missing field,
+    // an unsupported value, a value too long or too many items do): both causes, the rule's last.
+    let both = api_error(
+        api.create(&PostParams::default(), &widget("bad3", json!({"replicas": 200, "minReplicas": 300})))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("invalid widget accepted")),
+    );
+    assert_eq!(
+        both.message,
+        "Widget.example.com \"bad3\" is invalid: [spec.replicas: Invalid value: 200: spec.replicas in body should be less than or equal to 100, spec.minReplicas: Invalid value: minReplicas must not exceed replicas]"
+    );
     // Unknown fields: pruned by default, rejected when strict.
     let pruned = api
         .create(&PostParams::default(), &widget("p", json!({"replicas": 1, "minReplicas": 1, "bogus": true})))
@@ -254,9 +285,11 @@ async fn label_and_field_selectors_and_pagination() {
         ("tier=web", vec!["a", "b"]),
         ("tier==web,track!=canary", vec!["a"]),
         ("tier in (web,db)", vec!["a", "b", "c"]),
-        ("tier notin (web,db)", vec!["d"]),
+        // `notin` and `!` match objects without the label too: the namespace's kube-root-ca.crt.
+        ("tier notin (web,db)", vec!["d", "kube-root-ca.crt"]),
+        ("tier,tier notin (web,db)", vec!["d"]),
         ("track", vec!["a", "b", "c"]),
-        ("!track", vec!["d"]),
+        ("!track", vec!["d", "kube-root-ca.crt"]),
     ] {
         let got = names(
             api.list(&ListParams::default().labels(selector)).await.unwrap_or_else(|e| panic!("{selector}: {e}")),
@@ -271,13 +304,16 @@ async fn label_and_field_selectors_and_pagination() {
             .unwrap_or_else(|e| panic!("{e}")),
     );
     assert_eq!(got, vec!["c"]);
-    // Pagination: 4 items, pages of 3 then 1, with a continue token and remainingItemCount.
-    let first = api.list(&ListParams::default().limit(3)).await.unwrap_or_else(|e| panic!("{e}"));
+    // Pagination: 4 items (the namespace's kube-root-ca.crt aside), pages of 3 then 1, with a
+    // continue token and remainingItemCount.
+    let first = api.list(&ListParams::default().labels("tier").limit(3)).await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(first.items.len(), 3);
     assert_eq!(first.metadata.remaining_item_count, Some(1));
     let token = first.metadata.continue_.clone().unwrap_or_else(|| panic!("no continue token"));
-    let second =
-        api.list(&ListParams::default().limit(3).continue_token(&token)).await.unwrap_or_else(|e| panic!("{e}"));
+    let second = api
+        .list(&ListParams::default().labels("tier").limit(3).continue_token(&token))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(second.items.len(), 1);
     assert!(second.metadata.continue_.as_deref().unwrap_or_default().is_empty());
     ns.cleanup().await;
@@ -397,7 +433,17 @@ async fn merge_json_and_strategic_patches() {
     assert_eq!(containers.len(), 2, "strategic merge keeps the sidecar");
     assert_eq!(containers[0].image.as_deref(), Some("app:2"));
     let env: Vec<String> = containers[0].env.clone().unwrap_or_default().into_iter().map(|e| e.name).collect();
-    assert_eq!(env, vec!["A", "B"]);
+    // strategicpatch.mergeSlice: an item new to a merge-keyed list goes before the live ones.
+    assert_eq!(env, vec!["B", "A"]);
+    // With `$setElementOrder` (what client-side `kubectl apply` sends) the directive decides.
+    let ordered = api
+        .patch("web", &PatchParams::default(), &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [{"name": "app",
+            "$setElementOrder/env": [{"name": "A"}, {"name": "B"}, {"name": "C"}], "env": [{"name": "C", "value": "3"}]}]}}}})))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let containers = ordered.spec.and_then(|s| s.template.spec).map(|s| s.containers).unwrap_or_default();
+    let env: Vec<String> = containers[0].env.clone().unwrap_or_default().into_iter().map(|e| e.name).collect();
+    assert_eq!(env, vec!["A", "B", "C"]);
     // Merge patch: lists replace; null deletes.
     let merged = api
         .patch("web", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"a": "1", "b": "2"}}})))
@@ -540,7 +586,14 @@ async fn finalizers_hold_deletion_until_removed() {
         .err()
         .unwrap_or_else(|| panic!("new finalizer accepted while deleting")),
     );
-    assert_eq!(err.code, 403);
+    // ValidateObjectMetaUpdate: 422 Invalid, a Forbidden cause on metadata.finalizers.
+    assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"));
+    let expected = "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{\"another\"}";
+    assert_eq!(err.message, format!("ConfigMap \"held\" is invalid: metadata.finalizers: {expected}"));
+    assert_eq!(
+        err.causes(),
+        vec![("FieldValueForbidden".to_string(), "metadata.finalizers".to_string(), expected.to_string())]
+    );
     api.patch("held", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -1016,6 +1069,13 @@ async fn gateway_api_httproutes_work_once_their_crd_is_applied() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     }
+    // Served once the API server has accepted the CRD's names (not at once).
+    eventually(Duration::from_secs(30), || {
+        let routes = routes.clone();
+        async move { routes.list(&ListParams::default()).await.ok().map(|_| ()) }
+    })
+    .await
+    .unwrap_or_else(|| panic!("HTTPRoutes never served"));
     let route: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "chat"},
         "spec": {"parentRefs": [{"name": "gw"}], "rules": [{"backendRefs": [{"name": "chat-stable", "port": 80, "weight": 90}, {"name": "chat-canary", "port": 80}]}]}
@@ -1047,14 +1107,31 @@ async fn delete_preconditions_guard_against_stale_deletes() {
     };
     let err = api_error(api.delete("p", &stale).await.err().unwrap_or_else(|| panic!("stale delete accepted")));
     assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
-    assert!(err.message.contains("Precondition failed: ResourceVersion in precondition: 1"), "{}", err.message);
+    // rest.BeforeDelete names the object by its kind, in the message and in details.kind.
+    let current_rv = created.metadata.resource_version.clone().unwrap_or_default();
+    assert_eq!(
+        err.message,
+        format!(
+            "Operation cannot be fulfilled on ConfigMap \"p\": the ResourceVersion in the precondition (1) does not match the ResourceVersion in record ({current_rv}). The object might have been modified"
+        )
+    );
+    assert_eq!(err.details_kind(), "ConfigMap");
     let wrong_uid = DeleteParams {
-        preconditions: Some(kube::api::Preconditions { uid: Some("not-it".into()), resource_version: None }),
+        preconditions: Some(kube::api::Preconditions {
+            uid: Some("not-it".into()),
+            resource_version: Some("1".into()),
+        }),
         ..DeleteParams::default()
     };
+    let err = api_error(api.delete("p", &wrong_uid).await.err().unwrap_or_else(|| panic!("wrong uid accepted")));
+    assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
+    let uid = created.metadata.uid.clone().unwrap_or_default();
     assert_eq!(
-        api_error(api.delete("p", &wrong_uid).await.err().unwrap_or_else(|| panic!("wrong uid accepted"))).code,
-        409
+        err.message,
+        format!(
+            "Operation cannot be fulfilled on ConfigMap \"p\": the UID in the precondition (not-it) does not match the UID in record ({uid}). The object might have been deleted and then recreated"
+        ),
+        "the uid is checked before the resourceVersion"
     );
     let right = DeleteParams {
         preconditions: Some(kube::api::Preconditions {
@@ -1065,6 +1142,332 @@ async fn delete_preconditions_guard_against_stale_deletes() {
     };
     api.delete("p", &right).await.unwrap_or_else(|e| panic!("{e}"));
     assert!(api.get_opt("p").await.unwrap_or_else(|e| panic!("{e}")).is_none());
+    ns.cleanup().await;
+    cluster.stop().await;
+}
+
+/// The controller-manager's root-ca-cert publisher: every namespace holds `kube-root-ca.crt`
+/// with the cluster's CA; deleted or changed, it comes back.
+#[tokio::test]
+async fn every_namespace_holds_the_root_ca_config_map() {
+    let cluster = Cluster::start().await;
+    let ns = cluster.namespace("rootca").await;
+    let api: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let published = |api: Api<ConfigMap>, not_uid: Option<String>| async move {
+        eventually(Duration::from_secs(30), || {
+            let api = api.clone();
+            let not_uid = not_uid.clone();
+            async move {
+                let cm = api.get_opt("kube-root-ca.crt").await.ok()??;
+                let fresh = not_uid.is_none_or(|u| cm.metadata.uid.as_deref() != Some(u.as_str()));
+                let keys: Vec<String> = cm.data.clone().unwrap_or_default().into_keys().collect();
+                (fresh && keys == ["ca.crt"]).then_some(cm)
+            }
+        })
+        .await
+        .unwrap_or_else(|| panic!("kube-root-ca.crt not published"))
+    };
+    let cm = published(api.clone(), None).await;
+    let pem = cm.data.as_ref().and_then(|d| d.get("ca.crt")).cloned().unwrap_or_default();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    if let Some(sim) = cluster.sim.as_ref() {
+        assert_eq!(pem, sim.ca_pem(), "the CA the server's certificate chains to");
+    }
+    let description = cm.metadata.annotations.as_ref().and_then(|a| a.get("kubernetes.io/description")).cloned();
+    assert_eq!(
+        description.as_deref(),
+        Some(
+            "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters."
+        )
+    );
+    // The namespaces that exist from the start have it too.
+    let default: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), "default");
+    assert!(published(default, None).await.data.is_some());
+    // Deleted: recreated (a new object).
+    api.delete("kube-root-ca.crt", &DeleteParams::default()).await.unwrap_or_else(|e| panic!("{e}"));
+    let recreated = published(api.clone(), cm.metadata.uid.clone()).await;
+    assert_eq!(recreated.data.as_ref().and_then(|d| d.get("ca.crt")), Some(&pem));
+    // Changed: put back.
+    api.patch("kube-root-ca.crt", &PatchParams::default(), &Patch::Merge(json!({"data": {"extra": "x"}})))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    published(api.clone(), None).await;
+    ns.cleanup().await;
+    cluster.stop().await;
+}
+
+/// A CRD's names are accepted, then it is established, by controllers of the API server, after
+/// its creation: until its names are accepted its resources answer 404.
+#[tokio::test]
+async fn a_crd_is_served_once_its_names_are_accepted_then_established() {
+    let cluster = Cluster::start_with(flywheel::sim::SimConfig {
+        crd_establish_delay: Duration::from_millis(1500),
+        ..flywheel::sim::SimConfig::default()
+    })
+    .await;
+    let ns = cluster.namespace("establish").await;
+    // A group of its own, so that parallel runs on one cluster never conflict on names.
+    let tail = ns.name.rsplit('-').next().unwrap_or_default().to_string();
+    let group = format!("g{tail}.establish.example.com");
+    let name = format!("gadgets.{group}");
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": name},
+        "spec": {"group": group, "scope": "Namespaced", "names": {"kind": "Gadget", "plural": "gadgets"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let crds: Api<CustomResourceDefinition> = Api::all(cluster.client.clone());
+    let created = crds.create(&PostParams::default(), &crd).await.unwrap_or_else(|e| panic!("{e}"));
+    // The create answer: defaults in spec, a status with the storage version and no condition yet.
+    assert_eq!(created.spec.names.singular.as_deref(), Some("gadget"));
+    assert_eq!(created.spec.names.list_kind.as_deref(), Some("GadgetList"));
+    assert_eq!(created.spec.conversion.as_ref().map(|c| c.strategy.as_str()), Some("None"));
+    let status = created.status.clone().unwrap_or_default();
+    assert_eq!(status.stored_versions, Some(vec!["v1".to_string()]));
+    assert!(status.conditions.unwrap_or_default().is_empty(), "no condition on create");
+    assert_eq!(status.accepted_names.map(|n| (n.plural, n.kind)), Some((String::new(), String::new())));
+    let ar = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(&group, "v1", "Gadget"), "gadgets");
+    let gadgets: Api<DynamicObject> = Api::namespaced_with(cluster.client.clone(), &ns.name, &ar);
+    if cluster.sim_only("a CRD establish delay long enough to observe").is_some() {
+        let err =
+            api_error(gadgets.list(&ListParams::default()).await.err().unwrap_or_else(|| panic!("served at once")));
+        assert_eq!(err.code, 404);
+    }
+    // The conditions as the CRD's watchers see them: NamesAccepted first, then Established.
+    let from = created.metadata.resource_version.clone().unwrap_or_default();
+    let mut stream = crds
+        .watch(&WatchParams::default().fields(&format!("metadata.name={name}")).timeout(30), &from)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .boxed();
+    let mut seen: Vec<Vec<(String, String, String)>> = Vec::new();
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("never established: {seen:?}"));
+        let Some(Ok(WatchEvent::Modified(crd))) = event else { continue };
+        let conditions: Vec<(String, String, String)> = crd
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c.type_ == "NamesAccepted" || c.type_ == "Established")
+            .map(|c| (c.type_, c.status, c.reason.unwrap_or_default()))
+            .collect();
+        let done = conditions.iter().any(|c| c.0 == "Established" && c.1 == "True");
+        if seen.last() != Some(&conditions) {
+            seen.push(conditions);
+        }
+        if done {
+            break;
+        }
+    }
+    let c = |t: &str, s: &str, r: &str| (t.to_string(), s.to_string(), r.to_string());
+    assert_eq!(
+        seen,
+        vec![
+            vec![c("NamesAccepted", "True", "NoConflicts"), c("Established", "False", "Installing")],
+            vec![c("NamesAccepted", "True", "NoConflicts"), c("Established", "True", "InitialNamesAccepted")],
+        ]
+    );
+    let listed = gadgets.list(&ListParams::default()).await.unwrap_or_else(|e| panic!("not served: {e}"));
+    assert!(listed.items.is_empty());
+    let discovered = eventually(Duration::from_secs(30), || {
+        let client = cluster.client.clone();
+        let group = group.clone();
+        async move {
+            let discovery = kube::Discovery::new(client).run().await.ok()?;
+            discovery.has_group(&group).then_some(())
+        }
+    })
+    .await;
+    assert!(discovered.is_some(), "an established CRD is discovered");
+    crds.delete(&name, &DeleteParams::default()).await.unwrap_or_else(|e| panic!("{e}"));
+    ns.cleanup().await;
+    cluster.stop().await;
+}
+
+/// The TTL-after-finished controller deletes a finished Job (and its pods) that many seconds
+/// after it finished; a Job without a TTL stays.
+#[tokio::test]
+async fn finished_jobs_go_after_their_ttl() {
+    let cluster = Cluster::start().await;
+    if cluster.sim_only("simulated kubelet (or a stand-in kubelet on a real control plane)").is_none() {
+        return;
+    }
+    let ns = cluster.namespace("ttl").await;
+    let api: Api<Job> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns.name);
+    for (name, ttl) in [("now", Some(0)), ("later", Some(1)), ("kept", None)] {
+        let mut j = job(name, json!({"sim.flywheel.dev/duration": "0.1"}), json!(null), 0);
+        if let Some(spec) = j.spec.as_mut() {
+            spec.ttl_seconds_after_finished = ttl;
+            spec.pod_failure_policy = None;
+        }
+        api.create(&PostParams::default(), &j).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let gone = |name: &'static str| {
+        let api = api.clone();
+        let pods = pods.clone();
+        async move {
+            eventually(Duration::from_secs(30), || {
+                let api = api.clone();
+                let pods = pods.clone();
+                async move {
+                    let job_gone = api.get_opt(name).await.ok()?.is_none();
+                    let left = pods.list(&ListParams::default().labels(&format!("job-name={name}"))).await.ok()?;
+                    (job_gone && left.items.is_empty()).then_some(())
+                }
+            })
+            .await
+            .is_some()
+        }
+    };
+    // ttlSecondsAfterFinished 1: seen finished first, gone (with its pod) a second after.
+    let later = finished(&api, "later").await;
+    let finished_at = later
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "Complete" && c.status == "True")
+        .and_then(|c| c.last_transition_time)
+        .unwrap_or_else(|| panic!("no Complete condition"));
+    assert!(gone("now").await, "a Job with ttlSecondsAfterFinished 0 is deleted once finished");
+    assert!(gone("later").await, "a Job with ttlSecondsAfterFinished 1 is deleted");
+    let now = k8s_openapi::jiff::Timestamp::now();
+    assert!(
+        now >= finished_at.0 + k8s_openapi::jiff::SignedDuration::from_secs(1),
+        "deleted no earlier than its TTL after it finished"
+    );
+    let kept = finished(&api, "kept").await;
+    assert!(kept.metadata.deletion_timestamp.is_none(), "a Job without a TTL stays");
+    ns.cleanup().await;
+    cluster.stop().await;
+}
+
+/// The disruption controller: PodDisruptionBudget status from the selected pods and the scale of
+/// their controllers; a Job among them fails the sync (a Job has no scale subresource).
+#[tokio::test]
+async fn pod_disruption_budgets_report_allowed_disruptions() {
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    let cluster = Cluster::start().await;
+    let ns = cluster.namespace("pdb").await;
+    let labels = json!({"app": "pdb-web", "tier": "pdbtest"});
+    let container = json!([{"name": "pause", "image": "registry.k8s.io/pause:3.10"}]);
+    let d: Deployment = serde_json::from_value(json!({"metadata": {"name": "web"}, "spec": {"replicas": 2,
+        "selector": {"matchLabels": {"app": "pdb-web"}},
+        "template": {"metadata": {"labels": labels}, "spec": {"containers": container}}}}))
+    .unwrap_or_else(|e| panic!("{e}"));
+    Api::<Deployment>::namespaced(cluster.client.clone(), &ns.name)
+        .create(&PostParams::default(), &d)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let j: Job = serde_json::from_value(json!({"metadata": {"name": "batch"}, "spec": {"template": {
+        "metadata": {"labels": {"tier": "pdbtest"}}, "spec": {"restartPolicy": "Never", "containers": container}}}}))
+    .unwrap_or_else(|e| panic!("{e}"));
+    Api::<Job>::namespaced(cluster.client.clone(), &ns.name)
+        .create(&PostParams::default(), &j)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(cluster.client.clone(), &ns.name);
+    for (name, selector, budget) in [
+        ("mixed", json!({"tier": "pdbtest"}), json!({"maxUnavailable": 1})),
+        ("web", json!({"app": "pdb-web"}), json!({"maxUnavailable": 1})),
+        ("half", json!({"app": "pdb-web"}), json!({"minAvailable": "50%"})),
+        ("three", json!({"app": "pdb-web"}), json!({"minAvailable": 3})),
+    ] {
+        let mut spec = budget;
+        spec["selector"] = json!({"matchLabels": selector});
+        let pdb: PodDisruptionBudget =
+            serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap_or_else(|e| panic!("{e}"));
+        pdbs.create(&PostParams::default(), &pdb).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    // (disruptionsAllowed, currentHealthy, desiredHealthy, expectedPods, observedGeneration,
+    //  condition status, reason, message)
+    type Seen = (i32, i32, i32, i32, Option<i64>, String, String, String);
+    let read = |pdb: PodDisruptionBudget| -> Option<Seen> {
+        let status = pdb.status?;
+        let c = status.conditions.clone()?.into_iter().find(|c| c.type_ == "DisruptionAllowed")?;
+        Some((
+            status.disruptions_allowed,
+            status.current_healthy,
+            status.desired_healthy,
+            status.expected_pods,
+            status.observed_generation,
+            c.status,
+            c.reason,
+            c.message,
+        ))
+    };
+    let settled = |name: &'static str, expected: Seen| {
+        let pdbs = pdbs.clone();
+        async move {
+            let got = eventually(Duration::from_secs(60), || {
+                let pdbs = pdbs.clone();
+                let expected = expected.clone();
+                async move { (read(pdbs.get(name).await.ok()?)? == expected).then_some(()) }
+            })
+            .await;
+            if got.is_none() {
+                let last = pdbs.get(name).await.ok().and_then(read);
+                panic!("{name}: {last:?}, expected {expected:?}");
+            }
+        }
+    };
+    let s = |v: &str| v.to_string();
+    settled("web", (1, 2, 1, 2, Some(1), s("True"), s("SufficientPods"), s(""))).await;
+    settled("half", (1, 2, 1, 2, Some(1), s("True"), s("SufficientPods"), s(""))).await;
+    settled("three", (0, 2, 3, 2, Some(1), s("False"), s("InsufficientPods"), s(""))).await;
+    // The failed sync leaves the counts as they were (they depend on what the controller saw
+    // before the Job's pod): disruptionsAllowed 0 and the condition are what it sets.
+    let failed = eventually(Duration::from_secs(60), || {
+        let pdbs = pdbs.clone();
+        async move {
+            let (allowed, .., status, reason, message) = read(pdbs.get("mixed").await.ok()?)?;
+            (allowed == 0 && reason == "SyncFailed").then_some((status, message))
+        }
+    })
+    .await
+    .unwrap_or_else(|| panic!("the PDB selecting a Job's pod never failed its sync"));
+    assert_eq!(failed, (s("False"), s("jobs.batch does not implement the scale subresource")));
+    ns.cleanup().await;
+    cluster.stop().await;
+}
+
+/// Protobuf bodies: custom resources take JSON and YAML only (415); a body that is not a
+/// Kubernetes protobuf object is a 400.
+#[tokio::test]
+async fn protobuf_bodies_of_custom_resources_are_unsupported() {
+    let cluster = Cluster::start().await;
+    let ns = cluster.namespace("proto").await;
+    let _widgets = widget_api(&cluster, &ns.name).await;
+    let post = |path: String, body: &[u8]| {
+        http::Request::post(path)
+            .header("content-type", "application/vnd.kubernetes.protobuf")
+            .header("accept", "application/json")
+            .body(body.to_vec())
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let envelope = b"k8s\x00\n\x16\n\x0eexample.com/v1\x12\x06Widget\x12\x00";
+    let err = cluster
+        .client
+        .request_text(post(format!("/apis/example.com/v1/namespaces/{}/widgets", ns.name), envelope))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a protobuf custom resource was accepted"));
+    let err = api_error(err);
+    assert_eq!((err.code, err.reason.as_str()), (415, "UnsupportedMediaType"));
+    assert!(err.message.starts_with("the body of the request was in an unknown format"), "{}", err.message);
+    let err = cluster
+        .client
+        .request_text(post(format!("/api/v1/namespaces/{}/configmaps", ns.name), b"{\"kind\": \"ConfigMap\"}"))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("a JSON body sent as protobuf was accepted"));
+    assert_eq!(api_error(err).code, 400);
     ns.cleanup().await;
     cluster.stop().await;
 }

@@ -1014,6 +1014,14 @@ async fn the_chart_and_the_manifest_install_and_reconcile_the_samples() {
         &kubectl(&cluster, &["apply", "--server-side", "-f", &servicemonitor_crd], None),
         "apply the ServiceMonitor CRD",
     );
+    ok(
+        &kubectl(
+            &cluster,
+            &["wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com", "--timeout=30s"],
+            None,
+        ),
+        "wait for the ServiceMonitor CRD",
+    );
     let mut variants: Vec<(String, Option<PathBuf>)> = vec![("default".into(), None)];
     variants.extend(ci_values().into_iter().map(|f| (stem(&f), Some(f))));
     for (label, values) in &variants {

@@ -101,22 +101,40 @@ pub struct Admitted {
 }
 
 /// Validate `object` against `schema` (an `openAPIV3Schema`) as the API server does on a create
-/// (`old` = `None`) or an update: structural checks first; CEL rules only when those pass (else
-/// one extra cause says the rules were not checked). The object should already be pruned.
+/// (`old` = `None`) or an update, in the real server's order: the OpenAPI schema validator first
+/// (depth first; at each node the type, the string bounds, the number bounds, the list's items
+/// then its bounds, the enum, then an object's properties, by name, then its required fields),
+/// then the list-type checks (duplicates in sets and maps), then the CEL rules, unless a schema
+/// error blocks them (a wrong type, a missing required field, an unsupported enum value, a value
+/// too long or with too many items): then one extra cause says the rules were not checked. A bound
+/// or pattern violation does not block the rules. The object should already be pruned.
 pub fn validate(schema: &Value, object: &Value, old: Option<&Value>) -> Vec<FieldError> {
     let mut errors = Vec::new();
     check(schema, object, "", &mut errors);
-    if !errors.is_empty() {
-        if has_cel_rules(schema) {
-            errors.push(FieldError {
-                reason: FieldReason::Invalid,
-                field: "<nil>".into(),
-                message: "Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation".into(),
-            });
-        }
+    check_list_types(schema, object, "", &mut errors);
+    if !has_cel_rules(schema) {
         return errors;
     }
-    validate_cel(schema, object, old)
+    let blocking = errors.iter().any(|e| {
+        matches!(
+            e.reason,
+            FieldReason::NotSupported
+                | FieldReason::Required
+                | FieldReason::TooLong
+                | FieldReason::TooMany
+                | FieldReason::TypeInvalid
+        )
+    });
+    if blocking {
+        errors.push(FieldError {
+            reason: FieldReason::Invalid,
+            field: "<nil>".into(),
+            message: "Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation".into(),
+        });
+        return errors;
+    }
+    errors.extend(validate_cel(schema, object, old));
+    errors
 }
 
 /// Evaluate only the `x-kubernetes-validations` rules of `schema` on `object`, wording the
@@ -339,6 +357,8 @@ fn type_matches(expected: &str, value: &Value, schema: &Value) -> bool {
     }
 }
 
+/// The OpenAPI schema validator at one node (`SchemaValidator.Validate`): its validators in
+/// their order, each applying when the value is of its kind.
 fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldError>) {
     if value.is_null() {
         let nullable = schema.get("nullable").and_then(Value::as_bool) == Some(true);
@@ -354,20 +374,30 @@ fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldError>
         }
         return;
     }
-    if let Some(expected) = schema.get("type").and_then(Value::as_str)
-        && !type_matches(expected, value, schema)
-    {
-        errors.push(FieldError {
-            reason: FieldReason::TypeInvalid,
-            field: path.to_string(),
-            message: format!(
-                "Invalid value: {}: {path} in body must be of type {expected}: \"{}\"",
-                quote(value),
-                json_type(value)
-            ),
-        });
-        return;
+    let typed = match schema.get("type").and_then(Value::as_str) {
+        Some(expected) if !type_matches(expected, value, schema) => {
+            errors.push(FieldError {
+                reason: FieldReason::TypeInvalid,
+                field: path.to_string(),
+                message: format!(
+                    "Invalid value: {}: {path} in body must be of type {expected}: \"{}\"",
+                    quote(value),
+                    json_type(value)
+                ),
+            });
+            false
+        }
+        _ => true,
+    };
+    if typed {
+        match value {
+            Value::String(s) => check_string(schema, s, value, path, errors),
+            Value::Number(_) => check_number(schema, value, path, errors),
+            Value::Array(items) => check_array(schema, items, path, errors),
+            _ => {}
+        }
     }
+    // The enum (the common validator) applies whatever the value's type.
     if let Some(allowed) = schema.get("enum").and_then(Value::as_array)
         && !allowed.contains(value)
     {
@@ -378,15 +408,12 @@ fn check(schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldError>
             message: format!("Unsupported value: {}: supported values: {}", quote(value), list.join(", ")),
         });
     }
-    match value {
-        Value::String(s) => check_string(schema, s, value, path, errors),
-        Value::Number(_) => check_number(schema, value, path, errors),
-        Value::Array(items) => check_array(schema, items, value, path, errors),
-        Value::Object(map) => check_object(schema, map, value, path, errors),
-        _ => {}
+    if typed && let Value::Object(map) = value {
+        check_object(schema, map, value, path, errors);
     }
 }
 
+/// The string validator: the first of maxLength, minLength, pattern that fails.
 fn check_string(schema: &Value, s: &str, value: &Value, path: &str, errors: &mut Vec<FieldError>) {
     let len = s.chars().count() as u64;
     if let Some(max) = schema.get("maxLength").and_then(Value::as_u64)
@@ -397,11 +424,13 @@ fn check_string(schema: &Value, s: &str, value: &Value, path: &str, errors: &mut
             field: path.to_string(),
             message: format!("Too long: may not be more than {max} bytes"),
         });
+        return;
     }
     if let Some(min) = schema.get("minLength").and_then(Value::as_u64)
         && len < min
     {
         invalid(errors, path, value, format!("should be at least {min} chars long"));
+        return;
     }
     if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
         match regex::Regex::new(pattern) {
@@ -412,15 +441,9 @@ fn check_string(schema: &Value, s: &str, value: &Value, path: &str, errors: &mut
     }
 }
 
+/// The number validator: minimum, then maximum.
 fn check_number(schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldError>) {
     let Some(v) = value.as_f64() else { return };
-    if let Some(max) = schema.get("maximum").and_then(Value::as_f64) {
-        let exclusive = schema.get("exclusiveMaximum").and_then(Value::as_bool) == Some(true);
-        if v > max || (exclusive && v >= max) {
-            let rel = if exclusive { "less than" } else { "less than or equal to" };
-            invalid(errors, path, value, format!("should be {rel} {max}"));
-        }
-    }
     if let Some(min) = schema.get("minimum").and_then(Value::as_f64) {
         let exclusive = schema.get("exclusiveMinimum").and_then(Value::as_bool) == Some(true);
         if v < min || (exclusive && v <= min) {
@@ -428,10 +451,28 @@ fn check_number(schema: &Value, value: &Value, path: &str, errors: &mut Vec<Fiel
             invalid(errors, path, value, format!("should be {rel} {min}"));
         }
     }
+    if let Some(max) = schema.get("maximum").and_then(Value::as_f64) {
+        let exclusive = schema.get("exclusiveMaximum").and_then(Value::as_bool) == Some(true);
+        if v > max || (exclusive && v >= max) {
+            let rel = if exclusive { "less than" } else { "less than or equal to" };
+            invalid(errors, path, value, format!("should be {rel} {max}"));
+        }
+    }
 }
 
-fn check_array(schema: &Value, items: &[Value], value: &Value, path: &str, errors: &mut Vec<FieldError>) {
+/// The slice validator: every item, then minItems, then maxItems.
+fn check_array(schema: &Value, items: &[Value], path: &str, errors: &mut Vec<FieldError>) {
+    if let Some(item_schema) = schema.get("items") {
+        for (i, item) in items.iter().enumerate() {
+            check(item_schema, item, &format!("{path}[{i}]"), errors);
+        }
+    }
     let len = items.len() as u64;
+    if let Some(min) = schema.get("minItems").and_then(Value::as_u64)
+        && len < min
+    {
+        invalid(errors, path, &Value::Array(items.to_vec()), format!("should have at least {min} items"));
+    }
     if let Some(max) = schema.get("maxItems").and_then(Value::as_u64)
         && len > max
     {
@@ -441,56 +482,18 @@ fn check_array(schema: &Value, items: &[Value], value: &Value, path: &str, error
             message: format!("Too many: {len}: must have at most {max} items"),
         });
     }
-    if let Some(min) = schema.get("minItems").and_then(Value::as_u64)
-        && len < min
-    {
-        invalid(errors, path, value, format!("should have at least {min} items"));
-    }
-    if let Some(item_schema) = schema.get("items") {
-        for (i, item) in items.iter().enumerate() {
-            check(item_schema, item, &format!("{path}[{i}]"), errors);
-        }
-    }
-    match schema.get("x-kubernetes-list-type").and_then(Value::as_str) {
-        Some("set") => {
-            for (i, item) in items.iter().enumerate() {
-                if items[..i].contains(item) {
-                    errors.push(FieldError {
-                        reason: FieldReason::Duplicate,
-                        field: format!("{path}[{i}]"),
-                        message: format!("Duplicate value: {}", quote(item)),
-                    });
-                }
-            }
-        }
-        Some("map") => {
-            let keys: Vec<&str> = schema
-                .get("x-kubernetes-list-map-keys")
-                .and_then(Value::as_array)
-                .map(|k| k.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            let key_of = |item: &Value| -> Vec<Value> {
-                keys.iter().map(|k| item.get(*k).cloned().unwrap_or(Value::Null)).collect()
-            };
-            for (i, item) in items.iter().enumerate() {
-                let key = key_of(item);
-                if items[..i].iter().any(|earlier| key_of(earlier) == key) {
-                    let shown: Map<String, Value> =
-                        keys.iter().map(|k| (k.to_string(), item.get(*k).cloned().unwrap_or(Value::Null))).collect();
-                    errors.push(FieldError {
-                        reason: FieldReason::Duplicate,
-                        field: format!("{path}[{i}]"),
-                        message: format!("Duplicate value: {}", Value::Object(shown)),
-                    });
-                }
-            }
-        }
-        _ => {}
-    }
 }
 
+/// The object validator: min/maxProperties (alone when they fail), the values under
+/// additionalProperties, the properties by name, then the required fields in their order.
 fn check_object(schema: &Value, map: &Map<String, Value>, value: &Value, path: &str, errors: &mut Vec<FieldError>) {
     let len = map.len() as u64;
+    if let Some(min) = schema.get("minProperties").and_then(Value::as_u64)
+        && len < min
+    {
+        invalid(errors, path, value, format!("should have at least {min} properties"));
+        return;
+    }
     if let Some(max) = schema.get("maxProperties").and_then(Value::as_u64)
         && len > max
     {
@@ -499,11 +502,29 @@ fn check_object(schema: &Value, map: &Map<String, Value>, value: &Value, path: &
             field: path.to_string(),
             message: format!("Too many: {len}: must have at most {max} items"),
         });
+        return;
     }
-    if let Some(min) = schema.get("minProperties").and_then(Value::as_u64)
-        && len < min
-    {
-        invalid(errors, path, value, format!("should have at least {min} properties"));
+    let properties = schema.get("properties").and_then(Value::as_object);
+    let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+    let skip = |key: &str| path.is_empty() && (key == "metadata" || key == "apiVersion" || key == "kind");
+    if let Some(sub) = additional {
+        for (key, sub_value) in map {
+            if skip(key) || properties.is_some_and(|p| p.contains_key(key)) {
+                continue;
+            }
+            let sub_path = if properties.is_none() { format!("{path}[{key}]") } else { join(path, key) };
+            check(sub, sub_value, &sub_path, errors);
+        }
+    }
+    if let Some(properties) = properties {
+        for (key, sub_value) in map {
+            if skip(key) {
+                continue;
+            }
+            if let Some(sub) = properties.get(key) {
+                check(sub, sub_value, &join(path, key), errors);
+            }
+        }
     }
     if let Some(required) = schema.get("required").and_then(Value::as_array) {
         for key in required.iter().filter_map(Value::as_str) {
@@ -519,19 +540,70 @@ fn check_object(schema: &Value, map: &Map<String, Value>, value: &Value, path: &
             }
         }
     }
-    let properties = schema.get("properties").and_then(Value::as_object);
-    let additional = schema.get("additionalProperties").filter(|a| a.is_object());
-    for (key, sub_value) in map {
-        if path.is_empty() && (key == "metadata" || key == "apiVersion" || key == "kind") {
-            continue;
+}
+
+/// `structurallisttype.ValidateListSetsAndMaps`, after the schema validator: duplicate items of
+/// `x-kubernetes-list-type: set` and duplicate keys of `map` lists.
+fn check_list_types(schema: &Value, value: &Value, path: &str, errors: &mut Vec<FieldError>) {
+    match value {
+        Value::Array(items) => {
+            match schema.get("x-kubernetes-list-type").and_then(Value::as_str) {
+                Some("set") => {
+                    for (i, item) in items.iter().enumerate() {
+                        if items[..i].contains(item) {
+                            errors.push(FieldError {
+                                reason: FieldReason::Duplicate,
+                                field: format!("{path}[{i}]"),
+                                message: format!("Duplicate value: {}", quote(item)),
+                            });
+                        }
+                    }
+                }
+                Some("map") => {
+                    let keys: Vec<&str> = schema
+                        .get("x-kubernetes-list-map-keys")
+                        .and_then(Value::as_array)
+                        .map(|k| k.iter().filter_map(Value::as_str).collect())
+                        .unwrap_or_default();
+                    let key_of = |item: &Value| -> Vec<Value> {
+                        keys.iter().map(|k| item.get(*k).cloned().unwrap_or(Value::Null)).collect()
+                    };
+                    for (i, item) in items.iter().enumerate() {
+                        let key = key_of(item);
+                        if items[..i].iter().any(|earlier| key_of(earlier) == key) {
+                            let shown: Map<String, Value> = keys
+                                .iter()
+                                .map(|k| (k.to_string(), item.get(*k).cloned().unwrap_or(Value::Null)))
+                                .collect();
+                            errors.push(FieldError {
+                                reason: FieldReason::Duplicate,
+                                field: format!("{path}[{i}]"),
+                                message: format!("Duplicate value: {}", Value::Object(shown)),
+                            });
+                        }
+                    }
+                }
+                _ => {}
+            }
+            if let Some(item_schema) = schema.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    check_list_types(item_schema, item, &format!("{path}[{i}]"), errors);
+                }
+            }
         }
-        let sub_path =
-            if additional.is_some() && properties.is_none() { format!("{path}[{key}]") } else { join(path, key) };
-        if let Some(sub) = properties.and_then(|p| p.get(key)) {
-            check(sub, sub_value, &sub_path, errors);
-        } else if let Some(sub) = additional {
-            check(sub, sub_value, &sub_path, errors);
+        Value::Object(map) => {
+            let properties = schema.get("properties").and_then(Value::as_object);
+            let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+            for (key, sub_value) in map {
+                if let Some(sub) = properties.and_then(|p| p.get(key)) {
+                    check_list_types(sub, sub_value, &join(path, key), errors);
+                } else if let Some(sub) = additional {
+                    let sub_path = if properties.is_none() { format!("{path}[{key}]") } else { join(path, key) };
+                    check_list_types(sub, sub_value, &sub_path, errors);
+                }
+            }
         }
+        _ => {}
     }
 }
 
@@ -619,20 +691,52 @@ mod tests {
         });
         let errors = validate(&schema, &json!({"tags": ["x", "x", "Y"], "labels": {"k": "v", "l": "vv"}}), None);
         let got: Vec<(&str, &str)> = errors.iter().map(|e| (e.reason.as_str(), e.field.as_str())).collect();
+        // kube-openapi's order: properties by name (maxProperties alone when it fails; a list's
+        // items before its bounds), required fields after them, list-type duplicates last.
         assert_eq!(
             got,
             vec![
-                ("FieldValueRequired", "a"),
                 ("FieldValueTooMany", "labels"),
-                ("FieldValueInvalid", "labels[k]"),
-                ("FieldValueTooMany", "tags"),
                 ("FieldValueInvalid", "tags[2]"),
+                ("FieldValueTooMany", "tags"),
+                ("FieldValueRequired", "a"),
                 ("FieldValueDuplicate", "tags[1]"),
             ]
         );
         let errors = validate(&schema, &json!({"a": "three"}), None);
         assert_eq!(errors[0].reason, FieldReason::TypeInvalid);
         assert_eq!(errors[0].message, "Invalid value: \"three\": a in body must be of type integer: \"string\"");
+    }
+
+    /// Within one node the validators keep kube-openapi's order, and only some schema errors keep
+    /// the CEL rules from running (`hasBlockingErr`).
+    #[test]
+    fn cause_order_and_blocking_errors() {
+        let schema = json!({"type": "object", "properties": {
+            "code": {"type": "string", "maxLength": 3, "enum": ["ab", "cd"]},
+            "n": {"type": "integer", "enum": [1, 2], "maximum": 5}
+        }});
+        let errors = validate(&schema, &json!({"code": "abcdef", "n": 9}), None);
+        let got: Vec<(&str, &str)> = errors.iter().map(|e| (e.reason.as_str(), e.field.as_str())).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("FieldValueTooLong", "code"),
+                ("FieldValueNotSupported", "code"),
+                ("FieldValueInvalid", "n"),
+                ("FieldValueNotSupported", "n"),
+            ]
+        );
+        // A bound alone does not block the CEL rule: both are reported, the rule's last.
+        let errors = validate(&widget_schema(), &widget(json!({"replicas": 200, "minReplicas": 300})), None);
+        let got: Vec<(&str, &str)> = errors.iter().map(|e| (e.field.as_str(), e.message.as_str())).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("spec.replicas", "Invalid value: 200: spec.replicas in body should be less than or equal to 100"),
+                ("spec.minReplicas", "Invalid value: minReplicas must not exceed replicas"),
+            ]
+        );
     }
 
     #[test]

@@ -360,6 +360,11 @@ impl Core {
         self.lock().registry.get(&gvr.group, &gvr.version, &gvr.plural).cloned()
     }
 
+    /// The type of `kind` in `api_version` (`apps/v1`, `Deployment`), as a REST mapper finds it.
+    pub fn resource_type_by_kind(&self, api_version: &str, kind: &str) -> Option<ResourceType> {
+        self.lock().registry.by_kind(api_version, kind).cloned()
+    }
+
     /// The current resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.lock().rv
@@ -460,10 +465,12 @@ impl Core {
         Value::clone(&stored)
     }
 
+    /// Serve a CRD's types once its names are accepted (as the CRD handler: `NamesAccepted` or
+    /// `Established` true), stop serving them when it goes.
     fn sync_crd(state: &mut State, crd: &Value, deleted: bool) {
         let Some(name) = meta_str(crd, "name").map(str::to_string) else { return };
         state.registry.remove_crd(&name);
-        if deleted {
+        if deleted || !(crd_condition(crd, "NamesAccepted") || crd_condition(crd, "Established")) {
             return;
         }
         if let Ok(types) = from_crd(crd) {
@@ -695,6 +702,7 @@ impl Core {
             m.remove("status");
         }
         let mut obj = self.admit(t, obj, None, opts)?;
+        defaults_on_write(t, &mut obj);
         defaults_on_create(t, &mut obj);
         let manager = opts.field_manager.clone().unwrap_or_else(|| "unknown".into());
         let types = list_types(t);
@@ -947,17 +955,39 @@ impl Core {
                         }
                     }
                 }
-                // A deleting object may lose finalizers but gain none.
+                // A deleting object may lose finalizers but gain none (`ValidateNoNewFinalizers`).
                 if current_meta.get("deletionTimestamp").is_some() {
-                    let before: Vec<Value> =
-                        current_meta.get("finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
-                    let after: Vec<Value> =
-                        meta.get("finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
-                    if after.iter().any(|f| !before.contains(f)) {
-                        return Err(ApiError::forbidden(format!(
-                            "{} \"{name}\" is forbidden: no new finalizers can be added if the object is being deleted",
-                            t.qualified()
-                        )));
+                    let before: Vec<&str> = current_meta
+                        .get("finalizers")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    let mut added: Vec<String> = meta
+                        .get("finalizers")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .filter(|f| !before.contains(f))
+                        .map(str::to_string)
+                        .collect();
+                    added.sort();
+                    added.dedup();
+                    if !added.is_empty() {
+                        let list = added.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>().join(", ");
+                        return Err(ApiError::invalid(
+                            t,
+                            &name,
+                            &[FieldError {
+                                reason: FieldReason::Forbidden,
+                                field: "metadata.finalizers".into(),
+                                message: format!(
+                                    "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{{{list}}}"
+                                ),
+                            }],
+                        ));
                     }
                 }
                 o
@@ -966,6 +996,9 @@ impl Core {
         obj["apiVersion"] = json!(t.api_version());
         obj["kind"] = json!(t.kind);
         let mut obj = self.admit(t, obj, Some(&current), opts)?;
+        if sub.is_none() {
+            defaults_on_write(t, &mut obj);
+        }
         if t.tracks_generation() && content(&obj) != content(&current) && sub != Some(Sub::Status) {
             let generation = current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
             metadata_mut(&mut obj).insert("generation".into(), json!(generation + 1));
@@ -1021,16 +1054,24 @@ impl Core {
         let t = Self::resolve(&state, gvr)?;
         let key = Self::key(&t, namespace, name);
         let current = state.objects.get(&key).map(|o| Value::clone(o)).ok_or_else(|| ApiError::not_found(&t, name))?;
-        let preconditions = [("UID", "uid", &opts.uid), ("ResourceVersion", "resourceVersion", &opts.resource_version)];
-        for (label, field, wanted) in preconditions {
-            if let Some(wanted) = wanted
-                && meta_str(&current, field) != Some(wanted.as_str())
-            {
-                let actual = meta_str(&current, field).unwrap_or_default();
-                let why =
-                    format!("Precondition failed: {label} in precondition: {wanted}, {label} in object meta: {actual}");
-                return Err(ApiError::conflict(&t, name, &why));
-            }
+        // As `rest.BeforeDelete`: the uid first, then the resourceVersion.
+        if let Some(wanted) = &opts.uid
+            && meta_str(&current, "uid") != Some(wanted.as_str())
+        {
+            let actual = meta_str(&current, "uid").unwrap_or_default();
+            let why = format!(
+                "the UID in the precondition ({wanted}) does not match the UID in record ({actual}). The object might have been deleted and then recreated"
+            );
+            return Err(ApiError::precondition_failed(&t, name, &why));
+        }
+        if let Some(wanted) = &opts.resource_version
+            && meta_str(&current, "resourceVersion") != Some(wanted.as_str())
+        {
+            let actual = meta_str(&current, "resourceVersion").unwrap_or_default();
+            let why = format!(
+                "the ResourceVersion in the precondition ({wanted}) does not match the ResourceVersion in record ({actual}). The object might have been modified"
+            );
+            return Err(ApiError::precondition_failed(&t, name, &why));
         }
         let mut obj = current.clone();
         let mut finalizers: Vec<Value> =
@@ -1128,6 +1169,16 @@ impl Core {
     }
 }
 
+/// Whether a CRD's condition `type_` is True.
+pub fn crd_condition(crd: &Value, type_: &str) -> bool {
+    crd.pointer("/status/conditions").and_then(Value::as_array).is_some_and(|cs| {
+        cs.iter().any(|c| {
+            c.get("type").and_then(Value::as_str) == Some(type_)
+                && c.get("status").and_then(Value::as_str) == Some("True")
+        })
+    })
+}
+
 fn check_kind(t: &ResourceType, obj: &Value) -> Result<(), ApiError> {
     if let Some(kind) = obj.get("kind").and_then(Value::as_str)
         && kind != t.kind
@@ -1177,6 +1228,27 @@ fn conflict_error(conflicts: &[patch::Conflict]) -> ApiError {
     ApiError::apply_conflict(patch::conflict_message(conflicts), causes)
 }
 
+/// Defaults the real server's decoding fills in on every write (`SetDefaults_*`).
+fn defaults_on_write(t: &ResourceType, obj: &mut Value) {
+    if (t.group.as_str(), t.kind.as_str()) == ("apiextensions.k8s.io", "CustomResourceDefinition") {
+        // SetDefaults_CustomResourceDefinitionSpec: singular and listKind from the kind, conversion None.
+        let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else { return };
+        if let Some(names) = spec.get_mut("names").and_then(Value::as_object_mut)
+            && let Some(kind) = names.get("kind").and_then(Value::as_str).map(str::to_string)
+        {
+            if names.get("singular").and_then(Value::as_str).is_none_or(str::is_empty) {
+                names.insert("singular".into(), json!(kind.to_lowercase()));
+            }
+            if names.get("listKind").and_then(Value::as_str).is_none_or(str::is_empty) {
+                names.insert("listKind".into(), json!(format!("{kind}List")));
+            }
+        }
+        if !spec.contains_key("conversion") {
+            spec.insert("conversion".into(), json!({"strategy": "None"}));
+        }
+    }
+}
+
 /// Defaults the real server (or its admission) fills in on create.
 fn defaults_on_create(t: &ResourceType, obj: &mut Value) {
     match (t.group.as_str(), t.kind.as_str()) {
@@ -1186,6 +1258,10 @@ fn defaults_on_create(t: &ResourceType, obj: &mut Value) {
         }
         ("", "Pod") => {
             obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
+        }
+        ("", "Secret") if obj.get("type").and_then(Value::as_str).is_none_or(str::is_empty) => {
+            // SetDefaults_Secret.
+            obj["type"] = json!("Opaque");
         }
         ("", "Service") => {
             if obj.pointer("/spec/type").is_none() {
@@ -1212,14 +1288,10 @@ fn defaults_on_create(t: &ResourceType, obj: &mut Value) {
             }
         }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => {
-            let names = obj.pointer("/spec/names").cloned().unwrap_or_else(|| json!({}));
-            let now = now_rfc3339();
+            // As the CRD strategy's PrepareForCreate: an empty status but the storage version; the
+            // naming and establishing controllers (`workloads::crd_conditions`) fill in the rest.
             obj["status"] = json!({
-                "acceptedNames": names,
-                "conditions": [
-                    {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now},
-                    {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now}
-                ],
+                "acceptedNames": {"plural": "", "kind": ""},
                 "storedVersions": obj.pointer("/spec/versions").and_then(Value::as_array).map(|vs| vs.iter().filter(|v| v.get("storage").and_then(Value::as_bool) == Some(true)).filter_map(|v| v.get("name").cloned()).collect::<Vec<_>>()).unwrap_or_default(),
             });
         }

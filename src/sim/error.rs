@@ -70,6 +70,13 @@ impl ApiError {
             .with_details(json!({"name": name, "group": t.group, "kind": t.plural}))
     }
 
+    /// 409: a delete precondition (uid or resourceVersion) does not hold. The real server checks
+    /// them in `rest.BeforeDelete`, naming the object by its kind (`ConfigMap`, `Deployment.apps`).
+    pub fn precondition_failed(t: &ResourceType, name: &str, why: &str) -> Self {
+        Self::new(409, "Conflict", format!("Operation cannot be fulfilled on {} \"{name}\": {why}", t.qualified_kind()))
+            .with_details(json!({"name": name, "group": t.group, "kind": t.kind}))
+    }
+
     /// 409: the object changed since it was read.
     pub fn stale(t: &ResourceType, name: &str) -> Self {
         Self::conflict(
@@ -133,6 +140,13 @@ impl ApiError {
                 "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (got {content_type})"
             ),
         )
+    }
+
+    /// 415 for a body type a resource does not take: a custom resource takes only JSON and YAML
+    /// (as the real server answers), a built-in kind the simulated server cannot decode from
+    /// protobuf says so.
+    pub fn unsupported_body(message: impl Into<String>) -> Self {
+        Self::new(415, "UnsupportedMediaType", message)
     }
 
     /// 429: fault injection, or overload.

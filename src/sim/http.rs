@@ -217,6 +217,24 @@ fn parse_json(bytes: &[u8]) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("the body of the request could not be decoded: {e}")))
 }
 
+/// The object of a create or update body: JSON, or protobuf for the built-in kinds.
+fn parse_object(headers: &HeaderMap, t: &ResourceType, bytes: &[u8]) -> Result<Value, ApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if content_type.split(';').next().unwrap_or_default().trim() != super::protobuf::MEDIA_TYPE {
+        return parse_json(bytes);
+    }
+    if t.custom {
+        // Custom resources are served in JSON and YAML only, as by the real server.
+        return Err(ApiError::unsupported_body(
+            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml",
+        ));
+    }
+    super::protobuf::decode(bytes).map_err(|e| match e {
+        super::protobuf::ProtobufError::UnknownKind { .. } => ApiError::unsupported_body(e.to_string()),
+        other => ApiError::bad_request(format!("the body of the request could not be decoded: {other}")),
+    })
+}
+
 /// The field manager of a write: `?fieldManager=`, else the user agent's product name, as the
 /// real server defaults it.
 fn field_manager(q: &HashMap<String, String>, headers: &HeaderMap) -> Option<String> {
@@ -302,13 +320,13 @@ async fn route(state: &AppState, request: Request) -> Result<Response, ApiError>
         }
         (Method::POST, None) => {
             let opts = write_options(&q, &headers);
-            let body = parse_json(&read_body(request).await?)?;
+            let body = parse_object(&headers, &t, &read_body(request).await?)?;
             let created = state.core.create(&target.gvr, ns, body, &opts)?;
             Ok(json_response(StatusCode::CREATED, &created))
         }
         (Method::PUT, Some(name)) => {
             let opts = write_options(&q, &headers);
-            let body = parse_json(&read_body(request).await?)?;
+            let body = parse_object(&headers, &t, &read_body(request).await?)?;
             let updated = state.core.update(&target.gvr, ns, name, body, sub, &opts)?;
             let updated = if sub == Some(Sub::Scale) { scale_view(state, &target, name)? } else { updated };
             Ok(json_response(StatusCode::OK, &updated))
@@ -540,7 +558,7 @@ fn stream_response(body: Body) -> Response {
 
 /// `/openapi/v3`: one entry per group-version, as kubectl reads it before `apply`.
 fn openapi_root(state: &AppState) -> Value {
-    let registry = state.core.registry();
+    let registry = state.core.registry().established_only();
     let mut paths = serde_json::Map::new();
     for (group, versions) in registry.groups() {
         for version in versions {
@@ -574,7 +592,7 @@ fn openapi_group_version(state: &AppState, gv: &str) -> Result<Response, ApiErro
 /// their `fieldValidation` parameter (kubectl checks for it to use server-side validation), and
 /// the schemas of custom resources (for `kubectl explain`).
 fn openapi_document(state: &AppState, group: &str, version: &str) -> Value {
-    let registry = state.core.registry();
+    let registry = state.core.registry().established_only();
     let mut paths = serde_json::Map::new();
     let mut schemas = serde_json::Map::new();
     let params = json!([
@@ -613,7 +631,7 @@ fn openapi_document(state: &AppState, group: &str, version: &str) -> Value {
 
 fn discovery_core_root(state: &AppState, headers: &HeaderMap) -> Response {
     if accepts(headers, "as=APIGroupDiscoveryList") {
-        let registry = state.core.registry();
+        let registry = state.core.registry().established_only();
         let resources: Vec<Value> =
             registry.all().filter(|t| t.group.is_empty()).map(ResourceType::aggregated_entry).collect();
         let body = json!({
@@ -640,7 +658,7 @@ fn aggregated_response(body: &Value) -> Response {
 }
 
 fn discovery_groups(state: &AppState, headers: &HeaderMap) -> Response {
-    let registry = state.core.registry();
+    let registry = state.core.registry().established_only();
     let groups: Vec<(String, Vec<String>)> = registry.groups().into_iter().filter(|(g, _)| !g.is_empty()).collect();
     if accepts(headers, "as=APIGroupDiscoveryList") {
         let items: Vec<Value> = groups
@@ -676,7 +694,7 @@ fn group_entry(group: &str, versions: &[String]) -> Value {
 }
 
 fn discovery_group(state: &AppState, group: &str) -> Result<Response, ApiError> {
-    let registry = state.core.registry();
+    let registry = state.core.registry().established_only();
     let (_, versions) =
         registry.groups().into_iter().find(|(g, _)| g == group).ok_or_else(|| ApiError::no_route(group))?;
     let mut body = group_entry(group, &versions);
@@ -686,7 +704,7 @@ fn discovery_group(state: &AppState, group: &str) -> Result<Response, ApiError> 
 }
 
 fn discovery_version(state: &AppState, group: &str, version: &str) -> Result<Response, ApiError> {
-    let registry = state.core.registry();
+    let registry = state.core.registry().established_only();
     let resources: Vec<Value> = registry
         .all()
         .filter(|t| t.group == group && t.version == version)

@@ -8,6 +8,8 @@ pub mod error;
 pub mod faults;
 pub mod http;
 pub mod patch;
+mod proto_schema;
+pub mod protobuf;
 pub mod registry;
 pub mod select;
 pub mod table;
@@ -68,6 +70,10 @@ pub struct SimConfig {
     pub history: usize,
     /// How often a watch that allows bookmarks gets one.
     pub bookmark_interval: Duration,
+    /// How long after its creation a CRD's names are accepted and it is established. Until then
+    /// its resources answer 404 and discovery does not list them, as on a real server (where the
+    /// window is a few milliseconds to a second); the default keeps it observable.
+    pub crd_establish_delay: Duration,
 }
 
 impl Default for SimConfig {
@@ -78,6 +84,7 @@ impl Default for SimConfig {
             workloads: WorkloadConfig::default(),
             history: 100_000,
             bookmark_interval: Duration::from_secs(5),
+            crd_establish_delay: Duration::from_millis(200),
         }
     }
 }
@@ -163,7 +170,9 @@ impl Sim {
         let tls = tls::generate()?;
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config.clone());
         let server = tokio::spawn(serve_tls(listener, acceptor, app, stop.clone()));
-        let controllers = tokio::spawn(workloads::run(core.clone(), config.workloads.clone(), stop.clone()));
+        let plane =
+            workloads::ControlPlane { root_ca: tls.ca_pem.clone(), crd_establish_delay: config.crd_establish_delay };
+        let controllers = tokio::spawn(workloads::run(core.clone(), config.workloads.clone(), plane, stop.clone()));
         tracing::info!(%addr, "simulated API server listening");
         Ok(Self { addr, token, core, faults, requests, ca_pem: tls.ca_pem, stop, tasks: vec![server, controllers] })
     }
@@ -181,6 +190,12 @@ impl Sim {
     /// The bearer token.
     pub fn token(&self) -> &str {
         &self.token
+    }
+
+    /// The PEM of the CA the server's certificate chains to (also in every namespace's
+    /// `kube-root-ca.crt` ConfigMap).
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
     }
 
     /// The store, for in-process scripting and inspection.

@@ -271,10 +271,15 @@ fn atomic_map_at(types: &dyn ListTypes, names: &[String]) -> bool {
     !refs.is_empty() && types.atomic_map(&refs)
 }
 
-/// Strategic merge patch as kube-apiserver does for built-in types: maps merge recursively, null deletes, lists
-/// of type Map merge by key (patch items merge into the item with the same key, new keys appended), Set lists
-/// union, Atomic lists replace; directives `$patch: replace` and `$patch: delete` (in a map or a list item),
-/// `$deleteFromPrimitiveList/<field>`, `$setElementOrder/<field>` (accepted, order ignored) and `$retainKeys`.
+/// Strategic merge patch as kube-apiserver does for built-in types (`apimachinery/pkg/util/strategicpatch`):
+/// maps merge recursively, null deletes, lists of type Map merge by key and Set lists by value, Atomic lists
+/// replace; directives `$patch: replace` and `$patch: delete` (in a map or a list item),
+/// `$deleteFromPrimitiveList/<field>`, `$setElementOrder/<field>` and `$retainKeys`.
+///
+/// The order of a merged list is the real one (`normalizeElementOrder`): the items the patch names keep the
+/// patch's order (or `$setElementOrder`'s), the items only the live list has keep theirs, and the two are
+/// interleaved by their places in the live list, so an item new to the list goes before the live items it
+/// is compared with: adding env `B` to `[A]` gives `[B, A]`.
 pub fn strategic_merge_patch(target: &mut Value, patch: &Value, types: &dyn ListTypes) -> Result<(), PatchError> {
     let Value::Object(p) = patch else {
         return Err(PatchError::BadStrategicPatch("invalid JSON document".to_string()));
@@ -298,6 +303,10 @@ fn no_merge_key(m: &Map<String, Value>, key: &str) -> PatchError {
         "map: {} does not contain declared merge key: {key}",
         go_fmt(&Value::Object(m.clone()))
     ))
+}
+
+fn bad_set_element_order() -> PatchError {
+    PatchError::BadStrategicPatch("invalid patch format of setElementOrder list".into())
 }
 
 fn smp_map(
@@ -335,12 +344,28 @@ fn smp_map(
         }
         tm.retain(|k, _| keep.contains(k.as_str()));
     }
+    // `mergePatchIntoOriginal`: a list with a `$setElementOrder` is merged first, in that order.
+    let mut ordered: BTreeSet<&str> = BTreeSet::new();
+    for (key, value) in patch {
+        let Some(field) = key.strip_prefix("$setElementOrder/") else {
+            if key.starts_with("$setElementOrder") {
+                return Err(bad_set_element_order());
+            }
+            continue;
+        };
+        let order = value.as_array().ok_or_else(bad_set_element_order)?;
+        names.push(field.to_string());
+        let list_type = list_type_at(types, names);
+        let merged = merge_with_element_order(tm.get(field), patch.get(field), order, &list_type, names, types);
+        names.pop();
+        if let Some(merged) = merged? {
+            tm.insert(field.to_string(), Value::Array(merged));
+        }
+        ordered.insert(field);
+    }
     let mut deletions = Vec::new();
     for (key, value) in patch {
-        if key.starts_with("$setElementOrder") {
-            if !key.starts_with("$setElementOrder/") || !value.is_array() {
-                return Err(PatchError::BadStrategicPatch("invalid patch format of setElementOrder list".into()));
-            }
+        if key.starts_with("$setElementOrder") || ordered.contains(key.as_str()) {
             continue;
         }
         if key.starts_with("$deleteFromPrimitiveList") {
@@ -380,37 +405,16 @@ fn smp_field(
 ) -> Result<(), PatchError> {
     match patch {
         Value::Object(pm) => smp_map(target, pm, names, types),
-        Value::Array(items) => match list_type_at(types, names) {
-            ListType::Atomic => {
-                *target = patch.clone();
-                Ok(())
-            }
-            ListType::Set => {
-                if !target.is_array() {
-                    *target = Value::Array(Vec::new());
-                }
-                if let Value::Array(current) = target {
-                    for v in items {
-                        if !current.contains(v) {
-                            current.push(v.clone());
-                        }
-                    }
-                }
-                Ok(())
-            }
-            ListType::Map(keys) => {
-                if !target.is_array() {
-                    *target = Value::Array(Vec::new());
-                }
-                match (target, keys.first()) {
-                    (Value::Array(current), Some(key)) => smp_list_map(current, items, key, names, types),
-                    (target, _) => {
-                        *target = patch.clone();
-                        Ok(())
-                    }
-                }
-            }
-        },
+        Value::Array(items) => {
+            let list_type = list_type_at(types, names);
+            let merged = match target.as_array() {
+                // Not in the live object (or not a list there): the patch's list, without directives.
+                None => fresh_list(items, &list_type, names, types)?,
+                Some(current) => merge_list(current.clone(), items, &list_type, names, types)?,
+            };
+            *target = Value::Array(merged);
+            Ok(())
+        }
         _ => {
             *target = patch.clone();
             Ok(())
@@ -418,45 +422,207 @@ fn smp_field(
     }
 }
 
-fn smp_list_map(
-    current: &mut Vec<Value>,
-    patch: &[Value],
-    key: &str,
+/// A list the live object does not have: the patch's items, merged into nothing (directives removed,
+/// `$patch: delete` items dropped), in the patch's order.
+fn fresh_list(
+    items: &[Value],
+    list_type: &ListType,
     names: &mut Vec<String>,
     types: &dyn ListTypes,
-) -> Result<(), PatchError> {
-    let mut replace = false;
-    let mut merges = Vec::new();
-    for (i, item) in patch.iter().enumerate() {
-        let Value::Object(pm) = item else {
-            return Err(PatchError::StrategicMerge(format!("value for key {i} is not a map.")));
+) -> Result<Vec<Value>, PatchError> {
+    match list_type {
+        ListType::Map(keys) if !keys.is_empty() => merge_list(Vec::new(), items, list_type, names, types),
+        _ => Ok(items.to_vec()),
+    }
+}
+
+/// How `index` in strategicpatch finds an item of a list: by its merge key in a list of maps, by value in a
+/// list of scalars.
+fn position(list: &[Value], item: &Value, key: Option<&str>) -> Option<usize> {
+    match key {
+        Some(k) => {
+            let wanted = item.get(k)?;
+            list.iter().position(|it| it.get(k) == Some(wanted))
+        }
+        None => list.iter().position(|it| it == item),
+    }
+}
+
+/// `normalizeElementOrder`: sort the patch's items by `patch_order` and the live-only items by `live_order`
+/// (stable), then interleave them (`mergeSortedSlice`): a live-only item goes first only when both it and
+/// the patch item it is compared with are in the live list and it stands before that item there.
+fn normalize_element_order(
+    mut patch_items: Vec<Value>,
+    mut server_only: Vec<Value>,
+    patch_order: &[Value],
+    live_order: &[Value],
+    key: Option<&str>,
+) -> Vec<Value> {
+    patch_items.sort_by_key(|it| position(patch_order, it, key).unwrap_or(usize::MAX));
+    server_only.sort_by_key(|it| position(live_order, it, key).unwrap_or(usize::MAX));
+    let mut out = Vec::with_capacity(patch_items.len() + server_only.len());
+    let mut left = server_only.into_iter().peekable();
+    let mut right = patch_items.into_iter().peekable();
+    loop {
+        let take_left = match (left.peek(), right.peek()) {
+            (None, None) => break,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (Some(l), Some(r)) => {
+                matches!((position(live_order, l, key), position(live_order, r, key)), (Some(li), Some(ri)) if li < ri)
+            }
         };
-        match pm.get("$patch") {
-            None => merges.push(pm),
-            Some(d) if d == "delete" => {
+        let next = if take_left { left.next() } else { right.next() };
+        out.extend(next);
+    }
+    out
+}
+
+/// Split `merged` into the items `present_in` names (by key or value) and the rest.
+fn partition_by_presence(merged: Vec<Value>, present_in: &[Value], key: Option<&str>) -> (Vec<Value>, Vec<Value>) {
+    merged.into_iter().partition(|it| position(present_in, it, key).is_some())
+}
+
+/// `mergeSlice`: merge the patch's items into the live list (by merge key, or as a set of scalars), then put
+/// the result in the real order.
+fn merge_list(
+    mut current: Vec<Value>,
+    patch: &[Value],
+    list_type: &ListType,
+    names: &mut Vec<String>,
+    types: &dyn ListTypes,
+) -> Result<Vec<Value>, PatchError> {
+    match list_type {
+        ListType::Atomic => Ok(patch.to_vec()),
+        ListType::Set => {
+            let live = current.clone();
+            for v in patch {
+                if !current.contains(v) {
+                    current.push(v.clone());
+                }
+            }
+            let (patch_items, server_only) = partition_by_presence(current, patch, None);
+            Ok(normalize_element_order(patch_items, server_only, patch, &live, None))
+        }
+        ListType::Map(keys) => {
+            let Some(key) = keys.first().map(String::as_str) else { return Ok(patch.to_vec()) };
+            // `mergeSliceWithSpecialElements`: deletions and `$patch: replace` first.
+            let mut replace = false;
+            let mut merges = Vec::new();
+            for (i, item) in patch.iter().enumerate() {
+                let Value::Object(pm) = item else {
+                    return Err(PatchError::StrategicMerge(format!("value for key {i} is not a map.")));
+                };
+                match pm.get("$patch") {
+                    None => merges.push(pm),
+                    Some(d) if d == "delete" => {
+                        let value = pm.get(key).ok_or_else(|| no_merge_key(pm, key))?;
+                        current.retain(|it| it.get(key) != Some(value));
+                    }
+                    Some(d) if d == "replace" => replace = true,
+                    Some(d) if d == "merge" => {
+                        return Err(PatchError::StrategicMerge(
+                            "merging lists cannot yet be specified in the patch".into(),
+                        ));
+                    }
+                    Some(d) => return Err(bad_patch_type(d, pm)),
+                }
+            }
+            if replace {
+                // The patch's other items become the list, in the patch's order.
+                return Ok(merges.into_iter().map(|m| Value::Object(m.clone())).collect());
+            }
+            let live = current.clone();
+            for pm in &merges {
                 let value = pm.get(key).ok_or_else(|| no_merge_key(pm, key))?;
-                current.retain(|it| it.get(key) != Some(value));
+                match current.iter_mut().find(|it| it.get(key) == Some(value)) {
+                    Some(existing) => smp_map(existing, pm, names, types)?,
+                    None => {
+                        let mut fresh = Value::Object(Map::new());
+                        smp_map(&mut fresh, pm, names, types)?;
+                        current.push(fresh);
+                    }
+                }
             }
-            Some(d) if d == "replace" => replace = true,
-            Some(d) if d == "merge" => {
-                return Err(PatchError::StrategicMerge("merging lists cannot yet be specified in the patch".into()));
-            }
-            Some(d) => return Err(bad_patch_type(d, pm)),
+            let patch_list: Vec<Value> = merges.iter().map(|m| Value::Object((*m).clone())).collect();
+            let (patch_items, server_only) = partition_by_presence(current, &patch_list, Some(key));
+            Ok(normalize_element_order(patch_items, server_only, &patch_list, &live, Some(key)))
         }
     }
-    if replace {
-        current.clear();
+}
+
+/// `mergePatchIntoOriginal` for one `$setElementOrder/<field>`: merge the field's patch list (if any) into
+/// the live list, then order the items the directive names as it names them and interleave the rest by the
+/// live order. `None` when neither the live object nor the patch has the list.
+fn merge_with_element_order(
+    live: Option<&Value>,
+    patch: Option<&Value>,
+    order: &[Value],
+    list_type: &ListType,
+    names: &mut Vec<String>,
+    types: &dyn ListTypes,
+) -> Result<Option<Vec<Value>>, PatchError> {
+    let live_list = match live {
+        Some(Value::Array(items)) => Some(items.clone()),
+        Some(_) => return Err(bad_set_element_order()),
+        None => None,
+    };
+    let patch_list = match patch {
+        Some(Value::Array(items)) => Some(items.clone()),
+        Some(Value::Null) | None => None,
+        Some(_) => return Err(bad_set_element_order()),
+    };
+    let key = match list_type {
+        ListType::Map(keys) => keys.first().map(String::as_str),
+        _ => None,
+    };
+    if let Some(items) = &patch_list {
+        check_order_matches_patch(items, order, key)?;
     }
-    for pm in merges {
-        let value = pm.get(key).ok_or_else(|| no_merge_key(pm, key))?;
-        match current.iter_mut().find(|it| it.get(key) == Some(value)) {
-            Some(existing) => smp_map(existing, pm, names, types)?,
-            None => {
-                let mut fresh = Value::Object(Map::new());
-                smp_map(&mut fresh, pm, names, types)?;
-                current.push(fresh);
-            }
+    let merged = match (live_list.clone(), &patch_list) {
+        (Some(l), None) => l,
+        (None, Some(p)) => fresh_list(p, list_type, names, types)?,
+        (Some(l), Some(p)) => merge_list(l, p, list_type, names, types)?,
+        (None, None) => return Ok(None),
+    };
+    // Items the directive marks `$patch: delete` leave the list.
+    let deleted: Vec<&Value> =
+        order.iter().filter(|it| it.get("$patch").and_then(Value::as_str) == Some("delete")).collect();
+    let (mut patch_items, server_only) = partition_by_presence(merged, order, key);
+    if let Some(k) = key {
+        patch_items.retain(|it| !deleted.iter().any(|d| d.get(k).is_some() && d.get(k) == it.get(k)));
+    }
+    let live_order = live_list.unwrap_or_default();
+    Ok(Some(normalize_element_order(patch_items, server_only, order, &live_order, key)))
+}
+
+/// `validatePatchWithSetOrderList`: the patch list's items (deletions aside) appear in the directive's list,
+/// in the same relative order.
+fn check_order_matches_patch(patch: &[Value], order: &[Value], key: Option<&str>) -> Result<(), PatchError> {
+    let items: Vec<&Value> =
+        patch.iter().filter(|it| it.get("$patch").and_then(Value::as_str) != Some("delete")).collect();
+    let equal = |a: &Value, b: &Value| match key {
+        Some(k) => a.get(k).is_some() && a.get(k) == b.get(k),
+        None => a == b,
+    };
+    let (mut p, mut o) = (0, 0);
+    while p < items.len() && o < order.len() {
+        if items[p].get("$patch").is_some() {
+            p += 1;
+            continue;
         }
+        if equal(items[p], &order[o]) {
+            p += 1;
+        }
+        o += 1;
+    }
+    if p < items.len() {
+        let shown = |l: &[Value]| go_fmt(&Value::Array(l.to_vec()));
+        return Err(PatchError::StrategicMerge(format!(
+            "The order in patch list:\n{}\n doesn't match $setElementOrder list:\n{}\n",
+            shown(patch),
+            shown(order)
+        )));
     }
     Ok(())
 }
@@ -1211,8 +1377,8 @@ mod tests {
         assert_eq!(
             containers(&obj),
             &json!([
-                {"name": "app", "image": "app:2", "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}],
-                    "ports": [{"containerPort": 80}, {"containerPort": 8080}]},
+                {"name": "app", "image": "app:2", "env": [{"name": "B", "value": "2"}, {"name": "A", "value": "1"}],
+                    "ports": [{"containerPort": 8080}, {"containerPort": 80}]},
                 {"name": "new", "image": "new:1"}])
         );
         assert_eq!(obj["metadata"]["finalizers"], json!(["b", "c"]));
@@ -1237,6 +1403,61 @@ mod tests {
         strategic_merge_patch(&mut obj, &json!({"spec": {"strategy": {"$patch": "delete"}}}), &BuiltinListTypes)
             .unwrap();
         assert_eq!(obj["spec"]["strategy"], json!({}));
+    }
+
+    /// The order of merged lists, case by case as `strategicpatch.mergeSlice` and `mergePatchIntoOriginal` give it.
+    #[test]
+    fn strategic_merge_list_order() {
+        let env = |names: &[&str]| -> Value { names.iter().map(|n| json!({"name": n, "value": n})).collect() };
+        let merged = |live: &[&str], patch: Value| -> Vec<String> {
+            let mut obj = deployment(json!([{"name": "app", "env": env(live)}]));
+            let patch = json!({"spec": {"template": {"spec": {"containers": [
+                {"name": "app", "$setElementOrder/env": patch.get("order").cloned().unwrap_or(Value::Null), "env": patch["env"].clone()}]}}}});
+            let patch = match patch.pointer("/spec/template/spec/containers/0/$setElementOrder~1env") {
+                Some(Value::Null) => {
+                    let mut p = patch.clone();
+                    if let Some(c) = p.pointer_mut("/spec/template/spec/containers/0").and_then(Value::as_object_mut) {
+                        c.remove("$setElementOrder/env");
+                    }
+                    p
+                }
+                _ => patch,
+            };
+            strategic_merge_patch(&mut obj, &patch, &BuiltinListTypes).unwrap();
+            containers(&obj)[0]["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["name"].as_str().unwrap().to_string())
+                .collect()
+        };
+        // New items go first; items merged in place keep their live order.
+        assert_eq!(merged(&["A"], json!({"env": env(&["B"])})), ["B", "A"]);
+        assert_eq!(merged(&["A", "B"], json!({"env": env(&["B"])})), ["A", "B"]);
+        assert_eq!(merged(&["A", "B"], json!({"env": env(&["C", "A"])})), ["C", "A", "B"]);
+        assert_eq!(merged(&["A", "B", "C"], json!({"env": env(&["C", "A"])})), ["B", "C", "A"]);
+        assert_eq!(merged(&["A", "B"], json!({"env": env(&["B", "A"])})), ["B", "A"]);
+        // `$setElementOrder` (what `kubectl apply` sends) decides the order of the items it names.
+        let order = |names: &[&str]| -> Value { names.iter().map(|n| json!({"name": n})).collect() };
+        assert_eq!(merged(&["A"], json!({"order": order(&["A", "B"]), "env": env(&["B"])})), ["A", "B"]);
+        assert_eq!(merged(&["A", "B"], json!({"order": order(&["B", "A"]), "env": []})), ["B", "A"]);
+        assert_eq!(
+            merged(&["A", "B", "C"], json!({"order": order(&["C", "D", "A"]), "env": env(&["D"])})),
+            ["B", "C", "D", "A"]
+        );
+        // Scalars (finalizers) merge as a set, new ones first too.
+        let mut obj = deployment(json!([]));
+        obj["metadata"]["finalizers"] = json!(["a"]);
+        strategic_merge_patch(&mut obj, &json!({"metadata": {"finalizers": ["b", "a"]}}), &BuiltinListTypes).unwrap();
+        assert_eq!(obj["metadata"]["finalizers"], json!(["b", "a"]));
+        strategic_merge_patch(&mut obj, &json!({"metadata": {"finalizers": ["c"]}}), &BuiltinListTypes).unwrap();
+        assert_eq!(obj["metadata"]["finalizers"], json!(["c", "b", "a"]));
+        // A patch list out of step with its `$setElementOrder` is refused.
+        let mut obj = deployment(json!([{"name": "app", "env": env(&["A"])}]));
+        let bad = json!({"spec": {"template": {"spec": {"containers": [{"name": "app",
+            "$setElementOrder/env": order(&["A", "B"]), "env": env(&["B", "A"])}]}}}});
+        let err = strategic_merge_patch(&mut obj, &bad, &BuiltinListTypes).unwrap_err();
+        assert_eq!(err.status_code(), 500);
     }
 
     #[test]

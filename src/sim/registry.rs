@@ -36,6 +36,9 @@ pub struct ResourceType {
     pub custom: bool,
     /// The CRD's name, for a custom resource.
     pub crd_name: Option<String>,
+    /// Whether discovery and the OpenAPI documents list it: always for built-in types, once its
+    /// CRD is `Established` for a custom resource (its endpoints answer from `NamesAccepted` on).
+    pub established: bool,
 }
 
 /// Paths of a scale subresource.
@@ -98,6 +101,7 @@ impl ResourceType {
             schema: None,
             custom: false,
             crd_name: None,
+            established: true,
         }
     }
 
@@ -235,6 +239,12 @@ pub enum CrdReadError {
     Missing(&'static str),
 }
 
+fn established(crd: &Value) -> bool {
+    crd.pointer("/status/conditions").and_then(Value::as_array).is_some_and(|cs| {
+        cs.iter().any(|c| c.get("type") == Some(&json!("Established")) && c.get("status") == Some(&json!("True")))
+    })
+}
+
 /// The resource types a CRD serves (one per served version).
 pub fn from_crd(crd: &Value) -> Result<Vec<ResourceType>, CrdReadError> {
     let spec = crd.get("spec").ok_or(CrdReadError::Missing("spec"))?;
@@ -301,6 +311,7 @@ pub fn from_crd(crd: &Value) -> Result<Vec<ResourceType>, CrdReadError> {
             schema: version.get("schema").and_then(|s| s.get("openAPIV3Schema")).cloned(),
             custom: true,
             crd_name: crd.pointer("/metadata/name").and_then(Value::as_str).map(str::to_string),
+            established: established(crd),
         });
     }
     Ok(out)
@@ -320,6 +331,12 @@ impl Registry {
             registry.insert(t);
         }
         registry
+    }
+
+    /// The types discovery and the OpenAPI documents list: a custom resource only once its CRD
+    /// is `Established`.
+    pub fn established_only(&self) -> Self {
+        Self { types: self.types.iter().filter(|(_, t)| t.established).map(|(k, t)| (k.clone(), t.clone())).collect() }
     }
 
     /// Serve a type.

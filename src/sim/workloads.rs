@@ -14,6 +14,7 @@ use super::core::{
     Core, DeleteOptions, EventType, Gvr, ListOptions, PatchKind, Sub, WriteOptions, fnv1a_hex, now_rfc3339,
     random_suffix,
 };
+use super::select::{LabelSelector, labels_of};
 
 /// Annotation: `succeed` (default) or `fail`.
 pub const OUTCOME_ANNOTATION: &str = "sim.flywheel.dev/outcome";
@@ -27,7 +28,13 @@ pub const EXIT_CODE_ANNOTATION: &str = "sim.flywheel.dev/exit-code";
 pub const DISRUPTED_ANNOTATION: &str = "sim.flywheel.dev/disrupted";
 
 const MANAGER: &str = "kube-controller-manager";
+
+/// The ConfigMap the controller-manager's root-ca-cert publisher keeps in every namespace.
+pub const ROOT_CA_CONFIG_MAP: &str = "kube-root-ca.crt";
+const DESCRIPTION_ANNOTATION: &str = "kubernetes.io/description";
+const ROOT_CA_DESCRIPTION: &str = "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters.";
 const KUBELET: &str = "kubelet";
+const APISERVER: &str = "kube-apiserver";
 
 /// How a terminating pod ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +83,9 @@ fn gvr_deployments() -> Gvr {
 fn gvr_jobs() -> Gvr {
     Gvr::new("batch", "v1", "jobs")
 }
+fn gvr_crds() -> Gvr {
+    Gvr::new("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+}
 
 fn opts(manager: &str) -> WriteOptions {
     WriteOptions { field_manager: Some(manager.into()), ..WriteOptions::default() }
@@ -112,10 +122,23 @@ fn template_hash(template: &Value) -> String {
     fnv1a_hex(&template.to_string())[6..].to_string()
 }
 
+/// What the simulated control plane needs of the server it runs beside.
+#[derive(Debug, Clone)]
+pub struct ControlPlane {
+    /// The PEM of the CA the server's certificate chains to (what the root-ca-cert publisher puts
+    /// in every namespace).
+    pub root_ca: String,
+    /// How long after a CRD is created its names are accepted (its resources served from then)
+    /// and it is established.
+    pub crd_establish_delay: Duration,
+}
+
 /// Run the simulated controllers until `stop` is cancelled.
-pub async fn run(core: Arc<Core>, config: WorkloadConfig, stop: CancellationToken) {
+pub async fn run(core: Arc<Core>, config: WorkloadConfig, plane: ControlPlane, stop: CancellationToken) {
+    let root_ca = plane.root_ca.clone();
     let mut events = core.subscribe();
     let mut started: HashSet<String> = HashSet::new();
+    let mut naming: HashSet<String> = HashSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
@@ -124,6 +147,9 @@ pub async fn run(core: Arc<Core>, config: WorkloadConfig, stop: CancellationToke
                 Ok(event) => {
                     if event.type_ == EventType::Added && event.group.is_empty() && event.plural == "pods" {
                         start_pod(&core, &config, &event.object, &mut started, &stop);
+                    }
+                    if event.type_ == EventType::Added && event.plural == "customresourcedefinitions" {
+                        accept_crd_names(&core, &event.object, &plane, &mut naming, &stop);
                     }
                 }
                 Err(RecvError::Lagged(_)) => {}
@@ -134,6 +160,9 @@ pub async fn run(core: Arc<Core>, config: WorkloadConfig, stop: CancellationToke
                 for pod in list(&core, &gvr_pods()) {
                     start_pod(&core, &config, &pod, &mut started, &stop);
                 }
+                for crd in list(&core, &gvr_crds()) {
+                    accept_crd_names(&core, &crd, &plane, &mut naming, &stop);
+                }
             }
         }
         {
@@ -142,8 +171,11 @@ pub async fn run(core: Arc<Core>, config: WorkloadConfig, stop: CancellationToke
                 if event.type_ == EventType::Added && event.group.is_empty() && event.plural == "pods" {
                     start_pod(&core, &config, &event.object, &mut started, &stop);
                 }
+                if event.type_ == EventType::Added && event.plural == "customresourcedefinitions" {
+                    accept_crd_names(&core, &event.object, &plane, &mut naming, &stop);
+                }
             }
-            reconcile_all(&core);
+            reconcile_all(&core, &root_ca);
         }
     }
 }
@@ -168,15 +200,263 @@ fn pods_by_owner(core: &Core) -> PodsByOwner {
     by_owner
 }
 
-fn reconcile_all(core: &Core) {
+fn reconcile_all(core: &Core, root_ca: &str) {
     garbage_collect(core);
     namespaces(core);
+    publish_root_ca(core, root_ca);
     let pods = pods_by_owner(core);
     for d in list(core, &gvr_deployments()) {
         deployment(core, &d, &pods);
     }
-    for j in list(core, &gvr_jobs()) {
-        job(core, &j, &pods);
+    let jobs = list(core, &gvr_jobs());
+    for j in &jobs {
+        job(core, j, &pods);
+    }
+    ttl_after_finished(core, &jobs);
+    disruption(core);
+}
+
+fn gvr_pdbs() -> Gvr {
+    Gvr::new("policy", "v1", "poddisruptionbudgets")
+}
+
+/// `intstr.GetScaledValueFromIntOrPercent(v, total, roundUp=true)`.
+fn scaled_value(v: &Value, total: i64) -> Result<i64, String> {
+    if let Some(n) = v.as_i64() {
+        return Ok(n);
+    }
+    let text = v.as_str().unwrap_or_default();
+    let percent = text
+        .strip_suffix('%')
+        .and_then(|p| p.parse::<i64>().ok())
+        .ok_or_else(|| format!("invalid value for IntOrString: invalid value {text:?}"))?;
+    Ok((percent * total + 99).div_euclid(100))
+}
+
+/// The controller of a pod and its scale, as the disruption controller's finders look it up
+/// (ReplicationController, ReplicaSet of a Deployment, ReplicaSet, StatefulSet, then any type
+/// with a scale subresource). `Ok(None)`: no controller found by that reference.
+fn controller_scale(core: &Core, namespace: &str, owner: &Value) -> Result<Option<(String, i64)>, String> {
+    let api_version = owner.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let kind = owner.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let name = owner.get("name").and_then(Value::as_str).unwrap_or_default();
+    let uid = owner.get("uid").and_then(Value::as_str).unwrap_or_default();
+    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    let get = |gvr: &Gvr, n: &str| core.get(gvr, Some(namespace), n).ok();
+    let replicas = |obj: &Value| obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
+    if kind == "ReplicaSet" && (group == "apps" || group == "extensions") {
+        let Some(rs) =
+            get(&Gvr::new("apps", "v1", "replicasets"), name).filter(|rs| s(rs, "/metadata/uid") == Some(uid))
+        else {
+            return Ok(None);
+        };
+        let rs_controller = rs
+            .pointer("/metadata/ownerReferences")
+            .and_then(Value::as_array)
+            .and_then(|refs| refs.iter().find(|r| r.get("controller").and_then(Value::as_bool) == Some(true)));
+        return match rs_controller {
+            Some(d) if d.get("kind").and_then(Value::as_str) == Some("Deployment") => {
+                let deployment = get(&gvr_deployments(), d.get("name").and_then(Value::as_str).unwrap_or_default())
+                    .filter(|dep| s(dep, "/metadata/uid") == d.get("uid").and_then(Value::as_str));
+                Ok(deployment.map(|dep| (s(&dep, "/metadata/uid").unwrap_or_default().to_string(), replicas(&dep))))
+            }
+            _ => Ok(Some((uid.to_string(), replicas(&rs)))),
+        };
+    }
+    if kind == "StatefulSet" && group == "apps" {
+        let ss = get(&Gvr::new("apps", "v1", "statefulsets"), name).filter(|ss| s(ss, "/metadata/uid") == Some(uid));
+        return Ok(ss.map(|ss| (uid.to_string(), replicas(&ss))));
+    }
+    // getScaleController: the owner's type, and its scale subresource.
+    let version = api_version.rsplit('/').next().unwrap_or_default();
+    let Some(t) = core.resource_type_by_kind(api_version, kind) else {
+        return Err(format!("no matches for kind {kind:?} in version {api_version:?}"));
+    };
+    if t.scale.is_none() {
+        return Err(format!("{} does not implement the scale subresource", t.qualified()));
+    }
+    let Ok(scale) = core.scale(&Gvr::new(&t.group, version, &t.plural), Some(namespace), name) else { return Ok(None) };
+    if s(&scale, "/metadata/uid") != Some(uid) {
+        return Ok(None);
+    }
+    Ok(Some((uid.to_string(), scale.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0))))
+}
+
+/// `getExpectedScale`: the sum of the scales of the selected pods' controllers, and the names of
+/// pods without one.
+fn expected_scale(core: &Core, namespace: &str, pods: &[Value]) -> Result<(i64, Vec<String>), String> {
+    let mut scales: BTreeMap<String, i64> = BTreeMap::new();
+    let mut unmanaged = Vec::new();
+    for pod in pods {
+        let name = s(pod, "/metadata/name").unwrap_or_default();
+        let controller = pod
+            .pointer("/metadata/ownerReferences")
+            .and_then(Value::as_array)
+            .and_then(|refs| refs.iter().find(|r| r.get("controller").and_then(Value::as_bool) == Some(true)));
+        let Some(owner) = controller else {
+            unmanaged.push(name.to_string());
+            continue;
+        };
+        if owner.get("uid").and_then(Value::as_str).is_some_and(|u| scales.contains_key(u)) {
+            continue;
+        }
+        match controller_scale(core, namespace, owner)? {
+            Some((uid, scale)) => {
+                scales.insert(uid, scale);
+            }
+            None => return Err(format!("found no controllers for pod {name:?}")),
+        }
+    }
+    Ok((scales.values().sum(), unmanaged))
+}
+
+/// `apimeta.SetStatusCondition`: replace the condition of the same type, keeping its
+/// `lastTransitionTime` unless the status changes.
+fn set_condition(conditions: &mut Vec<Value>, mut new: Value) {
+    let type_ = new.get("type").cloned();
+    match conditions.iter_mut().find(|c| c.get("type") == type_.as_ref()) {
+        Some(old) => {
+            if old.get("status") == new.get("status") {
+                new["lastTransitionTime"] =
+                    old.get("lastTransitionTime").cloned().unwrap_or_else(|| json!(now_rfc3339()));
+            }
+            *old = new;
+        }
+        None => conditions.push(new),
+    }
+}
+
+fn pdb_condition(status: bool, reason: &str, message: &str, observed_generation: i64) -> Value {
+    let mut c = json!({"type": "DisruptionAllowed", "status": if status { "True" } else { "False" }, "lastTransitionTime": now_rfc3339(), "reason": reason, "message": message});
+    if observed_generation != 0 {
+        c["observedGeneration"] = json!(observed_generation);
+    }
+    c
+}
+
+/// The disruption controller (`pkg/controller/disruption`): each PodDisruptionBudget's status from
+/// the pods its selector picks in its namespace. `maxUnavailable` and a percentage `minAvailable`
+/// count the expected pods from the scale of the pods' controllers (a Deployment's pods count by
+/// the Deployment's replicas, as through its ReplicaSet); a controller without a scale
+/// subresource (a Job) fails the sync: `DisruptionAllowed` False `SyncFailed` with the error,
+/// `disruptionsAllowed` 0, the rest of the status as it was. No eviction API: `disruptedPods`
+/// stays empty.
+fn disruption(core: &Core) {
+    let pdbs = list(core, &gvr_pdbs());
+    if pdbs.is_empty() {
+        return;
+    }
+    let all_pods = list(core, &gvr_pods());
+    for pdb in pdbs {
+        if pdb.pointer("/metadata/deletionTimestamp").is_some() {
+            continue;
+        }
+        let namespace = s(&pdb, "/metadata/namespace").unwrap_or_default().to_string();
+        let generation = pdb.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+        // A missing selector selects nothing; an empty one everything.
+        let pods: Vec<Value> = match pdb.pointer("/spec/selector") {
+            Some(sel) if !sel.is_null() => {
+                let selector = LabelSelector::from_json(sel);
+                all_pods
+                    .iter()
+                    .filter(|p| s(p, "/metadata/namespace") == Some(namespace.as_str()))
+                    .filter(|p| selector.matches(&labels_of(p)))
+                    .cloned()
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        let spec = pdb.get("spec").cloned().unwrap_or_else(|| json!({}));
+        let expected: Result<(i64, i64), String> =
+            if let Some(max) = spec.get("maxUnavailable").filter(|v| !v.is_null()) {
+                expected_scale(core, &namespace, &pods)
+                    .and_then(|(count, _)| scaled_value(max, count).map(|m| (count, (count - m).max(0))))
+            } else if let Some(min) = spec.get("minAvailable").filter(|v| !v.is_null()) {
+                match min.as_i64() {
+                    Some(n) => Ok((pods.len() as i64, n)),
+                    None => expected_scale(core, &namespace, &pods)
+                        .and_then(|(count, _)| scaled_value(min, count).map(|m| (count, m))),
+                }
+            } else {
+                Ok((0, 0))
+            };
+        let mut status = pdb.get("status").cloned().filter(Value::is_object).unwrap_or_else(|| json!({}));
+        let mut conditions: Vec<Value> =
+            status.get("conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+        match expected {
+            Err(message) => {
+                // failSafe.
+                let observed = status.get("observedGeneration").and_then(Value::as_i64).unwrap_or(0);
+                status["disruptionsAllowed"] = json!(0);
+                for k in ["currentHealthy", "desiredHealthy", "expectedPods"] {
+                    if status.get(k).is_none() {
+                        status[k] = json!(0);
+                    }
+                }
+                set_condition(&mut conditions, pdb_condition(false, "SyncFailed", &message, observed));
+            }
+            Ok((expected_count, desired_healthy)) => {
+                let current_healthy =
+                    pods.iter().filter(|p| p.pointer("/metadata/deletionTimestamp").is_none() && is_ready(p)).count()
+                        as i64;
+                let mut allowed = current_healthy - desired_healthy;
+                if expected_count <= 0 || allowed <= 0 {
+                    allowed = 0;
+                }
+                status = json!({
+                    "disruptionsAllowed": allowed,
+                    "currentHealthy": current_healthy,
+                    "desiredHealthy": desired_healthy,
+                    "expectedPods": expected_count,
+                });
+                if generation != 0 {
+                    status["observedGeneration"] = json!(generation);
+                }
+                let condition = if allowed > 0 {
+                    pdb_condition(true, "SufficientPods", "", generation)
+                } else {
+                    pdb_condition(false, "InsufficientPods", "", generation)
+                };
+                set_condition(&mut conditions, condition);
+            }
+        }
+        status["conditions"] = json!(conditions);
+        set_status(core, &gvr_pdbs(), &pdb, status);
+    }
+}
+
+/// The TTL-after-finished controller (`pkg/controller/ttlafterfinished`): a finished Job with
+/// `spec.ttlSecondsAfterFinished` is deleted that many seconds after the `lastTransitionTime` of
+/// its `Complete` or `Failed` condition, in the foreground (its pods first), guarded by its uid.
+fn ttl_after_finished(core: &Core, jobs: &[Value]) {
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
+    let now = Timestamp::now();
+    for j in jobs {
+        if j.pointer("/metadata/deletionTimestamp").is_some() {
+            continue;
+        }
+        let Some(ttl) = j.pointer("/spec/ttlSecondsAfterFinished").and_then(Value::as_i64) else { continue };
+        let finished_at = j.pointer("/status/conditions").and_then(Value::as_array).and_then(|cs| {
+            cs.iter().find_map(|c| {
+                let terminal = matches!(c.get("type").and_then(Value::as_str), Some("Complete" | "Failed"))
+                    && c.get("status").and_then(Value::as_str) == Some("True");
+                terminal.then(|| c.get("lastTransitionTime").and_then(Value::as_str)).flatten()
+            })
+        });
+        let Some(finished_at) = finished_at.and_then(|t| t.parse::<Timestamp>().ok()) else { continue };
+        if now < finished_at + SignedDuration::from_secs(ttl) {
+            continue;
+        }
+        let _gone = core.delete(
+            &gvr_jobs(),
+            s(j, "/metadata/namespace"),
+            s(j, "/metadata/name").unwrap_or_default(),
+            &DeleteOptions {
+                propagation: Some(super::core::Propagation::Foreground),
+                uid: s(j, "/metadata/uid").map(str::to_string),
+                ..DeleteOptions::default()
+            },
+        );
     }
 }
 
@@ -280,6 +560,91 @@ fn namespaces(core: &Core) {
         }
         if left == 0 {
             core.finalize_namespace(&name);
+        }
+    }
+}
+
+/// The apiextensions server's naming and establishing controllers, for one new CRD: after the
+/// configured delay its names are accepted (`NamesAccepted` True, `Established` False
+/// `Installing`; the CRD handler serves its resources from then), then it is established
+/// (`Established` True `InitialNamesAccepted`; discovery lists it from then). Name conflicts
+/// between CRDs are not modelled.
+fn accept_crd_names(
+    core: &Arc<Core>,
+    crd: &Value,
+    plane: &ControlPlane,
+    naming: &mut HashSet<String>,
+    stop: &CancellationToken,
+) {
+    let Some(uid) = s(crd, "/metadata/uid").map(str::to_string) else { return };
+    if super::core::crd_condition(crd, "NamesAccepted") || !naming.insert(uid.clone()) {
+        return;
+    }
+    let Some(name) = s(crd, "/metadata/name").map(str::to_string) else { return };
+    let core = core.clone();
+    let delay = plane.crd_establish_delay;
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        let condition = |type_: &str, status: &str, reason: &str, message: &str| json!({"type": type_, "status": status, "reason": reason, "message": message, "lastTransitionTime": now_rfc3339()});
+        let write = |conditions: Vec<Value>| {
+            let Ok(mut current) = core.get(&gvr_crds(), None, &name) else { return false };
+            if s(&current, "/metadata/uid") != Some(uid.as_str()) {
+                return false;
+            }
+            current["status"]["acceptedNames"] = current.pointer("/spec/names").cloned().unwrap_or_else(|| json!({}));
+            current["status"]["conditions"] = json!(conditions);
+            core.update(&gvr_crds(), None, &name, current, Some(Sub::Status), &opts(APISERVER)).is_ok()
+        };
+        let names_accepted = condition("NamesAccepted", "True", "NoConflicts", "no conflicts found");
+        let installing = condition("Established", "False", "Installing", "the initial names have been accepted");
+        if !write(vec![names_accepted.clone(), installing]) {
+            return;
+        }
+        let established =
+            condition("Established", "True", "InitialNamesAccepted", "the initial names have been accepted");
+        write(vec![names_accepted, established]);
+    });
+}
+
+/// The root-ca-cert publisher (`pkg/controller/certificates/rootcacertpublisher`): every namespace that is
+/// not terminating holds the ConfigMap `kube-root-ca.crt` with the CA as `ca.crt` and its description
+/// annotation; a missing one is created, a changed one is put back (other data keys go).
+fn publish_root_ca(core: &Core, root_ca: &str) {
+    let gvr = Gvr::new("", "v1", "configmaps");
+    let data = json!({"ca.crt": root_ca});
+    for ns in list(core, &Gvr::new("", "v1", "namespaces")) {
+        if ns.pointer("/metadata/deletionTimestamp").is_some() {
+            continue;
+        }
+        let Some(name) = s(&ns, "/metadata/name") else { continue };
+        match core.get(&gvr, Some(name), ROOT_CA_CONFIG_MAP) {
+            Ok(cm) => {
+                let described = cm
+                    .pointer("/metadata/annotations")
+                    .and_then(|a| a.get(DESCRIPTION_ANNOTATION))
+                    .and_then(Value::as_str)
+                    .is_some_and(|d| !d.is_empty());
+                if cm.get("data") == Some(&data) && described {
+                    continue;
+                }
+                let mut body = cm.clone();
+                body["data"] = data.clone();
+                body["metadata"]["annotations"][DESCRIPTION_ANNOTATION] = json!(ROOT_CA_DESCRIPTION);
+                let _updated = core.update(&gvr, Some(name), ROOT_CA_CONFIG_MAP, body, None, &opts(MANAGER));
+            }
+            Err(e) if e.code == 404 => {
+                let cm = json!({
+                    "apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": ROOT_CA_CONFIG_MAP, "annotations": {DESCRIPTION_ANNOTATION: ROOT_CA_DESCRIPTION}},
+                    "data": data,
+                });
+                let _created = core.create(&gvr, Some(name), cm, &opts(MANAGER));
+            }
+            Err(_) => {}
         }
     }
 }
