@@ -9,27 +9,8 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::AgentConfig;
+use super::config::AgentConfig;
 use super::metrics::AgentMetrics;
-
-/// What is captured.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Capture {
-    /// Fraction of requests captured (0 to 1).
-    pub sample_rate: f64,
-    /// Largest prompt message or answer kept, bytes (longer ones are truncated).
-    pub max_bytes: usize,
-    /// Request headers never captured (besides `authorization`, `cookie`, `proxy-authorization`).
-    pub redact_headers: Vec<String>,
-    /// JSON fields of the request body replaced by `[redacted]` before capture.
-    pub redact_fields: Vec<String>,
-}
-
-impl Default for Capture {
-    fn default() -> Self {
-        Self { sample_rate: 1.0, max_bytes: 64 * 1024, redact_headers: Vec::new(), redact_fields: Vec::new() }
-    }
-}
 
 const ALWAYS_REDACTED: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
 

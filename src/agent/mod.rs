@@ -10,11 +10,11 @@
 //! and latency by status, captured and dropped interactions), which the autoscaler reads.
 
 mod capture;
+pub mod config;
 mod metrics;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -33,69 +33,14 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use self::capture::Capture;
 use self::capture::{Captured, Sender};
+pub use self::config::{AgentConfig, Capture};
 use self::metrics::{AgentMetrics, InFlightGuard};
 
 /// The response header naming the version that answered.
 pub const VERSION_HEADER: &str = "x-flywheel-model-version";
 /// The response header carrying the interaction id feedback refers to.
 pub const INTERACTION_HEADER: &str = "x-flywheel-interaction-id";
-
-/// How the agent runs.
-#[derive(Debug, Clone)]
-pub struct AgentConfig {
-    /// The pod's serving port.
-    pub listen: SocketAddr,
-    /// Where `/healthz`, `/readyz` and `/metrics` are served.
-    pub admin_listen: SocketAddr,
-    /// The runtime, for example `http://127.0.0.1:8000`.
-    pub upstream: Uri,
-    /// Path of the runtime's readiness endpoint.
-    pub upstream_health_path: String,
-    /// The version the runtime serves.
-    pub model_version: String,
-    /// Namespace of the ModelDeployment.
-    pub namespace: String,
-    /// The ModelDeployment.
-    pub deployment: String,
-    /// Where captures go; none captures nothing.
-    pub collector_url: Option<String>,
-    /// A file with the collector's write token.
-    pub collector_token_file: Option<PathBuf>,
-    /// What is captured and how.
-    pub capture: Capture,
-    /// Interactions waiting for the collector at most; more are dropped.
-    pub queue_capacity: usize,
-    /// Interactions per request to the collector.
-    pub batch_size: usize,
-    /// Longest wait before a partial batch is sent.
-    pub flush_interval: Duration,
-    /// Largest request body forwarded.
-    pub max_request_bytes: usize,
-}
-
-impl AgentConfig {
-    /// Defaults around the required settings.
-    pub fn new(listen: SocketAddr, upstream: Uri, model_version: &str) -> Self {
-        Self {
-            listen,
-            admin_listen: SocketAddr::from(([0, 0, 0, 0], 9091)),
-            upstream,
-            upstream_health_path: "/health".into(),
-            model_version: model_version.into(),
-            namespace: "default".into(),
-            deployment: "unknown".into(),
-            collector_url: None,
-            collector_token_file: None,
-            capture: Capture::default(),
-            queue_capacity: 512,
-            batch_size: 64,
-            flush_interval: Duration::from_secs(1),
-            max_request_bytes: 32 * 1024 * 1024,
-        }
-    }
-}
 
 /// Failures starting the agent.
 #[derive(Debug, thiserror::Error)]

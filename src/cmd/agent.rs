@@ -84,7 +84,7 @@ pub async fn run(args: AgentArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    super::shutdown_signal().await;
+    super::process::shutdown_signal().await;
     tracing::info!("shutting down: finishing requests in flight and flushing captures");
     agent.shutdown().await;
     ExitCode::SUCCESS

@@ -51,7 +51,7 @@ pub async fn run(args: CollectorArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    super::shutdown_signal().await;
+    super::process::shutdown_signal().await;
     tracing::info!("shutting down: finishing requests in flight and committing what is queued");
     collector.shutdown().await;
     ExitCode::SUCCESS

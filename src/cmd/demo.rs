@@ -43,7 +43,7 @@ pub async fn run(args: DemoArgs) -> ExitCode {
     };
     let result = tokio::select! {
         result = crate::demo::run(options) => result,
-        () = super::shutdown_signal() => {
+        () = super::process::shutdown_signal() => {
             eprintln!("flywheel demo: interrupted");
             return ExitCode::from(130);
         }

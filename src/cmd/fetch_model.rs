@@ -47,7 +47,7 @@ pub async fn run(args: FetchModelArgs) -> ExitCode {
     }
     let result = tokio::select! {
         result = fetch(&args.uri, &args.dir, &options) => result,
-        () = super::shutdown_signal() => {
+        () = super::process::shutdown_signal() => {
             eprintln!("flywheel fetch-model: interrupted");
             return ExitCode::from(130);
         }

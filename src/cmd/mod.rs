@@ -7,6 +7,7 @@ pub mod crds;
 pub mod demo;
 pub mod fetch_model;
 pub mod operator;
+pub mod process;
 pub mod rollout;
 pub mod sim;
 
@@ -14,6 +15,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use self::process::run_async;
 use crate::telemetry::LogFormat;
 
 /// Flywheel closes the feedback loop of small language models on Kubernetes.
@@ -66,39 +68,5 @@ pub fn main() -> ExitCode {
         Command::Agent(args) => run_async(agent::run(args)),
         Command::Sim(args) => run_async(sim::run(args)),
         Command::Demo(args) => run_async(demo::run(args)),
-    }
-}
-
-fn run_async(fut: impl std::future::Future<Output = ExitCode>) -> ExitCode {
-    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(runtime) => runtime.block_on(fut),
-        Err(e) => {
-            eprintln!("flywheel: starting the async runtime: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; stopping on Ctrl-C only");
-                let _ctrl_c = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ctrl_c = tokio::signal::ctrl_c().await;
     }
 }

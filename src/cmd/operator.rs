@@ -132,7 +132,7 @@ pub async fn run(args: OperatorArgs) -> ExitCode {
         }
     };
     tracing::info!(metrics = %operator.metrics_addr, "operator started");
-    super::shutdown_signal().await;
+    super::process::shutdown_signal().await;
     tracing::info!("shutting down: finishing reconciles, releasing the lease");
     operator.shutdown().await;
     ExitCode::SUCCESS

@@ -35,7 +35,7 @@ pub async fn run(args: SimArgs) -> ExitCode {
         tracing::info!(kubeconfig = %path.display(), server = %sim.url(), "kubeconfig written");
     }
     println!("{}", sim.url());
-    super::shutdown_signal().await;
+    super::process::shutdown_signal().await;
     tracing::info!("shutting down");
     sim.shutdown().await;
     ExitCode::SUCCESS

@@ -13,7 +13,7 @@ use kube::{Client, ResourceExt};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::DemoError;
+use super::error::DemoError;
 use super::users::{CollectorClient, Routes};
 use crate::api::model_deployment::{Evidence, HistoryEntry, HistoryType};
 use crate::api::retrain_job::RetrainPhase;

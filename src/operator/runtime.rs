@@ -243,7 +243,7 @@ impl Contexts {
             collector_token_secret: config.collector_token_secret.clone(),
         };
         let settings =
-            model_deployment::decide::Settings { children: children.clone(), scale_interval: config.scale_interval };
+            model_deployment::context::Settings { children: children.clone(), scale_interval: config.scale_interval };
         Self {
             model_deployments: Arc::new(ModelDeployments::new(
                 shared.clone(),

@@ -6,9 +6,9 @@ use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::Action;
 
+use super::context::{CONTROLLER, FeedbackPolicies, PolicyError, writing};
 use super::decide::{self, PolicyDecision};
 use super::observe::Readings;
-use super::{CONTROLLER, FeedbackPolicies, PolicyError, writing};
 use crate::api::feedback_policy::FeedbackPolicy;
 use crate::api::retrain_job::RetrainJob;
 use crate::operator::collector_client::{self, CollectorError};

@@ -5,8 +5,8 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
-use super::decide::{last_retrain, seq_of};
-use super::{FeedbackPolicies, LABEL_POLICY, PolicyError, reading};
+use super::context::{FeedbackPolicies, LABEL_POLICY, PolicyError, reading};
+use super::retrains::{last_retrain, seq_of};
 use crate::api::feedback_policy::FeedbackPolicy;
 use crate::api::model_deployment::ModelDeployment;
 use crate::api::retrain_job::RetrainJob;

@@ -6,9 +6,9 @@ use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use serde_json::Value;
 
+use super::context::{CONTROLLER, FIELD_MANAGER, ModelDeploymentError, ModelDeployments, writing};
 use super::decide::{DeleteChild, ModelDeploymentDecision};
 use super::observe::{dynamic_api, route_api};
-use super::{CONTROLLER, FIELD_MANAGER, ModelDeploymentError, ModelDeployments, writing};
 use crate::api::model_deployment::ModelDeployment;
 use crate::operator::skeleton::patch_status;
 

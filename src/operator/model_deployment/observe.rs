@@ -8,61 +8,17 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::{Resource, ResourceExt};
-use serde_json::Value;
 
 use super::children::{self, AGENT_ADMIN_PORT, ModelSource};
+use super::context::{ModelDeploymentError, ModelDeployments, reading};
+use super::observed::{Missing, Observed, TrackLoad};
+use super::replicas::{canary_ready, total_replicas};
 use super::validate::ValidModelDeployment;
-use super::{ModelDeploymentError, ModelDeployments, reading};
 use crate::api::FeedbackPolicy;
 use crate::api::model_deployment::{Evidence, Gate, ModelDeployment, ScalingMetric, Track};
+use crate::autoscale::Sample;
 use crate::autoscale::scrape::{AGENT_IN_FLIGHT, PodTarget};
-use crate::autoscale::{Sample, TrackState};
 use crate::rollout::{self, Unservable};
-
-/// A reference the spec names that does not exist.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Missing {
-    /// CamelCase reason (`Stalled`'s).
-    pub reason: &'static str,
-    /// In words.
-    pub message: String,
-}
-
-/// What the autoscaler saw of one track.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TrackLoad {
-    /// Replicas the track's Deployment has now.
-    pub current: i32,
-    /// Its ready pods.
-    pub ready: i32,
-    /// The pods' summed load and how many answered, when any did.
-    pub sample: Option<Sample>,
-    /// The autoscaler's memory of the track before this look.
-    pub state: TrackState,
-}
-
-/// Everything one reconcile read.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Observed {
-    /// A reference of the spec (a claim, the HTTPRoute) that does not exist.
-    pub missing: Option<Missing>,
-    /// The candidate in status cannot be served.
-    pub candidate_unservable: Option<Unservable>,
-    /// The canary in status cannot be served any longer.
-    pub canary_unservable: Option<Unservable>,
-    /// The tracks' Deployments.
-    pub stable: Option<Deployment>,
-    /// The canary track's Deployment.
-    pub canary: Option<Deployment>,
-    /// The Services and the budget as they are (name → object), for a subset comparison.
-    pub live: BTreeMap<String, Value>,
-    /// The HTTPRoute, in GatewayAPI mode.
-    pub route: Option<Value>,
-    /// The analysis of the current step, when its gate is `Analysis` and the canary is ready.
-    pub analysis: Option<Evidence>,
-    /// The autoscaler's view of each track it scales.
-    pub load: BTreeMap<Track, TrackLoad>,
-}
 
 fn route_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
@@ -215,7 +171,7 @@ async fn load(
     let pods: Api<Pod> = Api::namespaced(ctx.shared.client.clone(), &valid.owner.namespace);
     for track in scaled_tracks(md, valid) {
         let live = if track == Track::Stable { observed.stable.as_ref() } else { observed.canary.as_ref() };
-        let fallback = if track == Track::Stable { super::decide::total_replicas(md) } else { 1 };
+        let fallback = if track == Track::Stable { total_replicas(md) } else { 1 };
         let current = live.and_then(|d| d.spec.as_ref()).and_then(|s| s.replicas).unwrap_or(fallback);
         let selector = children::track_selector(&valid.owner, track)
             .iter()
@@ -267,7 +223,7 @@ async fn analysis(
         .as_ref()
         .and_then(|c| steps.get(usize::try_from(c.step).unwrap_or(usize::MAX)))
         .is_some_and(|s| s.gate == Gate::Analysis);
-    if !wants || !super::decide::canary_ready(md, valid, observed, now) {
+    if !wants || !canary_ready(md, valid, observed, now) {
         return Ok(None);
     }
     let policies: Api<FeedbackPolicy> = Api::namespaced(ctx.shared.client.clone(), &valid.owner.namespace);

@@ -4,8 +4,8 @@
 
 use kube::ResourceExt;
 
-use super::ModelDeploymentError;
 use super::children::{ModelSource, Owner};
+use super::context::ModelDeploymentError;
 use crate::api::model_deployment::{ModelDeployment, TrafficMode};
 
 /// A ModelDeployment that can be served: its identity and its parsed model sources.

@@ -9,8 +9,8 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use serde_json::json;
 
+use super::context::{CONTROLLER, RetrainError, RetrainJobs, writing};
 use super::decide::{self, RetrainDecision, outcome_name};
-use super::{CONTROLLER, RetrainError, RetrainJobs, writing};
 use crate::api::model_deployment::ModelDeployment;
 use crate::api::retrain_job::RetrainJob;
 use crate::operator::skeleton::patch_status;

@@ -10,9 +10,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
+use super::context::{MAX_ATTEMPTS, RetrainError, lineage};
 use super::job::{self, JobSpecError};
 use super::observe::Observed;
-use super::{MAX_ATTEMPTS, RetrainError, lineage, result};
+use super::result;
 use crate::api::Promotion;
 use crate::api::common::CONDITION_STALLED;
 use crate::api::conditions::{self, Health};

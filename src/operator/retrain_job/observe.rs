@@ -8,8 +8,9 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
+use super::context::{RetrainError, RetrainJobs, reading};
 use super::job::{self, LABEL_RETRAIN_JOB};
-use super::{RetrainError, RetrainJobs, reading, result};
+use super::result;
 use crate::api::Promotion;
 use crate::api::model_deployment::ModelDeployment;
 use crate::api::retrain_job::{RetrainJob, RetrainPhase};

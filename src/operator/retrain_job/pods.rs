@@ -12,8 +12,8 @@ use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 
+use super::context::{RetrainError, reading, writing};
 use super::job::{LABEL_ATTEMPT, LABEL_RETRAIN_JOB, RESULT_FINALIZER};
-use super::{RetrainError, reading, writing};
 use crate::api::retrain_job::{RetrainJob, RetrainPhase};
 use crate::operator::skeleton::{Reconciler, Shared};
 

@@ -4,6 +4,7 @@ use super::*;
 use crate::api::feedback_policy::SignalStats;
 use crate::operator::collector_client::{CollectorClient, Stats};
 use crate::operator::feedback_policy::observe::Readings;
+use crate::operator::feedback_policy::retrains::seq_of_trigger;
 use serde_json::json;
 
 fn at(s: i64) -> Timestamp {

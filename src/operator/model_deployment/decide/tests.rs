@@ -2,8 +2,10 @@
 
 use super::*;
 use crate::api::model_deployment::{CanaryStatus, ModelDeployment};
-use crate::operator::model_deployment::observe::Observed;
+use crate::operator::model_deployment::children::ChildSettings;
+use crate::operator::model_deployment::observed::Observed;
 use crate::operator::model_deployment::validate::validate;
+use k8s_openapi::api::apps::v1::Deployment;
 
 fn at(s: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + s).unwrap_or_default()
@@ -185,7 +187,7 @@ fn route_weights_follow_the_canary_and_keep_other_backends() {
 
 #[test]
 fn the_autoscaler_scales_on_the_observed_load_and_keeps_its_memory() {
-    use crate::operator::model_deployment::observe::TrackLoad;
+    use crate::operator::model_deployment::observed::TrackLoad;
     let mut object = md(json!(null));
     object.spec.replicas = None;
     object.spec.scaling =
