@@ -68,6 +68,7 @@ struct Case {
 
 const URI_RULE: &str = "self.startsWith('pvc://') || self.startsWith('s3://') || self.startsWith('gs://') || self.startsWith('https://') || self.startsWith('hf://') || self.startsWith('file://')";
 const URI_MSG: &str = "must start with one of pvc://, s3://, gs://, https://, hf://, file://";
+const EVAL_RULE: &str = "has(self.minImprovement) || has(self.maxRegression) || has(self.bound)";
 const ENV_RULE: &str = "self.all(e, !e.name.startsWith('FLYWHEEL_'))";
 const OUTPUT_RULE: &str =
     "self.matches('^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?$') || self.matches('^s3://[^/]+(/.*)?$')";
@@ -235,7 +236,23 @@ fn cases() -> Vec<Case> {
             message: "names starting with FLYWHEEL_ are reserved for the trainer contract",
             update: false,
         },
+        Case {
+            kind: "FeedbackPolicy",
+            rule: EVAL_RULE,
+            breaks: |o| set(o, "/spec/evaluation", json!({"rules": [{"metric": "evalLoss"}]})),
+            field: "spec.evaluation.rules[0]",
+            message: "set at least one of minImprovement, maxRegression, bound",
+            update: false,
+        },
         // RetrainJob
+        Case {
+            kind: "RetrainJob",
+            rule: EVAL_RULE,
+            breaks: |o| set(o, "/spec/evaluation", json!({"rules": [{"metric": "evalLoss", "better": "Lower"}]})),
+            field: "spec.evaluation.rules[0]",
+            message: "set at least one of minImprovement, maxRegression, bound",
+            update: false,
+        },
         Case {
             kind: "RetrainJob",
             rule: "self == oldSelf",

@@ -930,3 +930,91 @@ async fn an_unreachable_collector_shows_in_status_and_nothing_fires() {
     assert!(l.retrain_jobs().await.is_empty());
     l.stop().await;
 }
+
+/// The evaluation gate: a candidate worse on the held-out rows than its base is rejected, with
+/// no canary and no user traffic; a better one goes on to the canary, and its evaluation reaches
+/// the ModelDeployment's history with its lineage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_evaluation_gate_rejects_a_worse_candidate_and_passes_a_better_one() {
+    let script: flywheel::sim::PodScript = Arc::new(move |pod: &Value| {
+        let uri = env_of(pod, "FLYWHEEL_OUTPUT_URI")?;
+        let version = env_of(pod, "FLYWHEEL_VERSION").unwrap_or_default();
+        // The held-out loss per answer token of the candidate against the base's on the same rows.
+        let loss = if version.starts_with("worse") { 1.95 } else { 1.55 };
+        Some(PodBehavior {
+            ready_after: Duration::from_millis(50),
+            finish: Some((
+                Duration::from_millis(300),
+                Outcome::Succeed,
+                format!(
+                    r#"{{"version":"{version}","uri":"{uri}","metrics":{{"evalLoss":{loss},"evalLossBefore":1.8}}}}"#
+                ),
+            )),
+        })
+    });
+    let sim = SimConfig {
+        workloads: WorkloadConfig { script: Some(script), ..WorkloadConfig::default() },
+        ..SimConfig::default()
+    };
+    let l = Loop::start("loop-eval", sim).await;
+    if l.cluster.sim_only("a scripted trainer").is_none() {
+        l.stop().await;
+        return;
+    }
+    let mds: Api<ModelDeployment> = l.api();
+    let mut md = model_deployment();
+    md.spec.rollout = Some(
+        serde_json::from_value(json!({"steps": [{"weight": 50, "gate": "Pause", "pauseSeconds": 1}]}))
+            .unwrap_or_else(|e| panic!("{e}")),
+    );
+    mds.create(&PostParams::default(), &md).await.unwrap_or_else(|e| panic!("{e}"));
+    until(&mds, TARGET, "Ready", 60, |m| stable_of(m) == "v1").await;
+    let rtjs: Api<RetrainJob> = l.api();
+    let gated = |name: &str| {
+        let mut r = manual(name, 0);
+        r.spec.promotion = flywheel::api::Promotion::Canary;
+        r.spec.evaluation = serde_json::from_value(json!({"rules": [{"metric": "evalLoss", "minImprovement": 0.05}]}))
+            .unwrap_or_else(|e| panic!("{e}"));
+        r
+    };
+    rtjs.create(&PostParams::default(), &gated("worse")).await.unwrap_or_else(|e| panic!("{e}"));
+    let rejected = until(&rtjs, "worse", "judged", 60, |r| {
+        r.status
+            .as_ref()
+            .is_some_and(|s| matches!(s.phase, RetrainPhase::Rejected | RetrainPhase::Succeeded | RetrainPhase::Failed))
+    })
+    .await
+    .status
+    .unwrap_or_default();
+    assert_eq!(rejected.phase, RetrainPhase::Rejected, "{rejected:?}");
+    let accepted =
+        rejected.conditions.iter().find(|c| c.type_ == "Accepted").cloned().unwrap_or_else(|| panic!("Accepted"));
+    assert_eq!(accepted.status, ConditionStatus::False);
+    assert_eq!(accepted.message, "evalLoss 1.9500 must be at least 0.0500 below the base's 1.8000");
+    assert!(rejected.handed_over_at.is_none());
+    // No canary, no user traffic: the candidate never reached the ModelDeployment.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let md_now = mds.get(TARGET).await.unwrap_or_else(|e| panic!("{e}"));
+    let status = md_now.status.clone().unwrap_or_default();
+    assert!(status.candidate.is_none() && status.canary.is_none() && status.history.is_empty(), "{status:?}");
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = l.api();
+    assert!(deployments.get_opt(&format!("{TARGET}-canary")).await.unwrap_or_else(|e| panic!("{e}")).is_none());
+
+    rtjs.create(&PostParams::default(), &gated("better")).await.unwrap_or_else(|e| panic!("{e}"));
+    let promoted = until(&mds, TARGET, "the better candidate promoted", 60, |m| {
+        m.status.as_ref().is_some_and(|s| s.history.iter().any(|h| h.version == "better-v"))
+    })
+    .await;
+    let entry = promoted
+        .status
+        .and_then(|s| s.history.into_iter().find(|h| h.version == "better-v"))
+        .unwrap_or_else(|| panic!("history"));
+    assert_eq!(entry.type_, HistoryType::Promoted);
+    let evaluation = entry.lineage.map(|l| l.evaluation).unwrap_or_default();
+    assert_eq!(evaluation.len(), 1);
+    assert!(
+        evaluation[0].passed && evaluation[0].candidate == Some(1.55) && evaluation[0].base == Some(1.8),
+        "{evaluation:?}"
+    );
+    l.stop().await;
+}

@@ -290,6 +290,88 @@ pub struct Lineage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 63))]
     pub base_version: Option<String>,
+    /// How the evaluation gate judged the version before it was handed over.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub evaluation: Vec<RuleResult>,
+}
+
+/// The evaluation gate: rules over a trained candidate's metrics, each comparing it with the
+/// base it was trained from on the same held-out rows (the trainer contract's `<metric>` and
+/// `<metric>Before`), and optionally an evaluation Job whose metrics are merged over the
+/// trainer's. A candidate that fails a rule is rejected before any user sees it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EvaluationSpec {
+    /// Rules; every one must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub rules: Vec<EvaluationRule>,
+    /// A Job run after training on the candidate and the snapshot's held-out rows (the
+    /// reference trainer's `python -m flywheel_trainer.evaluate`, an LLM judge, a task suite):
+    /// the trainer template's fields; it writes a result line `{"metrics": {...}}`; its
+    /// `retries` are the Job's retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<TrainerTemplate>,
+}
+
+/// Which way a metric is better.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum Better {
+    /// Lower is better (losses).
+    #[default]
+    Lower,
+    /// Higher is better (accuracies).
+    Higher,
+}
+
+/// One rule of the evaluation gate.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.minImprovement) || has(self.maxRegression) || has(self.bound)").message("set at least one of minImprovement, maxRegression, bound"))]
+#[serde(rename_all = "camelCase")]
+pub struct EvaluationRule {
+    /// The metric, as the trainer (or the evaluation Job) reports it: the candidate's value is
+    /// `<metric>`, the base's on the same held-out rows `<metric>Before` (for example `evalLoss`,
+    /// `preferenceAccuracy`; `docs/trainer-contract.md` lists them).
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[A-Za-z][A-Za-z0-9_]*$"))]
+    pub metric: String,
+    /// Which way is better: `Lower` (losses, the default) or `Higher` (accuracies).
+    #[serde(default)]
+    pub better: Better,
+    /// The candidate must beat the base by at least this much (in the metric's units); 0: it
+    /// must be at least as good.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub min_improvement: Option<f64>,
+    /// The candidate may be worse than the base by at most this much.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub max_regression: Option<f64>,
+    /// An absolute bound on the candidate's value: at most this for `Lower`, at least this for
+    /// `Higher`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound: Option<f64>,
+}
+
+/// How one rule judged a candidate.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleResult {
+    /// The metric.
+    #[schemars(length(max = 63))]
+    pub metric: String,
+    /// The candidate's value, when reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<f64>,
+    /// The base's value on the same rows, when reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<f64>,
+    /// Whether the rule held.
+    pub passed: bool,
+    /// The rule and the values, in words.
+    #[serde(default)]
+    #[schemars(length(max = 512))]
+    pub message: String,
 }
 
 /// Row counts of a dataset snapshot.

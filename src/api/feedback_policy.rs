@@ -6,7 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    Condition, LocalRef, OUTPUT_URI_MESSAGE, OUTPUT_URI_RULE, Promotion, TrainerTemplate, TriggerReason,
+    Condition, EvaluationSpec, LocalRef, OUTPUT_URI_MESSAGE, OUTPUT_URI_RULE, Promotion, TrainerTemplate, TriggerReason,
 };
 
 /// When to retrain a ModelDeployment from the feedback its users give, what dataset to build,
@@ -91,6 +91,10 @@ pub struct FeedbackPolicySpec {
     pub dataset: DatasetRecipe,
     /// The trainer each RetrainJob runs.
     pub trainer: TrainerTemplate,
+    /// The evaluation gate the trained candidate must pass before it is handed over (rules over
+    /// its metrics against the base's on the same held-out rows; an optional evaluation Job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<EvaluationSpec>,
     /// Where trained models are written: the RetrainJob's output URI is this prefix followed by
     /// the RetrainJob's name.
     #[schemars(length(min = 1, max = 2048))]

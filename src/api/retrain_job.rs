@@ -8,8 +8,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    Condition, DATASET_URI_MESSAGE, DATASET_URI_RULE, DatasetCounts, Lineage, LocalRef, OUTPUT_URI_MESSAGE,
-    OUTPUT_URI_RULE, Promotion, TrainerTemplate, TriggerReason, URI_SCHEME_MESSAGE, URI_SCHEME_RULE, VERSION_PATTERN,
+    Condition, DATASET_URI_MESSAGE, DATASET_URI_RULE, DatasetCounts, EvaluationSpec, Lineage, LocalRef,
+    OUTPUT_URI_MESSAGE, OUTPUT_URI_RULE, Promotion, RuleResult, TrainerTemplate, TriggerReason, URI_SCHEME_MESSAGE,
+    URI_SCHEME_RULE, VERSION_PATTERN,
 };
 use super::feedback_policy::DatasetFormat;
 
@@ -72,6 +73,10 @@ pub struct RetrainJobSpec {
     pub dataset: DatasetRef,
     /// The trainer to run.
     pub trainer: TrainerTemplate,
+    /// The evaluation gate the trained candidate must pass before it is handed over (rules over
+    /// its metrics against the base's on the same held-out rows; an optional evaluation Job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<EvaluationSpec>,
     /// Where the trainer writes the new model.
     #[schemars(length(min = 1, max = 2048))]
     #[x_kube(validation = Rule::new(OUTPUT_URI_RULE).message(OUTPUT_URI_MESSAGE))]
@@ -149,8 +154,13 @@ pub enum RetrainPhase {
     Pending,
     /// An attempt's Job is running.
     Running,
-    /// The trainer reported a result; the new version is in `status.result`.
+    /// The evaluation Job runs on the trained candidate.
+    Evaluating,
+    /// The trainer reported a result and it passed the evaluation gate; the new version is in
+    /// `status.result`.
     Succeeded,
+    /// The trained candidate failed a rule of the evaluation gate: it is not handed over.
+    Rejected,
     /// No attempt is left, or the trainer reported bad configuration or a malformed result.
     Failed,
 }
@@ -188,9 +198,29 @@ pub struct RetrainJobStatus {
     /// The policy, trigger, dataset and base behind this run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lineage: Option<Lineage>,
+    /// How the evaluation gate judged the candidate, and its Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<EvaluationStatus>,
     /// When the new version was handed to the ModelDeployment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handed_over_at: Option<Time>,
+}
+
+/// The evaluation of a trained candidate.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EvaluationStatus {
+    /// The evaluation Job (`<retrainjob>-eval`), when the spec has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub job_name: Option<String>,
+    /// Whether every rule held (unset while the evaluation Job runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passed: Option<bool>,
+    /// Each rule's judgement.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub rules: Vec<RuleResult>,
 }
 
 /// One attempt of a run.

@@ -442,6 +442,7 @@ mod tests {
             dataset_sha256: Some("a".repeat(64)),
             dataset_counts: Some(DatasetCounts { sft: 10, dpo: 2, held_out: 1 }),
             base_version: Some("v1".into()),
+            evaluation: Vec::new(),
         }
     }
 

@@ -125,6 +125,7 @@ pub fn build_retrain_job(
             counts: snapshot.counts,
         },
         trainer: policy.spec.trainer.clone(),
+        evaluation: policy.spec.evaluation.clone(),
         output_uri: format!("{}{name}", policy.spec.output_uri_prefix),
         version: None,
         promotion: policy.spec.promotion,

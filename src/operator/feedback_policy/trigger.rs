@@ -320,6 +320,7 @@ mod tests {
             max_retrains_per_day: 2,
             dataset: Default::default(),
             trainer: TrainerTemplate::with_image("trainer"),
+            evaluation: None,
             output_uri_prefix: "s3://models/".into(),
             promotion: Default::default(),
         }

@@ -61,6 +61,7 @@ pub fn lineage(rtj: &RetrainJob) -> Lineage {
         dataset_sha256: Some(rtj.spec.dataset.sha256.clone()),
         dataset_counts: Some(rtj.spec.dataset.counts),
         base_version: Some(rtj.spec.base.version.clone()),
+        evaluation: Vec::new(),
     }
 }
 

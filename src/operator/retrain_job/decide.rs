@@ -3,6 +3,7 @@
 //! version is to be handed to the ModelDeployment. The hand-over's answer finishes the status
 //! in [`handed_over`].
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
@@ -13,12 +14,16 @@ use kube::ResourceExt;
 use super::context::{MAX_ATTEMPTS, RetrainError, lineage};
 use super::job::{self, JobSpecError};
 use super::observe::Observed;
-use super::result;
-use crate::api::Promotion;
-use crate::api::common::CONDITION_STALLED;
+use super::{evaluation, result};
+use crate::api::common::{CONDITION_STALLED, Lineage, RuleResult};
 use crate::api::conditions::{self, Health};
 use crate::api::model_deployment::{Candidate, ModelDeployment};
-use crate::api::retrain_job::{Attempt, AttemptOutcome, RetrainJob, RetrainJobStatus, RetrainPhase};
+use crate::api::retrain_job::{Attempt, AttemptOutcome, EvaluationStatus, RetrainJob, RetrainJobStatus, RetrainPhase};
+use crate::api::{ConditionStatus, Promotion};
+
+/// The condition the evaluation gate sets: True when the candidate passed, False when it failed
+/// a rule (or its evaluation Job failed).
+pub const CONDITION_ACCEPTED: &str = "Accepted";
 use crate::operator::model_deployment::children::ChildSettings;
 use crate::operator::skeleton::{Decision, Note};
 
@@ -119,11 +124,9 @@ fn run_attempts(
         let job_name = a.job_name.clone();
         match end.outcome {
             AttemptOutcome::Succeeded => {
-                next.phase = RetrainPhase::Succeeded;
-                next.completion_time = Some(now.clone());
                 next.result = end.result;
-                events.push(Note::normal("Succeeded", format!("attempt {index} ({job_name}): {}", end.message)));
-                return Ok(());
+                events.push(Note::normal("Trained", format!("attempt {index} ({job_name}): {}", end.message)));
+                return start_evaluation(rtj, settings, now, next, out, events);
             }
             AttemptOutcome::Failed | AttemptOutcome::Disrupted => {
                 let reason = if end.outcome == AttemptOutcome::Failed { "AttemptFailed" } else { "AttemptDisrupted" };
@@ -186,6 +189,137 @@ fn run_attempts(
     Ok(())
 }
 
+/// A trained candidate goes through the evaluation gate: its Job when the spec has one, else its
+/// rules at once over the trainer's metrics; with no gate it succeeds.
+fn start_evaluation(
+    rtj: &RetrainJob,
+    settings: &ChildSettings,
+    now: &Time,
+    next: &mut RetrainJobStatus,
+    out: &mut Children,
+    events: &mut Vec<Note>,
+) -> Result<(), RetrainError> {
+    let Some(result) = next.result.clone() else { return Ok(()) };
+    match rtj.spec.evaluation.as_ref().and_then(|e| e.job.as_ref()) {
+        Some(template) => {
+            let job = match job::build_evaluation(rtj, template, &result, settings) {
+                Ok(j) => j,
+                Err(JobSpecError::Uri { field, message }) => {
+                    finish_evaluation(rtj, now, next, events, Err(format!("{field}: {message}")));
+                    return Ok(());
+                }
+                Err(JobSpecError::Malformed(what)) => return Err(RetrainError::Malformed(what)),
+            };
+            let name = job.name_any();
+            next.phase = RetrainPhase::Evaluating;
+            next.evaluation = Some(EvaluationStatus { job_name: Some(name.clone()), ..EvaluationStatus::default() });
+            events.push(Note::normal("EvaluationStarted", format!("evaluating {} as Job {name}", result.version)));
+            out.create = Some(job);
+        }
+        None => finish_evaluation(rtj, now, next, events, Ok(BTreeMap::new())),
+    }
+    Ok(())
+}
+
+/// The evaluation is in: merge its metrics over the trainer's (the evaluator's win), judge the
+/// rules, and end the run `Succeeded` or `Rejected` (or `Failed` when the evaluation Job failed).
+fn finish_evaluation(
+    rtj: &RetrainJob,
+    now: &Time,
+    next: &mut RetrainJobStatus,
+    events: &mut Vec<Note>,
+    metrics: Result<BTreeMap<String, f64>, String>,
+) {
+    next.completion_time = Some(now.clone());
+    let evaluation = next.evaluation.get_or_insert_with(EvaluationStatus::default);
+    let measured = match metrics {
+        Ok(m) => m,
+        Err(why) => {
+            next.phase = RetrainPhase::Failed;
+            evaluation.passed = Some(false);
+            events.push(Note::warning("EvaluationFailed", why.clone()));
+            conditions::set(
+                &mut next.conditions,
+                &conditions::Desired::new(CONDITION_ACCEPTED, ConditionStatus::False, "EvaluationFailed", why),
+                rtj.metadata.generation,
+                now,
+            );
+            return;
+        }
+    };
+    let Some(result) = next.result.as_mut() else { return };
+    result.metrics.extend(measured);
+    let rules = rtj.spec.evaluation.as_ref().map(|e| e.rules.clone()).unwrap_or_default();
+    let judged = evaluation::judge(&rules, &result.metrics);
+    let passed = judged.iter().all(|r| r.passed);
+    let version = result.version.clone();
+    evaluation.passed = Some(passed);
+    evaluation.rules = judged.clone();
+    if rtj.spec.evaluation.is_none() {
+        next.evaluation = None;
+        next.phase = RetrainPhase::Succeeded;
+        events.push(Note::normal("Succeeded", format!("trained {version}")));
+        return;
+    }
+    let (status, reason, message) = if passed {
+        let message = if judged.is_empty() {
+            "no rule to judge".to_string()
+        } else {
+            judged.iter().map(|r| r.message.clone()).collect::<Vec<_>>().join("; ")
+        };
+        (ConditionStatus::True, "EvaluationPassed", message)
+    } else {
+        (ConditionStatus::False, "EvaluationFailed", evaluation::failures(&judged))
+    };
+    conditions::set(
+        &mut next.conditions,
+        &conditions::Desired::new(CONDITION_ACCEPTED, status, reason, message.clone()),
+        rtj.metadata.generation,
+        now,
+    );
+    if passed {
+        next.phase = RetrainPhase::Succeeded;
+        events.push(Note::normal("Succeeded", format!("{version} passed the evaluation gate: {message}")));
+    } else {
+        next.phase = RetrainPhase::Rejected;
+        events.push(Note::warning("Rejected", format!("{version} failed the evaluation gate: {message}")));
+    }
+}
+
+/// The open evaluation: read how its Job ended (or start it again when it was deleted before it
+/// finished).
+fn run_evaluation(
+    rtj: &RetrainJob,
+    observed: &Observed,
+    settings: &ChildSettings,
+    now: &Time,
+    next: &mut RetrainJobStatus,
+    out: &mut Children,
+    events: &mut Vec<Note>,
+) -> Result<(), RetrainError> {
+    let ended = match &observed.evaluation_job {
+        Some(j) => match result::evaluation_ended(j, &observed.pods) {
+            Some(ended) => ended,
+            None => return Ok(()),
+        },
+        None => {
+            // Deleted before it finished (its pods, kept by the finalizer, would say otherwise):
+            // run it again; a disruption never ends an evaluation.
+            let finished = observed
+                .pods
+                .iter()
+                .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()).is_some_and(|ph| ph == "Succeeded"));
+            if !finished {
+                return start_evaluation(rtj, settings, now, next, out, events);
+            }
+            let end = result::pod_end(&observed.pods).unwrap_or_default();
+            result::parse_metrics(&end.message.unwrap_or_default())
+        }
+    };
+    finish_evaluation(rtj, now, next, events, ended);
+    Ok(())
+}
+
 /// The hand-over of a trained version, unless it is already the candidate, under canary,
 /// stable, or in the history; or why it waits (the target does not exist).
 fn hand_over(
@@ -193,6 +327,7 @@ fn hand_over(
     target: Option<&ModelDeployment>,
     version: &str,
     uri: &str,
+    evaluation: &[RuleResult],
     now: &Time,
 ) -> Result<Option<HandOver>, String> {
     let name = &rtj.spec.target_ref.name;
@@ -220,7 +355,7 @@ fn hand_over(
             version: version.to_string(),
             uri: uri.to_string(),
             handed_over_at: Some(now.clone()),
-            lineage: Some(lineage(rtj)),
+            lineage: Some(Lineage { evaluation: evaluation.to_vec(), ..lineage(rtj) }),
         },
     }))
 }
@@ -239,6 +374,22 @@ fn health(rtj: &RetrainJob, next: &RetrainJobStatus, stalled_target: Option<&Str
                 ),
             }
         }
+        RetrainPhase::Evaluating => Health::Progressing {
+            reason: "Evaluating".into(),
+            message: format!(
+                "evaluating {} as Job {}",
+                next.result.as_ref().map_or("", |r| r.version.as_str()),
+                next.evaluation.as_ref().and_then(|e| e.job_name.as_deref()).unwrap_or("")
+            ),
+        },
+        RetrainPhase::Rejected => Health::Ready {
+            reason: "Rejected".into(),
+            message: format!(
+                "{} failed the evaluation gate and is not handed over: {}",
+                next.result.as_ref().map_or("", |r| r.version.as_str()),
+                next.evaluation.as_ref().map(|e| evaluation::failures(&e.rules)).unwrap_or_default()
+            ),
+        },
         RetrainPhase::Succeeded => {
             let version = next.result.as_ref().map_or("", |r| r.version.as_str()).to_string();
             let target = &rtj.spec.target_ref.name;
@@ -269,6 +420,12 @@ fn health(rtj: &RetrainJob, next: &RetrainJobStatus, stalled_target: Option<&Str
             let message = conditions::get(&next.conditions, CONDITION_STALLED)
                 .filter(|_| reason == "InvalidSpec")
                 .map_or(message, |c| c.message.clone());
+            // The training succeeded but its evaluation Job failed.
+            if next.evaluation.as_ref().is_some_and(|e| e.passed == Some(false) && e.rules.is_empty())
+                && let Some(c) = conditions::get(&next.conditions, CONDITION_ACCEPTED)
+            {
+                return Health::Stalled { reason: "EvaluationFailed".into(), message: c.message.clone() };
+            }
             Health::Stalled { reason: reason.into(), message }
         }
     }
@@ -289,9 +446,12 @@ pub fn decide(
     let mut out = Children::default();
     let mut events = Vec::new();
     let mut requeue = None;
+    if current.phase == RetrainPhase::Evaluating {
+        run_evaluation(rtj, observed, settings, &now, &mut next, &mut out, &mut events)?;
+    }
     if matches!(current.phase, RetrainPhase::Pending | RetrainPhase::Running) {
         run_attempts(rtj, observed, settings, &now, &mut next, &mut out, &mut events)?;
-        if next.phase == RetrainPhase::Running {
+        if matches!(next.phase, RetrainPhase::Running | RetrainPhase::Evaluating) {
             // The Job's watch wakes us; this is a safety net.
             requeue = Some(Duration::from_secs(60));
         }
@@ -302,7 +462,8 @@ pub fn decide(
         && next.handed_over_at.is_none()
         && let Some(res) = next.result.clone()
     {
-        match hand_over(rtj, observed.target.as_ref(), &res.version, &res.uri, &now) {
+        let rules = next.evaluation.as_ref().map(|e| e.rules.clone()).unwrap_or_default();
+        match hand_over(rtj, observed.target.as_ref(), &res.version, &res.uri, &rules, &now) {
             Ok(Some(h)) => out.hand_over = Some(h),
             Ok(None) => {
                 next.handed_over_at = Some(now.clone());

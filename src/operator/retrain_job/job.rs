@@ -8,7 +8,8 @@ use k8s_openapi::api::batch::v1::Job;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::api::retrain_job::RetrainJob;
+use crate::api::common::TrainerTemplate;
+use crate::api::retrain_job::{Artifact, RetrainJob, TrainResult};
 use crate::operator::model_deployment::children::{ChildSettings, ModelSource};
 
 /// The trainer's container name (the failure policy and the result reader refer to it).
@@ -106,16 +107,11 @@ fn joined(path: &str, rest: &str) -> String {
     if rest.is_empty() { path.to_string() } else { format!("{path}/{rest}") }
 }
 
-/// The Job of `attempt` (pure).
-pub fn build(rtj: &RetrainJob, attempt: i32, settings: &ChildSettings) -> Result<Job, JobSpecError> {
-    let name = rtj.metadata.name.clone().ok_or(JobSpecError::Malformed("a name"))?;
-    let namespace = rtj.metadata.namespace.clone().ok_or(JobSpecError::Malformed("a namespace"))?;
-    let uid = rtj.metadata.uid.clone().ok_or(JobSpecError::Malformed("a uid"))?;
+/// What the trainer and the evaluator read: the base model and the dataset snapshot, as local
+/// paths (claims mounted, object stores fetched by init containers), and the contract's
+/// variables for them.
+fn inputs(rtj: &RetrainJob, settings: &ChildSettings, m: &mut Mounts) -> Result<Vec<(String, String)>, JobSpecError> {
     let spec = &rtj.spec;
-    let trainer = &spec.trainer;
-    let mut m = Mounts { volumes: vec![json!({"name": "tmp", "emptyDir": {}})], mounts: vec![], init: vec![] };
-    m.mounts.push(json!({"name": "tmp", "mountPath": "/tmp"}));
-
     // The base model: a mounted claim, a path in the image, or fetched before the trainer starts.
     let base = match ModelSource::parse(&spec.base.uri) {
         Ok(ModelSource::Pvc { claim, path }) => {
@@ -130,7 +126,6 @@ pub fn build(rtj: &RetrainJob, attempt: i32, settings: &ChildSettings) -> Result
         }
         Err(e) => return Err(JobSpecError::Uri { field: "spec.base.uri", message: e.to_string() }),
     };
-
     // The dataset: the collector's (or any) HTTP(S) URL with the token file, a claim, a path, or
     // fetched from an object store.
     let dataset_uri = &spec.dataset.uri;
@@ -157,7 +152,157 @@ pub fn build(rtj: &RetrainJob, attempt: i32, settings: &ChildSettings) -> Result
             Err(e) => return Err(JobSpecError::Uri { field: "spec.dataset.uri", message: e.to_string() }),
         }
     };
+    let formats: Vec<&str> = spec.dataset.formats.iter().map(|f| f.as_str()).collect();
+    let mut contract: Vec<(String, String)> = vec![
+        ("FLYWHEEL_DATASET_URI".into(), dataset),
+        ("FLYWHEEL_DATASET_SHA256".into(), spec.dataset.sha256.clone()),
+        ("FLYWHEEL_DATASET_FORMATS".into(), formats.join(",")),
+        ("FLYWHEEL_BASE_MODEL_URI".into(), base),
+        ("FLYWHEEL_BASE_VERSION".into(), spec.base.version.clone()),
+    ];
+    if let Some(t) = token_file {
+        contract.push(("FLYWHEEL_DATASET_TOKEN_FILE".into(), t));
+    }
+    Ok(contract)
+}
 
+/// One pod of a RetrainJob's Job: which Job, its labels, the template it runs, the contract's
+/// variables, its volumes, and how many failures the Job itself retries.
+struct PodPlan<'a> {
+    job: String,
+    labels: BTreeMap<String, String>,
+    template: &'a TrainerTemplate,
+    contract: Vec<(String, String)>,
+    mounts: Mounts,
+    backoff_limit: i32,
+}
+
+/// The Job of a pod plan (pure): the contract's variables over the template's (names starting
+/// with `FLYWHEEL_` are the contract's), restricted security, the failure policy (exit 3 fails the
+/// Job at once; a disruption does not count), the result finalizer on its pods.
+fn assemble(rtj: &RetrainJob, plan: PodPlan<'_>) -> Result<Job, JobSpecError> {
+    let name = rtj.metadata.name.clone().ok_or(JobSpecError::Malformed("a name"))?;
+    let namespace = rtj.metadata.namespace.clone().ok_or(JobSpecError::Malformed("a namespace"))?;
+    let uid = rtj.metadata.uid.clone().ok_or(JobSpecError::Malformed("a uid"))?;
+    let PodPlan { job, labels: mut own_labels, template, mut contract, mut mounts, backoff_limit } = plan;
+    contract.extend([
+        ("FLYWHEEL_HYPERPARAMETERS".into(), serde_json::to_string(&template.hyperparameters).unwrap_or_default()),
+        ("FLYWHEEL_RETRAINJOB".into(), name.clone()),
+        ("FLYWHEEL_NAMESPACE".into(), namespace.clone()),
+        ("FLYWHEEL_TERMINATION_LOG".into(), "/dev/termination-log".into()),
+    ]);
+    for (k, v) in &template.hyperparameters {
+        contract.push((hp_env_name(k), v.clone()));
+    }
+    let mut env: Vec<Value> = template.env.iter().filter_map(|e| serde_json::to_value(e).ok()).collect();
+    env.retain(|e| !e.get("name").and_then(Value::as_str).is_some_and(|n| n.starts_with("FLYWHEEL_")));
+    env.extend(contract.into_iter().map(|(k, v)| json!({"name": k, "value": v})));
+    mounts.volumes.push(json!({"name": "tmp", "emptyDir": {}}));
+    mounts.mounts.push(json!({"name": "tmp", "mountPath": "/tmp"}));
+
+    let mut labels: BTreeMap<String, String> = BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "flywheel-trainer".into()),
+        ("app.kubernetes.io/component".into(), "trainer".into()),
+        ("app.kubernetes.io/managed-by".into(), "flywheel".into()),
+        ("app.kubernetes.io/part-of".into(), "flywheel".into()),
+        (LABEL_RETRAIN_JOB.into(), name.clone()),
+        ("flywheel.dev/model-deployment".into(), rtj.spec.target_ref.name.clone()),
+    ]);
+    labels.append(&mut own_labels);
+    let mut pod_labels = template.pod_labels.clone();
+    pod_labels.append(&mut labels.clone());
+    let mut container = json!({
+        "name": CONTAINER,
+        "image": template.image,
+        "env": env,
+        "volumeMounts": mounts.mounts,
+        "terminationMessagePath": "/dev/termination-log",
+        // The result line on success; the log's tail when the trainer dies without writing one.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": restricted_container(false),
+    });
+    if let Some(p) = template.image_pull_policy {
+        container["imagePullPolicy"] = json!(p.as_str());
+    }
+    if !template.command.is_empty() {
+        container["command"] = json!(template.command);
+    }
+    if !template.args.is_empty() {
+        container["args"] = json!(template.args);
+    }
+    if let Some(r) = &template.resources {
+        container["resources"] = serde_json::to_value(r).unwrap_or(Value::Null);
+    }
+    let mut pod_spec = json!({
+        "restartPolicy": "Never",
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": 65532,
+            "runAsGroup": 65532,
+            "fsGroup": 65532,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": mounts.volumes,
+    });
+    if !mounts.init.is_empty() {
+        pod_spec["initContainers"] = json!(mounts.init);
+    }
+    if !template.node_selector.is_empty() {
+        pod_spec["nodeSelector"] = json!(template.node_selector);
+    }
+    if !template.tolerations.is_empty() {
+        pod_spec["tolerations"] = serde_json::to_value(&template.tolerations).unwrap_or(Value::Null);
+    }
+    if let Some(sa) = &template.service_account_name {
+        pod_spec["serviceAccountName"] = json!(sa);
+    } else {
+        pod_spec["automountServiceAccountToken"] = json!(false);
+    }
+    labels.insert("app.kubernetes.io/instance".into(), name.clone());
+    let value = json!({
+        "apiVersion": Job::api_version(&()),
+        "kind": Job::kind(&()),
+        "metadata": {
+            "name": job,
+            "namespace": namespace,
+            "labels": labels,
+            "ownerReferences": [{
+                "apiVersion": RetrainJob::api_version(&()),
+                "kind": RetrainJob::kind(&()),
+                "name": rtj.name_any(),
+                "uid": uid,
+                "controller": true,
+                "blockOwnerDeletion": true,
+            }],
+        },
+        "spec": {
+            "backoffLimit": backoff_limit,
+            "activeDeadlineSeconds": template.deadline_seconds,
+            "ttlSecondsAfterFinished": template.ttl_seconds_after_finished.max(TTL_FLOOR_SECONDS),
+            "podFailurePolicy": {"rules": [
+                {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_BAD_CONFIGURATION]}},
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]},
+            "template": {
+                "metadata": {
+                    "labels": pod_labels,
+                    "annotations": template.pod_annotations,
+                    "finalizers": [RESULT_FINALIZER],
+                },
+                "spec": pod_spec,
+            },
+        },
+    });
+    serde_json::from_value(value).map_err(|_| JobSpecError::Malformed("a trainer template that makes a valid Job"))
+}
+
+/// The Job of training attempt `attempt` (pure).
+pub fn build(rtj: &RetrainJob, attempt: i32, settings: &ChildSettings) -> Result<Job, JobSpecError> {
+    let name = rtj.metadata.name.clone().ok_or(JobSpecError::Malformed("a name"))?;
+    let spec = &rtj.spec;
+    let mut m = Mounts { volumes: vec![], mounts: vec![], init: vec![] };
+    let mut contract = inputs(rtj, settings, &mut m)?;
     // The output: where the trainer writes (a local directory) and the URI serving will load
     // it from. Checkpoints survive a retry when the output is a claim.
     let (output_dir, checkpoints) = match ModelSource::parse(&spec.output_uri) {
@@ -182,134 +327,83 @@ pub fn build(rtj: &RetrainJob, attempt: i32, settings: &ChildSettings) -> Result
         }
         Err(e) => return Err(JobSpecError::Uri { field: "spec.outputUri", message: e.to_string() }),
     };
-
-    let formats: Vec<&str> = spec.dataset.formats.iter().map(|f| f.as_str()).collect();
-    let mut env: Vec<Value> = trainer.env.iter().filter_map(|e| serde_json::to_value(e).ok()).collect();
-    let mut contract: Vec<(String, String)> = vec![
-        ("FLYWHEEL_DATASET_URI".into(), dataset),
-        ("FLYWHEEL_DATASET_SHA256".into(), spec.dataset.sha256.clone()),
-        ("FLYWHEEL_DATASET_FORMATS".into(), formats.join(",")),
-        ("FLYWHEEL_BASE_MODEL_URI".into(), base),
-        ("FLYWHEEL_BASE_VERSION".into(), spec.base.version.clone()),
+    contract.extend([
         ("FLYWHEEL_OUTPUT_DIR".into(), output_dir),
         ("FLYWHEEL_OUTPUT_URI".into(), spec.output_uri.clone()),
-        ("FLYWHEEL_HYPERPARAMETERS".into(), serde_json::to_string(&trainer.hyperparameters).unwrap_or_default()),
         ("FLYWHEEL_CHECKPOINT_DIR".into(), checkpoints),
-        ("FLYWHEEL_RETRAINJOB".into(), name.clone()),
-        ("FLYWHEEL_NAMESPACE".into(), namespace.clone()),
         ("FLYWHEEL_ATTEMPT".into(), attempt.to_string()),
-        ("FLYWHEEL_TERMINATION_LOG".into(), "/dev/termination-log".into()),
-    ];
-    if let Some(t) = token_file {
-        contract.push(("FLYWHEEL_DATASET_TOKEN_FILE".into(), t));
-    }
+    ]);
     if let Some(v) = &spec.version {
         contract.push(("FLYWHEEL_VERSION".into(), v.clone()));
     }
-    for (k, v) in &trainer.hyperparameters {
-        contract.push((hp_env_name(k), v.clone()));
-    }
-    env.retain(|e| !e.get("name").and_then(Value::as_str).is_some_and(|n| n.starts_with("FLYWHEEL_")));
-    env.extend(contract.into_iter().map(|(k, v)| json!({"name": k, "value": v})));
+    let plan = PodPlan {
+        job: job_name(&name, attempt),
+        labels: BTreeMap::from([(LABEL_ATTEMPT.into(), attempt.to_string())]),
+        template: &spec.trainer,
+        contract,
+        mounts: m,
+        // One pod per attempt: a failure that counts ends the attempt, and the RetrainJob
+        // decides on the next one. Disruptions do not end it.
+        backoff_limit: 0,
+    };
+    assemble(rtj, plan)
+}
 
-    let job = job_name(&name, attempt);
-    let mut labels: BTreeMap<String, String> = BTreeMap::from([
-        ("app.kubernetes.io/name".into(), "flywheel-trainer".into()),
-        ("app.kubernetes.io/component".into(), "trainer".into()),
-        ("app.kubernetes.io/managed-by".into(), "flywheel".into()),
-        ("app.kubernetes.io/part-of".into(), "flywheel".into()),
-        (LABEL_RETRAIN_JOB.into(), name.clone()),
-        (LABEL_ATTEMPT.into(), attempt.to_string()),
-        ("flywheel.dev/model-deployment".into(), spec.target_ref.name.clone()),
+/// The name of a RetrainJob's evaluation Job.
+pub fn evaluation_job_name(rtj: &str) -> String {
+    format!("{rtj}-eval")
+}
+
+/// Label on the evaluation Job (and its pods).
+pub const LABEL_EVALUATION: &str = "flywheel.dev/evaluation";
+
+/// Where a candidate bound for evaluation is mounted or fetched.
+const CANDIDATE_CLAIM_DIR: &str = "/var/run/flywheel/candidate-claim";
+const CANDIDATE_DIR: &str = "/var/run/flywheel/candidate";
+
+/// The evaluation Job of a trained candidate (pure): the template of `spec.evaluation.job`, the
+/// dataset and the base as for training, and the candidate (its claim mounted read-only, or
+/// fetched) as `FLYWHEEL_CANDIDATE_DIR`. Its own retries: the template's.
+pub fn build_evaluation(
+    rtj: &RetrainJob,
+    template: &TrainerTemplate,
+    result: &TrainResult,
+    settings: &ChildSettings,
+) -> Result<Job, JobSpecError> {
+    let name = rtj.metadata.name.clone().ok_or(JobSpecError::Malformed("a name"))?;
+    let mut m = Mounts { volumes: vec![], mounts: vec![], init: vec![] };
+    let mut contract = inputs(rtj, settings, &mut m)?;
+    let candidate = match ModelSource::parse(&result.uri) {
+        Ok(ModelSource::Pvc { claim, path }) => {
+            m.pvc("candidate", &claim, CANDIDATE_CLAIM_DIR, true);
+            joined(CANDIDATE_CLAIM_DIR, &path)
+        }
+        Ok(ModelSource::Fetch { uri }) => {
+            m.empty("candidate", CANDIDATE_DIR);
+            m.fetch(settings, "fetch-candidate", &uri, CANDIDATE_DIR, "candidate");
+            CANDIDATE_DIR.to_string()
+        }
+        Ok(ModelSource::File { path }) => path,
+        Err(e) => return Err(JobSpecError::Uri { field: "status.result.uri", message: e.to_string() }),
+    };
+    let artifact = match result.artifact {
+        Artifact::Model => "model",
+        Artifact::Adapter => "adapter",
+    };
+    contract.extend([
+        ("FLYWHEEL_CANDIDATE_DIR".into(), candidate),
+        ("FLYWHEEL_CANDIDATE_ARTIFACT".into(), artifact.into()),
+        ("FLYWHEEL_CANDIDATE_VERSION".into(), result.version.clone()),
     ]);
-    let mut pod_labels = trainer.pod_labels.clone();
-    pod_labels.append(&mut labels.clone());
-    let mut container = json!({
-        "name": CONTAINER,
-        "image": trainer.image,
-        "env": env,
-        "volumeMounts": m.mounts,
-        "terminationMessagePath": "/dev/termination-log",
-        // The result line on success; the log's tail when the trainer dies without writing one.
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": restricted_container(false),
-    });
-    if let Some(p) = trainer.image_pull_policy {
-        container["imagePullPolicy"] = json!(p.as_str());
-    }
-    if !trainer.command.is_empty() {
-        container["command"] = json!(trainer.command);
-    }
-    if !trainer.args.is_empty() {
-        container["args"] = json!(trainer.args);
-    }
-    if let Some(r) = &trainer.resources {
-        container["resources"] = serde_json::to_value(r).unwrap_or(Value::Null);
-    }
-    let mut pod_spec = json!({
-        "restartPolicy": "Never",
-        "securityContext": {
-            "runAsNonRoot": true,
-            "runAsUser": 65532,
-            "runAsGroup": 65532,
-            "fsGroup": 65532,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "containers": [container],
-        "volumes": m.volumes,
-    });
-    if !m.init.is_empty() {
-        pod_spec["initContainers"] = json!(m.init);
-    }
-    if !trainer.node_selector.is_empty() {
-        pod_spec["nodeSelector"] = json!(trainer.node_selector);
-    }
-    if !trainer.tolerations.is_empty() {
-        pod_spec["tolerations"] = serde_json::to_value(&trainer.tolerations).unwrap_or(Value::Null);
-    }
-    if let Some(sa) = &trainer.service_account_name {
-        pod_spec["serviceAccountName"] = json!(sa);
-    } else {
-        pod_spec["automountServiceAccountToken"] = json!(false);
-    }
-    labels.insert("app.kubernetes.io/instance".into(), name.clone());
-    let value = json!({
-        "apiVersion": Job::api_version(&()),
-        "kind": Job::kind(&()),
-        "metadata": {
-            "name": job,
-            "namespace": namespace,
-            "labels": labels,
-            "ownerReferences": [{
-                "apiVersion": RetrainJob::api_version(&()),
-                "kind": RetrainJob::kind(&()),
-                "name": rtj.name_any(),
-                "uid": uid,
-                "controller": true,
-                "blockOwnerDeletion": true,
-            }],
-        },
-        "spec": {
-            // One pod per attempt: a failure that counts ends the attempt, and the RetrainJob
-            // decides on the next one. Disruptions do not end it.
-            "backoffLimit": 0,
-            "activeDeadlineSeconds": trainer.deadline_seconds,
-            "ttlSecondsAfterFinished": trainer.ttl_seconds_after_finished.max(TTL_FLOOR_SECONDS),
-            "podFailurePolicy": {"rules": [
-                {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_BAD_CONFIGURATION]}},
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-            ]},
-            "template": {
-                "metadata": {
-                    "labels": pod_labels,
-                    "annotations": trainer.pod_annotations,
-                    "finalizers": [RESULT_FINALIZER],
-                },
-                "spec": pod_spec,
-            },
-        },
-    });
-    serde_json::from_value(value).map_err(|_| JobSpecError::Malformed("a trainer template that makes a valid Job"))
+    let plan = PodPlan {
+        job: evaluation_job_name(&name),
+        labels: BTreeMap::from([(LABEL_EVALUATION.into(), "true".into())]),
+        template,
+        contract,
+        mounts: m,
+        backoff_limit: template.retries.max(0),
+    };
+    assemble(rtj, plan)
 }
 
 #[cfg(test)]
@@ -338,6 +432,7 @@ mod tests {
                     counts: DatasetCounts { sft: 10, dpo: 2, held_out: 1 },
                 },
                 trainer,
+                evaluation: None,
                 output_uri: output.into(),
                 version: Some("v2".into()),
                 promotion: Promotion::Canary,

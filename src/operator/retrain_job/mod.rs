@@ -11,6 +11,7 @@
 pub mod apply;
 pub mod context;
 pub mod decide;
+pub mod evaluation;
 pub mod job;
 pub mod observe;
 pub mod pods;

@@ -25,6 +25,8 @@ pub struct Observed {
     pub pods: Vec<Pod>,
     /// The target, when a trained version is to be handed over (`None`: it does not exist).
     pub target: Option<ModelDeployment>,
+    /// The evaluation Job, while the candidate is evaluated.
+    pub evaluation_job: Option<Job>,
 }
 
 /// Observe (reads only).
@@ -62,9 +64,25 @@ pub async fn observe(ctx: &RetrainJobs, rtj: &RetrainJob, ns: &str, uid: &str) -
             }
         }
     }
+    if status.phase == RetrainPhase::Evaluating {
+        let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
+        let eval_name = job::evaluation_job_name(&name);
+        observed.evaluation_job = jobs
+            .get_opt(&eval_name)
+            .await
+            .map_err(reading(format!("reading the evaluation Job {eval_name}")))?
+            .filter(|j| j.owner_references().iter().any(|o| o.uid == uid));
+        let finished = observed.evaluation_job.as_ref().is_none_or(|j| result::terminal(j).is_some());
+        if finished {
+            observed.pods = labelled_pods(ctx, rtj, ns, &format!("{}=true", job::LABEL_EVALUATION)).await?;
+        }
+    }
     let may_hand_over = rtj.spec.promotion == Promotion::Canary
         && status.handed_over_at.is_none()
-        && matches!(status.phase, RetrainPhase::Pending | RetrainPhase::Running | RetrainPhase::Succeeded);
+        && matches!(
+            status.phase,
+            RetrainPhase::Pending | RetrainPhase::Running | RetrainPhase::Evaluating | RetrainPhase::Succeeded
+        );
     if may_hand_over {
         let mds: Api<ModelDeployment> = Api::namespaced(client.clone(), ns);
         let target = &rtj.spec.target_ref.name;
@@ -76,13 +94,19 @@ pub async fn observe(ctx: &RetrainJobs, rtj: &RetrainJob, ns: &str, uid: &str) -
 /// The pods of attempt `index`, by its labels (the Job may be gone; the result finalizer keeps
 /// its pods), leaving out those of an earlier RetrainJob of the same name.
 async fn attempt_pods(ctx: &RetrainJobs, rtj: &RetrainJob, ns: &str, index: i32) -> Result<Vec<Pod>, RetrainError> {
+    labelled_pods(ctx, rtj, ns, &format!("{}={index}", job::LABEL_ATTEMPT)).await
+}
+
+/// The RetrainJob's pods with a label besides its own, leaving out those of an earlier
+/// RetrainJob of the same name.
+async fn labelled_pods(ctx: &RetrainJobs, rtj: &RetrainJob, ns: &str, label: &str) -> Result<Vec<Pod>, RetrainError> {
     let pods: Api<Pod> = Api::namespaced(ctx.shared.client.clone(), ns);
-    let selector = format!("{LABEL_RETRAIN_JOB}={},{}={index}", rtj.name_any(), job::LABEL_ATTEMPT);
+    let selector = format!("{LABEL_RETRAIN_JOB}={},{label}", rtj.name_any());
     let created = rtj.metadata.creation_timestamp.clone();
     Ok(pods
         .list(&ListParams::default().labels(&selector))
         .await
-        .map_err(reading(format!("reading the pods of attempt {index}")))?
+        .map_err(reading(format!("reading the pods of {label}")))?
         .items
         .into_iter()
         .filter(|p| match (&created, &p.metadata.creation_timestamp) {

@@ -35,8 +35,11 @@ pub fn releasable(pod: &Pod, rtj: Option<&RetrainJob>) -> bool {
         return true;
     }
     let status = rtj.status.clone().unwrap_or_default();
-    if matches!(status.phase, RetrainPhase::Succeeded | RetrainPhase::Failed) {
+    if matches!(status.phase, RetrainPhase::Succeeded | RetrainPhase::Failed | RetrainPhase::Rejected) {
         return true;
+    }
+    if pod.labels().contains_key(super::job::LABEL_EVALUATION) {
+        return status.evaluation.as_ref().is_some_and(|e| e.passed.is_some());
     }
     let attempt: Option<i32> = pod.labels().get(LABEL_ATTEMPT).and_then(|a| a.parse().ok());
     attempt.is_some_and(|n| status.attempts.iter().any(|a| a.index == n && a.outcome.is_some()))

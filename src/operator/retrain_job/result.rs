@@ -170,6 +170,28 @@ pub fn parse_result(message: &str, expected: Expected<'_>) -> Result<TrainResult
     Ok(TrainResult { version: version.to_string(), uri: uri.to_string(), metrics, artifact })
 }
 
+/// Parse an evaluation Job's result: the last line of the message that is a JSON object, with
+/// numeric `metrics`.
+pub fn parse_metrics(message: &str) -> Result<BTreeMap<String, f64>, String> {
+    let line = message
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('{'))
+        .ok_or_else(|| "the termination message holds no JSON result line".to_string())?;
+    let v: Value = serde_json::from_str(line).map_err(|e| format!("the result line is not JSON: {e}"))?;
+    let m = v
+        .get("metrics")
+        .and_then(Value::as_object)
+        .ok_or_else(|| "the result line has no \"metrics\" object".to_string())?;
+    let mut metrics = BTreeMap::new();
+    for (k, value) in m.iter().take(64) {
+        let n = value.as_f64().filter(|n| n.is_finite()).ok_or_else(|| format!("metric {k:?} is not a number"))?;
+        metrics.insert(k.clone(), n);
+    }
+    Ok(metrics)
+}
+
 fn clip(s: &str) -> String {
     let s = s.trim();
     if s.len() <= MESSAGE_LIMIT {
@@ -180,6 +202,20 @@ fn clip(s: &str) -> String {
         end -= 1;
     }
     format!("{}…", &s[..end])
+}
+
+/// The end of an evaluation Job (`None` while it runs): its metrics, or why there are none.
+pub fn evaluation_ended(job: &Job, pods: &[Pod]) -> Option<Result<BTreeMap<String, f64>, String>> {
+    let end = pod_end(pods).unwrap_or_default();
+    let text = end.message.clone().unwrap_or_default();
+    Some(match terminal(job)? {
+        Ok(()) => parse_metrics(&text).map_err(|why| clip(&format!("the evaluation Job exited 0 but {why}"))),
+        Err(reason) => {
+            let code = end.exit_code.map_or_else(String::new, |c| format!(" with exit code {c}"));
+            let said = if text.trim().is_empty() { String::new() } else { format!(": {}", text.trim()) };
+            Err(clip(&format!("the evaluation Job failed{code} ({reason}){said}")))
+        }
+    })
 }
 
 /// How the attempt whose Job is `job` ended, or `None` while it runs.

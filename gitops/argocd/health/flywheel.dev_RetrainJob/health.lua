@@ -1,5 +1,7 @@
--- Argo CD health of a flywheel.dev RetrainJob: its phase (Pending, Running, Succeeded, Failed)
--- and its kstatus conditions (Ready, Reconciling, Stalled) with their observedGeneration.
+-- Argo CD health of a flywheel.dev RetrainJob: its phase (Pending, Running, Evaluating,
+-- Succeeded, Rejected, Failed) and its kstatus conditions (Ready, Reconciling, Stalled) with their
+-- observedGeneration. A candidate the evaluation gate rejected is a finished, healthy run: the
+-- gate did its job.
 local hs = {}
 
 local function condition(conditions, kind)
@@ -50,6 +52,14 @@ if status.phase == "Failed" then
   hs.message = "Failed"
   if ready ~= nil and text(ready) ~= "" then
     hs.message = "Failed: " .. text(ready)
+  end
+  return hs
+end
+if status.phase == "Rejected" then
+  hs.status = "Healthy"
+  hs.message = "Rejected"
+  if ready ~= nil and text(ready) ~= "" then
+    hs.message = "Rejected: " .. text(ready)
   end
   return hs
 end

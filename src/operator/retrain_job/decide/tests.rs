@@ -88,6 +88,7 @@ fn a_completed_job_succeeds_and_its_version_is_handed_over() {
         jobs: [(1, job(1, Some(("Complete", "CompletionsReached"))))].into(),
         pods: vec![pod(0, "Succeeded", r#"{"version":"v2","uri":"pvc://models/chat-1"}"#)],
         target: Some(md(json!({"stable": {"version": "v1", "uri": "pvc://models/v1"}}))),
+        evaluation_job: None,
     };
     let d = decide(&r, &observed, &settings(), at(0)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(d.status.phase, RetrainPhase::Succeeded);
@@ -129,6 +130,7 @@ fn failures_are_retried_within_the_limit_and_bad_configuration_is_not() {
         jobs: [(1, job(1, Some(("Failed", "BackoffLimitExceeded"))))].into(),
         pods: vec![pod(75, "Failed", "CUDA out of memory")],
         target: None,
+        evaluation_job: None,
     };
     let d = decide(&r, &crashed, &settings(), at(0)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(d.status.attempts[0].outcome, Some(AttemptOutcome::Failed));
@@ -145,6 +147,7 @@ fn failures_are_retried_within_the_limit_and_bad_configuration_is_not() {
         jobs: [(1, job(1, Some(("Failed", "PodFailurePolicy"))))].into(),
         pods: vec![pod(3, "Failed", "FLYWHEEL_DATASET_SHA256 does not match")],
         target: None,
+        evaluation_job: None,
     };
     let d = decide(&r, &bad, &settings(), at(0)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!((d.status.phase, d.children.create.is_none()), (RetrainPhase::Failed, true));
@@ -173,4 +176,134 @@ fn a_job_made_before_a_crash_is_adopted_not_made_again() {
     let d = decide(&r, &observed, &settings(), at(0)).unwrap_or_else(|e| panic!("{e}"));
     assert!(d.children.create.is_none());
     assert_eq!((d.status.attempt_count, d.status.attempts[0].job_name.as_str()), (1, "chat-1-1"));
+}
+
+fn gated(status: serde_json::Value, job: bool) -> RetrainJob {
+    let mut r = rtj(status, "Canary");
+    let mut evaluation: crate::api::common::EvaluationSpec = serde_json::from_value(json!({
+        "rules": [{"metric": "evalLoss", "better": "Lower", "minImprovement": 0.05},
+                  {"metric": "preferenceAccuracy", "better": "Higher", "maxRegression": 0.02}]
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    if job {
+        evaluation.job = Some(crate::api::common::TrainerTemplate::with_image("evaluator:1"));
+    }
+    r.spec.evaluation = Some(evaluation);
+    r
+}
+
+fn trained(metrics: &str) -> Observed {
+    Observed {
+        jobs: [(1, job(1, Some(("Complete", "CompletionsReached"))))].into(),
+        pods: vec![pod(
+            0,
+            "Succeeded",
+            &format!(r#"{{"version":"v2","uri":"pvc://models/chat-1","metrics":{metrics}}}"#),
+        )],
+        target: Some(md(json!({"stable": {"version": "v1", "uri": "pvc://models/v1"}}))),
+        evaluation_job: None,
+    }
+}
+
+#[test]
+fn a_candidate_worse_on_the_held_out_rows_is_rejected_and_never_handed_over() {
+    let metrics = r#"{"evalLoss":1.9,"evalLossBefore":1.8,"preferenceAccuracy":0.7,"preferenceAccuracyBefore":0.7}"#;
+    let d = decide(&gated(running(), false), &trained(metrics), &settings(), at(0)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(d.status.phase, RetrainPhase::Rejected);
+    assert!(d.children.hand_over.is_none(), "no canary, no user traffic");
+    let accepted =
+        conditions::get(&d.status.conditions, CONDITION_ACCEPTED).cloned().unwrap_or_else(|| panic!("Accepted"));
+    assert_eq!((accepted.status, accepted.reason.as_str()), (ConditionStatus::False, "EvaluationFailed"));
+    assert_eq!(accepted.message, "evalLoss 1.9000 must be at least 0.0500 below the base's 1.8000");
+    let ready = conditions::get(&d.status.conditions, "Ready").cloned().unwrap_or_else(|| panic!("Ready"));
+    assert_eq!(ready.reason, "Rejected");
+    assert!(d.events.iter().any(|e| e.reason == "Rejected" && e.type_ == kube::runtime::events::EventType::Warning));
+    let rules = d.status.evaluation.as_ref().map(|e| e.rules.clone()).unwrap_or_default();
+    assert_eq!(rules.iter().map(|r| r.passed).collect::<Vec<_>>(), [false, true]);
+    // Finished: nothing happens on the next look.
+    let again = decide(
+        &gated(serde_json::to_value(&d.status).unwrap_or_default(), false),
+        &Observed::default(),
+        &settings(),
+        at(5),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(again.children.create.is_none() && again.children.hand_over.is_none());
+}
+
+#[test]
+fn a_better_candidate_goes_on_to_the_canary_with_its_evaluation_in_the_lineage() {
+    let metrics = r#"{"evalLoss":1.6,"evalLossBefore":1.8,"preferenceAccuracy":0.71,"preferenceAccuracyBefore":0.7}"#;
+    let d = decide(&gated(running(), false), &trained(metrics), &settings(), at(0)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(d.status.phase, RetrainPhase::Succeeded);
+    assert!(conditions::is_true(&d.status.conditions, CONDITION_ACCEPTED));
+    // The hand-over is decided on the status as written: on the next look it carries the rules.
+    let r = gated(serde_json::to_value(&d.status).unwrap_or_default(), false);
+    let observed = Observed { target: trained(metrics).target, ..Observed::default() };
+    let next = decide(&r, &observed, &settings(), at(1)).unwrap_or_else(|e| panic!("{e}"));
+    let h = next.children.hand_over.unwrap_or_else(|| panic!("handed over"));
+    let rules = h.candidate.lineage.map(|l| l.evaluation).unwrap_or_default();
+    assert_eq!(rules.len(), 2);
+    assert!(rules.iter().all(|r| r.passed));
+}
+
+#[test]
+fn an_evaluation_job_runs_after_training_and_its_metrics_decide() {
+    let d = decide(&gated(running(), true), &trained(r#"{"evalLoss":1.6}"#), &settings(), at(0))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(d.status.phase, RetrainPhase::Evaluating);
+    let eval = d.children.create.clone().unwrap_or_else(|| panic!("the evaluation Job"));
+    assert_eq!(eval.metadata.name.as_deref(), Some("chat-1-eval"));
+    let env: Vec<(String, String)> = eval
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|p| {
+            p.containers[0]
+                .env
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|e| (e.name, e.value.unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    for (k, v) in [
+        ("FLYWHEEL_CANDIDATE_DIR", "/var/run/flywheel/candidate-claim/chat-1"),
+        ("FLYWHEEL_CANDIDATE_ARTIFACT", "model"),
+        ("FLYWHEEL_CANDIDATE_VERSION", "v2"),
+        ("FLYWHEEL_BASE_MODEL_URI", "/var/run/flywheel/base-claim/v1"),
+    ] {
+        assert!(env.contains(&(k.to_string(), v.to_string())), "{k}={v} in {env:?}");
+    }
+    // The evaluation Job's metrics win over the trainer's.
+    let evaluating = gated(serde_json::to_value(&d.status).unwrap_or_default(), true);
+    let eval_job: Job = serde_json::from_value(json!({"metadata": {"name": "chat-1-eval"},
+        "status": {"conditions": [{"type": "Complete", "status": "True"}]}}))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let metrics =
+        r#"{"metrics":{"evalLoss":1.85,"evalLossBefore":1.8,"preferenceAccuracy":0.7,"preferenceAccuracyBefore":0.7}}"#;
+    let observed =
+        Observed { evaluation_job: Some(eval_job), pods: vec![pod(0, "Succeeded", metrics)], ..Observed::default() };
+    let done = decide(&evaluating, &observed, &settings(), at(10)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(done.status.phase, RetrainPhase::Rejected, "the evaluator's 1.85 decides, not the trainer's 1.6");
+    assert_eq!(done.status.result.as_ref().and_then(|r| r.metrics.get("evalLoss")), Some(&1.85));
+    // A failed evaluation Job fails the run, with its reason.
+    let failed: Job = serde_json::from_value(json!({"metadata": {"name": "chat-1-eval"},
+        "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}}))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let observed = Observed {
+        evaluation_job: Some(failed),
+        pods: vec![pod(1, "Failed", "judge unreachable")],
+        ..Observed::default()
+    };
+    let failed = decide(&evaluating, &observed, &settings(), at(10)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(failed.status.phase, RetrainPhase::Failed);
+    assert_eq!(
+        conditions::get(&failed.status.conditions, "Stalled").map(|c| c.reason.as_str()),
+        Some("EvaluationFailed")
+    );
+    // Deleted before it finished: made again.
+    let again = decide(&evaluating, &Observed::default(), &settings(), at(10)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(again.children.create.and_then(|j| j.metadata.name), Some("chat-1-eval".to_string()));
 }
