@@ -96,6 +96,27 @@ async fn regression_rolls_a_worse_version_back() {
     );
 }
 
+/// The evaluation gate sees a worse candidate on the held-out rows: it is rejected and nothing is
+/// canaried, so no user ever gets an answer from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_keeps_a_worse_candidate_from_users() {
+    let s = demo(Scenario::Rejected, 1).await;
+    assert_eq!(s.scenario, "rejected");
+    assert_eq!(s.outcome, "rejected", "{:#?}", s.timeline);
+    let k = kinds(&s);
+    assert!(!k.contains(&"canary"), "no canary: {k:?}");
+    let retrain = s.timeline.iter().find(|e| e.kind == "retrain").unwrap_or_else(|| panic!("no retrain in {k:?}"));
+    assert!(
+        retrain.text.contains("rejected by the evaluation gate") && retrain.text.contains("evalLoss"),
+        "{}",
+        retrain.text
+    );
+    assert_eq!(s.stable_version.as_deref(), Some("v1"), "the stable version keeps serving");
+    let candidate = s.cycles[0].candidate_version.clone().unwrap_or_default();
+    assert!(!candidate.is_empty(), "the cycle names the rejected candidate");
+    assert!(s.traffic.requests > 0 && s.traffic.failed_posts == 0, "{:?}", s.traffic);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_cycles_turn_the_loop_twice() {
     let s = demo(Scenario::Improve, 2).await;

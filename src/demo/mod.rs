@@ -99,6 +99,7 @@ pub fn scenario_name(s: Scenario) -> &'static str {
     match s {
         Scenario::Improve => "improve",
         Scenario::Regression => "regression",
+        Scenario::Rejected => "rejected",
     }
 }
 

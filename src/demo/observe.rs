@@ -192,9 +192,11 @@ pub enum Change {
         name: String,
         /// Succeeded or not.
         succeeded: bool,
+        /// The evaluation gate rejected its candidate.
+        rejected: bool,
         /// The version produced.
         version: Option<String>,
-        /// Why it failed, when it did.
+        /// Why it failed or was rejected, when it was.
         message: String,
     },
     /// A canary started.
@@ -220,7 +222,7 @@ pub enum Change {
 }
 
 fn terminal(phase: RetrainPhase) -> bool {
-    matches!(phase, RetrainPhase::Succeeded | RetrainPhase::Failed)
+    matches!(phase, RetrainPhase::Succeeded | RetrainPhase::Failed | RetrainPhase::Rejected)
 }
 
 fn rtj_phase(rtj: &RetrainJob) -> RetrainPhase {
@@ -229,6 +231,12 @@ fn rtj_phase(rtj: &RetrainJob) -> RetrainPhase {
 
 fn rtj_failure(rtj: &RetrainJob) -> String {
     let Some(status) = rtj.status.as_ref() else { return String::new() };
+    // A rejection names the rule that failed, with both values.
+    if let Some(c) =
+        status.conditions.iter().find(|c| c.type_ == "Accepted" && c.status == crate::api::ConditionStatus::False)
+    {
+        return c.message.clone();
+    }
     status
         .conditions
         .iter()
@@ -287,6 +295,7 @@ pub fn changes(prev: &Snapshot, cur: &Snapshot) -> Vec<Change> {
             out.push(Change::RetrainFinished {
                 name,
                 succeeded: phase == RetrainPhase::Succeeded,
+                rejected: phase == RetrainPhase::Rejected,
                 version: rtj.status.as_ref().and_then(|s| s.result.as_ref()).map(|r| r.version.clone()),
                 message: if phase == RetrainPhase::Succeeded { String::new() } else { rtj_failure(rtj) },
             });
@@ -596,9 +605,21 @@ impl Tracker {
                 let how = if succeeded { "complete" } else { "failed" };
                 self.note(at, "job", format!("trainer Job {name} {how}"));
             }
-            Change::RetrainFinished { name, succeeded, version, message } => {
+            Change::RetrainFinished { name, succeeded, rejected, version, message } => {
                 let mine = self.open().is_some_and(|c| c.retrain_job.as_deref() == Some(name.as_str()));
-                if succeeded {
+                if rejected {
+                    if mine && let Some(c) = self.open_mut() {
+                        c.candidate.clone_from(&version);
+                        c.outcome = Some(Outcome::Rejected);
+                        c.times.decision = Some(at);
+                    }
+                    let v = version.unwrap_or_else(|| "?".into());
+                    self.note(
+                        at,
+                        "retrain",
+                        format!("RetrainJob {name}: {v} rejected by the evaluation gate ({message}); nothing canaried"),
+                    );
+                } else if succeeded {
                     if mine && let Some(c) = self.open_mut() {
                         c.candidate.clone_from(&version);
                     }

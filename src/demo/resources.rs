@@ -102,6 +102,12 @@ pub fn feedback_policy() -> Result<FeedbackPolicy, serde_json::Error> {
                 "deadlineSeconds": 600,
                 "retries": 1
             },
+            // The evaluation gate: on the held-out rows the candidate must be at least as good as
+            // its base.
+            "evaluation": {"rules": [
+                {"metric": "evalLoss", "better": "Lower", "minImprovement": 0.0},
+                {"metric": "preferenceAccuracy", "better": "Higher", "maxRegression": 0.02}
+            ]},
             "outputUriPrefix": format!("pvc://{MODELS_CLAIM}/{DEPLOYMENT}/"),
             "promotion": "Canary"
         }

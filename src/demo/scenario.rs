@@ -10,8 +10,12 @@ use std::time::Duration;
 pub enum Scenario {
     /// A quality dip, a retrain, a better version promoted.
     Improve,
-    /// A worse candidate rolled back.
+    /// A worse candidate that the offline evaluation cannot see, canaried and rolled back on
+    /// live feedback.
     Regression,
+    /// A worse candidate that the evaluation gate sees on the held-out rows: rejected before
+    /// any user sees it.
+    Rejected,
 }
 
 /// Quality (probability that a user finds an answer good) of the first version.
@@ -85,6 +89,9 @@ pub struct VersionTruth {
     pub base: Option<String>,
     /// The RetrainJob that produced it.
     pub retrain_job: Option<String>,
+    /// What the held-out rows show of it when it is trained (the evaluation gate's view): its
+    /// quality, except where the held-out rows cannot see the users' taste (`regression`).
+    pub offline_quality: f64,
 }
 
 /// A drift: each version's quality before and after.
@@ -103,6 +110,10 @@ pub struct Trained {
     pub quality: f64,
     /// Whether this call produced it (false: a retry of the same RetrainJob got the same one).
     pub new: bool,
+    /// What the held-out rows show of it.
+    pub offline_quality: f64,
+    /// What the held-out rows show of its base (now).
+    pub base_quality: f64,
 }
 
 /// The truth behind the simulation: every version and its quality.
@@ -120,7 +131,13 @@ impl World {
         let mut versions = BTreeMap::new();
         versions.insert(
             first_version.to_string(),
-            VersionTruth { quality: INITIAL_QUALITY, initial_quality: INITIAL_QUALITY, base: None, retrain_job: None },
+            VersionTruth {
+                quality: INITIAL_QUALITY,
+                initial_quality: INITIAL_QUALITY,
+                base: None,
+                retrain_job: None,
+                offline_quality: INITIAL_QUALITY,
+            },
         );
         Self { scenario, versions, by_retrain_job: BTreeMap::new(), drifts: 0 }
     }
@@ -164,15 +181,27 @@ impl World {
     /// `regression`. The version is `requested` when the RetrainJob names one, else the next
     /// free `v<n>`. A retry of the same RetrainJob gets the same version.
     pub fn train(&mut self, retrain_job: &str, base: &str, requested: Option<&str>) -> Trained {
+        let base_quality = self.quality(base).unwrap_or(INITIAL_QUALITY - DRIFT_DROP);
         if let Some(version) = self.by_retrain_job.get(retrain_job)
             && let Some(v) = self.versions.get(version)
         {
-            return Trained { version: version.clone(), quality: v.quality, new: false };
+            return Trained {
+                version: version.clone(),
+                quality: v.quality,
+                new: false,
+                offline_quality: v.offline_quality,
+                base_quality,
+            };
         }
-        let base_quality = self.quality(base).unwrap_or(INITIAL_QUALITY - DRIFT_DROP);
         let quality = match self.scenario {
             Scenario::Improve => (base_quality + IMPROVEMENT).min(QUALITY_CEILING),
-            Scenario::Regression => (base_quality - REGRESSION).max(QUALITY_FLOOR),
+            Scenario::Regression | Scenario::Rejected => (base_quality - REGRESSION).max(QUALITY_FLOOR),
+        };
+        // The held-out rows see what users see, except in `regression`, where the candidate
+        // looks a little better offline than its base.
+        let offline_quality = match self.scenario {
+            Scenario::Regression => (base_quality + 0.02).min(QUALITY_CEILING),
+            Scenario::Improve | Scenario::Rejected => quality,
         };
         let version = match requested {
             Some(v) if !v.is_empty() && !self.versions.contains_key(v) => v.to_string(),
@@ -185,10 +214,11 @@ impl World {
                 initial_quality: quality,
                 base: Some(base.to_string()),
                 retrain_job: Some(retrain_job.to_string()),
+                offline_quality,
             },
         );
         self.by_retrain_job.insert(retrain_job.to_string(), version.clone());
-        Trained { version, quality, new: true }
+        Trained { version, quality, new: true, offline_quality, base_quality }
     }
 
     /// `v<n>` with `n` one above the highest `v<number>` known.

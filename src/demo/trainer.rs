@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::scenario::{Pace, World};
+use super::scenario::{Pace, Trained, World};
 use crate::sim::{Outcome, PodBehavior, PodScript};
 
 /// The trainer contract's environment of a pod's first container, if it has one.
@@ -58,15 +58,22 @@ pub fn trainer_env(pod: &Value) -> Option<TrainerEnv> {
     })
 }
 
-/// The result line a trainer writes to its termination log.
-pub fn result_line(version: &str, uri: &str, quality: f64, env: &TrainerEnv) -> String {
-    // Plausible numbers that track the version's true quality: a better model has a lower
-    // evaluation loss and wins more held-out comparisons against its base.
-    let eval_loss = (1.6 - quality).max(0.05);
+/// The held-out loss per answer token of a model whose held-out quality is `quality`.
+fn held_out_loss(quality: f64) -> f64 {
+    round3((1.6 - quality).max(0.05))
+}
+
+/// The result line a trainer writes to its termination log, with the trainer contract's metric
+/// names: a better model (on the held-out rows) has a lower held-out loss than its base
+/// (`evalLoss` against `evalLossBefore`) and wins more held-out comparisons.
+pub fn result_line(version: &str, uri: &str, trained: &Trained, env: &TrainerEnv) -> String {
+    let eval_loss = held_out_loss(trained.offline_quality);
     let mut metrics = json!({
-        "train_loss": round3(eval_loss * 0.85),
-        "eval_loss": round3(eval_loss),
-        "eval_preference_accuracy": round3(quality),
+        "trainLoss": round3(eval_loss * 0.85),
+        "evalLoss": eval_loss,
+        "evalLossBefore": held_out_loss(trained.base_quality),
+        "preferenceAccuracy": round3(trained.offline_quality),
+        "preferenceAccuracyBefore": round3(trained.base_quality),
         "epochs": 2.0,
     });
     if let Some(attempt) = env.attempt.as_deref().and_then(|a| a.parse::<f64>().ok()) {
@@ -92,7 +99,7 @@ pub fn script(world: Arc<Mutex<World>>, pace: Pace) -> PodScript {
             env.version.as_deref(),
         );
         let uri = env.output_uri.clone().unwrap_or_else(|| format!("pvc://models/{}", trained.version));
-        let message = result_line(&trained.version, &uri, trained.quality, &env);
+        let message = result_line(&trained.version, &uri, &trained, &env);
         Some(PodBehavior {
             ready_after: pace.pod_ready().min(Duration::from_millis(300)),
             finish: Some((pace.training(), Outcome::Succeed, message)),
