@@ -9,6 +9,7 @@ pub mod error;
 pub mod faults;
 pub mod http;
 pub mod patch;
+mod proto_layout;
 mod proto_schema;
 pub mod protobuf;
 pub mod registry;
