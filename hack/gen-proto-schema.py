@@ -209,7 +209,7 @@ def main():
         "//! k8s-openapi 0.29 (JSON names): do not edit. The layout of every message the simulated API server",
         "//! decodes from a protobuf body.",
         "",
-        "use super::protobuf::{Field, Message, Special, Ty};",
+        "use super::proto_layout::{Field, Message, Special, Ty};",
         "",
         "/// Every message, by index.",
         "pub(super) static MESSAGES: &[Message] = &[",

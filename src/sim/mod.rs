@@ -3,18 +3,19 @@
 //! a kubelet scripted by pod annotations). The real `kube::Client`, kube-runtime and `kubectl`
 //! work against it unchanged. See `docs/ARCHITECTURE.md` for what it models and what it does not.
 
+pub mod controllers;
 pub mod core;
 pub mod error;
 pub mod faults;
 pub mod http;
 pub mod patch;
+mod proto_layout;
 mod proto_schema;
 pub mod protobuf;
 pub mod registry;
 pub mod select;
 pub mod table;
 pub mod tls;
-pub mod workloads;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,9 +27,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use self::controllers::{Outcome, PodBehavior, PodScript, WorkloadConfig};
 pub use self::core::Core;
 pub use self::faults::{FaultConfig, Faults};
-pub use self::workloads::{Outcome, PodBehavior, PodScript, WorkloadConfig};
 
 /// Errors starting or reaching the simulated cluster.
 #[derive(Debug, thiserror::Error)]
@@ -171,8 +172,8 @@ impl Sim {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config.clone());
         let server = tokio::spawn(serve_tls(listener, acceptor, app, stop.clone()));
         let plane =
-            workloads::ControlPlane { root_ca: tls.ca_pem.clone(), crd_establish_delay: config.crd_establish_delay };
-        let controllers = tokio::spawn(workloads::run(core.clone(), config.workloads.clone(), plane, stop.clone()));
+            controllers::ControlPlane { root_ca: tls.ca_pem.clone(), crd_establish_delay: config.crd_establish_delay };
+        let controllers = tokio::spawn(controllers::run(core.clone(), config.workloads.clone(), plane, stop.clone()));
         tracing::info!(%addr, "simulated API server listening");
         Ok(Self { addr, token, core, faults, requests, ca_pem: tls.ca_pem, stop, tasks: vec![server, controllers] })
     }

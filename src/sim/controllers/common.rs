@@ -1,0 +1,129 @@
+//! What the simulated controllers share: reading fields, listing, owner references, new pods,
+//! status writes.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use crate::sim::core::{Core, Gvr, ListOptions, Sub, WriteOptions};
+
+/// The field manager of the controller-manager's writes.
+pub(super) const MANAGER: &str = "kube-controller-manager";
+
+pub(super) fn gvr_pods() -> Gvr {
+    Gvr::new("", "v1", "pods")
+}
+
+pub(super) fn gvr_namespaces() -> Gvr {
+    Gvr::new("", "v1", "namespaces")
+}
+
+pub(super) fn gvr_deployments() -> Gvr {
+    Gvr::new("apps", "v1", "deployments")
+}
+
+pub(super) fn gvr_jobs() -> Gvr {
+    Gvr::new("batch", "v1", "jobs")
+}
+
+pub(super) fn gvr_crds() -> Gvr {
+    Gvr::new("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+}
+
+/// The options of a write by `manager`.
+pub(super) fn opts(manager: &str) -> WriteOptions {
+    WriteOptions { field_manager: Some(manager.into()), ..WriteOptions::default() }
+}
+
+/// The string at `pointer`.
+pub(super) fn s<'a>(v: &'a Value, pointer: &str) -> Option<&'a str> {
+    v.pointer(pointer).and_then(Value::as_str)
+}
+
+/// Whether the object has a `deletionTimestamp`.
+pub(super) fn is_deleting(obj: &Value) -> bool {
+    obj.pointer("/metadata/deletionTimestamp").is_some()
+}
+
+/// Every object of a type, in every namespace.
+pub(super) fn list(core: &Core, gvr: &Gvr) -> Vec<Value> {
+    core.list(gvr, None, &ListOptions::default())
+        .ok()
+        .and_then(|l| l.get("items").and_then(Value::as_array).cloned())
+        .unwrap_or_default()
+}
+
+/// The uids of the object's owners.
+pub(super) fn owner_uids(obj: &Value) -> Vec<String> {
+    obj.pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .map(|refs| refs.iter().filter_map(|r| r.get("uid").and_then(Value::as_str)).map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// The controller reference to `obj`.
+fn owner_ref(obj: &Value) -> Value {
+    json!({
+        "apiVersion": obj.get("apiVersion"),
+        "kind": obj.get("kind"),
+        "name": s(obj, "/metadata/name"),
+        "uid": s(obj, "/metadata/uid"),
+        "controller": true,
+        "blockOwnerDeletion": true,
+    })
+}
+
+/// Pods by the uid of each owner, read once per pass (a pass over many Deployments stays linear).
+pub(super) type PodsByOwner = BTreeMap<String, Vec<Value>>;
+
+/// Every pod by the uid of each of its owners.
+pub(super) fn pods_by_owner(core: &Core) -> PodsByOwner {
+    let mut by_owner: PodsByOwner = BTreeMap::new();
+    for pod in list(core, &gvr_pods()) {
+        for uid in owner_uids(&pod) {
+            by_owner.entry(uid).or_default().push(pod.clone());
+        }
+    }
+    by_owner
+}
+
+/// The pods `owner` owns.
+pub(super) fn pods_owned_by(pods: &PodsByOwner, owner: &Value) -> Vec<Value> {
+    let uid = s(owner, "/metadata/uid").unwrap_or_default();
+    pods.get(uid).cloned().unwrap_or_default()
+}
+
+/// Whether the pod's `Ready` condition is True.
+pub(super) fn is_ready(pod: &Value) -> bool {
+    pod.pointer("/status/conditions").and_then(Value::as_array).is_some_and(|c| {
+        c.iter().any(|c| c.get("type") == Some(&json!("Ready")) && c.get("status") == Some(&json!("True")))
+    })
+}
+
+/// A pod of `template` named `name`, controlled by `owner`, with `extra_labels`.
+pub(super) fn new_pod(owner: &Value, template: &Value, name: String, extra_labels: &BTreeMap<String, String>) -> Value {
+    let mut meta = template.get("metadata").cloned().unwrap_or_else(|| json!({}));
+    for (k, v) in extra_labels {
+        meta["labels"][k] = json!(v);
+    }
+    meta["name"] = json!(name);
+    meta["ownerReferences"] = json!([owner_ref(owner)]);
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": template.get("spec").cloned().unwrap_or_else(|| json!({}))})
+}
+
+/// Write `status` through `/status` as the controller-manager, unless it is the object's already.
+pub(super) fn set_status(core: &Core, gvr: &Gvr, obj: &Value, status: Value) {
+    if obj.get("status") == Some(&status) {
+        return;
+    }
+    let mut body = obj.clone();
+    body["status"] = status;
+    let _written = core.update(
+        gvr,
+        s(obj, "/metadata/namespace"),
+        s(obj, "/metadata/name").unwrap_or_default(),
+        body,
+        Some(Sub::Status),
+        &opts(MANAGER),
+    );
+}
