@@ -1471,3 +1471,74 @@ async fn protobuf_bodies_of_custom_resources_are_unsupported() {
     ns.cleanup().await;
     cluster.stop().await;
 }
+
+/// A suspended Job (how Kueue holds a Job until it is admitted, and how it preempts one): no pod,
+/// the `Suspended` condition; its active deadline does not run while it waits; resumed, it gets
+/// a pod and a fresh `startTime`; suspended again, its pod goes (the sim marks it
+/// `DisruptionTarget`, so a failure policy's `Ignore` rule does not count it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_job_waits_and_its_deadline_counts_from_resumption() {
+    let cluster = Cluster::start().await;
+    if cluster.sim_only("simulated kubelet (or a stand-in kubelet on a real control plane)").is_none() {
+        return;
+    }
+    let ns = cluster.namespace("suspend").await;
+    let api: Api<Job> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let mut j = job("queued", json!({"sim.flywheel.dev/duration": "60"}), json!(null), 0);
+    if let Some(spec) = j.spec.as_mut() {
+        spec.suspend = Some(true);
+        spec.active_deadline_seconds = Some(2);
+        spec.pod_failure_policy = None;
+    }
+    api.create(&PostParams::default(), &j).await.unwrap_or_else(|e| panic!("{e}"));
+    let condition = |j: &Job, type_: &str| {
+        j.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default().into_iter().find(|c| c.type_ == type_)
+    };
+    // Waiting longer than its deadline: neither a pod nor a failure.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let waiting = api.get("queued").await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(condition(&waiting, "Failed").is_none(), "{:?}", waiting.status);
+    assert!(waiting.status.as_ref().and_then(|s| s.start_time.clone()).is_none());
+    let listed = pods.list(&ListParams::default().labels("job-name=queued")).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(listed.items.is_empty());
+    // Resumed: a pod, and the deadline's clock starts now.
+    let resumed_at = k8s_openapi::jiff::Timestamp::now();
+    let patch = |on: bool| Patch::Merge(json!({"spec": {"suspend": on}}));
+    api.patch("queued", &PatchParams::default(), &patch(false)).await.unwrap_or_else(|e| panic!("{e}"));
+    let running = eventually(Duration::from_secs(10), || {
+        let api = api.clone();
+        async move {
+            let j = api.get("queued").await.ok()?;
+            (j.status.as_ref()?.active == Some(1)).then_some(j)
+        }
+    })
+    .await
+    .unwrap_or_else(|| panic!("no pod after resumption"));
+    let started = running.status.as_ref().and_then(|s| s.start_time.clone()).map(|t| t.0.as_second()).unwrap_or(0);
+    assert!(started >= resumed_at.as_second(), "startTime is the resumption's");
+    assert_eq!(
+        condition(&running, "Suspended").map(|c| (c.status, c.reason)),
+        Some(("False".into(), Some("JobResumed".into())))
+    );
+    // Suspended again: the pod goes, as a disruption, and the Job neither fails nor completes.
+    api.patch("queued", &PatchParams::default(), &patch(true)).await.unwrap_or_else(|e| panic!("{e}"));
+    let gone = eventually(Duration::from_secs(10), || {
+        let pods = pods.clone();
+        async move {
+            let listed = pods.list(&ListParams::default().labels("job-name=queued")).await.ok()?;
+            listed.items.iter().all(|p| p.metadata.deletion_timestamp.is_some()).then_some(listed.items)
+        }
+    })
+    .await
+    .unwrap_or_else(|| panic!("the pod of a suspended Job goes"));
+    for p in &gone {
+        let disrupted = p.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+        assert!(disrupted.iter().any(|c| c.type_ == "DisruptionTarget" && c.status == "True"), "{disrupted:?}");
+    }
+    let suspended = api.get("queued").await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(condition(&suspended, "Suspended").map(|c| c.status), Some("True".into()));
+    assert!(condition(&suspended, "Failed").is_none() && condition(&suspended, "Complete").is_none());
+    ns.cleanup().await;
+    cluster.stop().await;
+}

@@ -1018,3 +1018,122 @@ async fn the_evaluation_gate_rejects_a_worse_candidate_and_passes_a_better_one()
     );
     l.stop().await;
 }
+
+/// Kueue, stood in by the test: the Job is created suspended with the queue's label and waits;
+/// "admitting" unsuspends it; "preempting" suspends it again (its pod goes, as a disruption).
+/// The RetrainJob waits without failing, shows `Queued` with the queue's name, starts when
+/// admitted, survives the preemption without using a retry (it has none), and has one Job for its
+/// one attempt throughout; the Job's active deadline counts from its last admission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_retrain_waits_for_admission_and_survives_a_preemption() {
+    let script: flywheel::sim::PodScript = Arc::new(move |pod: &Value| {
+        let uri = env_of(pod, "FLYWHEEL_OUTPUT_URI")?;
+        let version = env_of(pod, "FLYWHEEL_VERSION").unwrap_or_default();
+        Some(PodBehavior {
+            ready_after: Duration::from_millis(50),
+            finish: Some((
+                Duration::from_millis(2500),
+                Outcome::Succeed,
+                format!(r#"{{"version":"{version}","uri":"{uri}"}}"#),
+            )),
+        })
+    });
+    let sim = SimConfig {
+        workloads: WorkloadConfig { script: Some(script), ..WorkloadConfig::default() },
+        ..SimConfig::default()
+    };
+    let l = Loop::start("loop-kueue", sim).await;
+    if l.cluster.sim_only("a scripted trainer").is_none() {
+        l.stop().await;
+        return;
+    }
+    let rtjs: Api<RetrainJob> = l.api();
+    let jobs: Api<Job> = l.api();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = l.api();
+    let mut rtj = manual("queued", 0);
+    rtj.spec.trainer.queue_name = Some("gpu-queue".into());
+    rtjs.create(&PostParams::default(), &rtj).await.unwrap_or_else(|e| panic!("{e}"));
+    let queued =
+        until(&rtjs, "queued", "Queued", 30, |r| r.status.as_ref().is_some_and(|s| s.phase == RetrainPhase::Queued))
+            .await;
+    let condition = queued.status.unwrap_or_default().conditions.into_iter().find(|c| c.type_ == "Queued");
+    let condition = condition.unwrap_or_else(|| panic!("a Queued condition"));
+    assert_eq!(condition.status, ConditionStatus::True);
+    assert!(condition.message.contains("gpu-queue"), "{}", condition.message);
+    let job = jobs.get("queued-1").await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(kube::ResourceExt::labels(&job).get("kueue.x-k8s.io/queue-name").map(String::as_str), Some("gpu-queue"));
+    assert_eq!(job.spec.as_ref().and_then(|s| s.suspend), Some(true));
+    // Waiting in the queue: no pod, no failure, however long.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let waiting = rtjs.get("queued").await.unwrap_or_else(|e| panic!("{e}")).status.unwrap_or_default();
+    assert_eq!((waiting.phase, waiting.attempt_count), (RetrainPhase::Queued, 1));
+    let selector = "flywheel.dev/retrain-job=queued";
+    assert!(
+        pods.list(&ListParams::default().labels(selector)).await.unwrap_or_else(|e| panic!("{e}")).items.is_empty()
+    );
+
+    let suspend = |on: bool| {
+        let jobs = jobs.clone();
+        async move {
+            jobs.patch(
+                "queued-1",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({"spec": {"suspend": on}})),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        }
+    };
+    // Admitted, then preempted while it runs.
+    suspend(false).await;
+    until(&rtjs, "queued", "Running", 30, |r| r.status.as_ref().is_some_and(|s| s.phase == RetrainPhase::Running))
+        .await;
+    let running = eventually(Duration::from_secs(10), || {
+        let pods = pods.clone();
+        async move { pods.list(&ListParams::default().labels(selector)).await.ok().filter(|l| !l.items.is_empty()) }
+    })
+    .await;
+    assert!(running.is_some(), "a pod once admitted");
+    suspend(true).await;
+    until(&rtjs, "queued", "Queued again", 30, |r| r.status.as_ref().is_some_and(|s| s.phase == RetrainPhase::Queued))
+        .await;
+    let preempted = eventually(Duration::from_secs(10), || {
+        let pods = pods.clone();
+        async move {
+            let list = pods.list(&ListParams::default().labels(selector)).await.ok()?;
+            list.items.iter().all(|p| p.metadata.deletion_timestamp.is_some()).then_some(list.items)
+        }
+    })
+    .await
+    .unwrap_or_else(|| panic!("the preempted pod goes"));
+    assert!(preempted.iter().all(|p| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "DisruptionTarget" && c.status == "True"))
+    }));
+    // Admitted again: it runs to the end on the same attempt.
+    let admitted_at = k8s_openapi::jiff::Timestamp::now();
+    suspend(false).await;
+    let done = until(&rtjs, "queued", "finished", 60, |r| {
+        r.status.as_ref().is_some_and(|s| matches!(s.phase, RetrainPhase::Succeeded | RetrainPhase::Failed))
+    })
+    .await
+    .status
+    .unwrap_or_default();
+    assert_eq!((done.phase, done.attempt_count), (RetrainPhase::Succeeded, 1), "{done:?}");
+    assert_eq!(done.attempts[0].outcome, Some(AttemptOutcome::Succeeded));
+    let job = jobs.get("queued-1").await.unwrap_or_else(|e| panic!("{e}"));
+    let started = job.status.and_then(|s| s.start_time).map(|t| t.0).unwrap_or_else(|| panic!("a start time"));
+    assert!(started.as_second() >= admitted_at.as_second(), "the active deadline counts from the last admission");
+    let names: Vec<String> = jobs
+        .list(&ListParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .items
+        .into_iter()
+        .filter_map(|j| j.metadata.name)
+        .collect();
+    assert_eq!(names, ["queued-1"], "one Job for the one attempt");
+    l.stop().await;
+}

@@ -169,6 +169,21 @@ pub struct TrainerTemplate {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 32))]
     pub pod_annotations: BTreeMap<String, String>,
+    /// The Kueue LocalQueue (in the RetrainJob's namespace) the Job is submitted to: the Job
+    /// gets the label `kueue.x-k8s.io/queue-name` and is created suspended, as Kueue's batch/v1
+    /// Job integration expects; Kueue admits it (unsuspends it) when the queue's quota allows,
+    /// and may suspend it again to preempt it (a disruption, never counted as a failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub queue_name: Option<String>,
+    /// Kueue's WorkloadPriorityClass of the Job (label `kueue.x-k8s.io/priority-class`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub workload_priority_class: Option<String>,
+    /// The PriorityClass of the trainer pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub priority_class_name: Option<String>,
     /// Service account the trainer pod runs as (it may need access to the output store).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
@@ -215,6 +230,9 @@ impl TrainerTemplate {
             tolerations: Vec::new(),
             pod_labels: BTreeMap::new(),
             pod_annotations: BTreeMap::new(),
+            queue_name: None,
+            workload_priority_class: None,
+            priority_class_name: None,
             service_account_name: None,
             deadline_seconds: default_deadline_seconds(),
             retries: default_retries(),

@@ -152,6 +152,9 @@ pub enum RetrainPhase {
     /// Accepted, no Job yet.
     #[default]
     Pending,
+    /// The attempt's Job waits in its Kueue queue (suspended) for admission, or was preempted
+    /// and waits again.
+    Queued,
     /// An attempt's Job is running.
     Running,
     /// The evaluation Job runs on the trained candidate.

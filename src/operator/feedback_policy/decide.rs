@@ -54,7 +54,7 @@ pub fn in_flight(rtjs: &[RetrainJob], md: &ModelDeployment, policy: &str) -> Opt
     for r in rtjs {
         let status = r.status.clone().unwrap_or_default();
         match status.phase {
-            RetrainPhase::Pending | RetrainPhase::Running => {
+            RetrainPhase::Pending | RetrainPhase::Queued | RetrainPhase::Running | RetrainPhase::Evaluating => {
                 return Some(format!("RetrainJob {} is {:?}", r.name_any(), status.phase));
             }
             RetrainPhase::Succeeded

@@ -24,6 +24,8 @@ use crate::api::{ConditionStatus, Promotion};
 /// The condition the evaluation gate sets: True when the candidate passed, False when it failed
 /// a rule (or its evaluation Job failed).
 pub const CONDITION_ACCEPTED: &str = "Accepted";
+/// The condition of a RetrainJob whose trainer waits in a Kueue queue.
+pub const CONDITION_QUEUED: &str = "Queued";
 use crate::operator::model_deployment::children::ChildSettings;
 use crate::operator::skeleton::{Decision, Note};
 
@@ -110,7 +112,11 @@ fn run_attempts(
             Some(j) => match result::ended(j, &observed.pods, expected) {
                 Some(end) => end,
                 None => {
-                    next.phase = RetrainPhase::Running;
+                    // Waiting in its Kueue queue (suspended, or preempted and suspended again),
+                    // or running once admitted.
+                    let suspended = j.spec.as_ref().and_then(|s| s.suspend).unwrap_or(false);
+                    next.phase = if suspended { RetrainPhase::Queued } else { RetrainPhase::Running };
+                    set_queued(rtj, next, suspended, now);
                     return Ok(());
                 }
             },
@@ -187,6 +193,28 @@ fn run_attempts(
     events.push(Note::normal("AttemptStarted", format!("attempt {index} started as Job {job_name}")));
     out.create = Some(desired);
     Ok(())
+}
+
+/// The condition `Queued` of a RetrainJob whose trainer goes through a Kueue queue: True while
+/// the attempt's Job waits for admission (naming the queue), False once admitted.
+fn set_queued(rtj: &RetrainJob, next: &mut RetrainJobStatus, suspended: bool, now: &Time) {
+    let Some(queue) = rtj.spec.trainer.queue_name.as_ref() else { return };
+    let desired = if suspended {
+        conditions::Desired::new(
+            CONDITION_QUEUED,
+            ConditionStatus::True,
+            "WaitingForAdmission",
+            format!("the Job waits in the Kueue LocalQueue {queue} for admission"),
+        )
+    } else {
+        conditions::Desired::new(
+            CONDITION_QUEUED,
+            ConditionStatus::False,
+            "Admitted",
+            format!("admitted by the Kueue LocalQueue {queue}"),
+        )
+    };
+    conditions::set(&mut next.conditions, &desired, rtj.metadata.generation, now);
 }
 
 /// A trained candidate goes through the evaluation gate: its Job when the spec has one, else its
@@ -363,6 +391,18 @@ fn hand_over(
 fn health(rtj: &RetrainJob, next: &RetrainJobStatus, stalled_target: Option<&String>) -> Health {
     match next.phase {
         RetrainPhase::Pending => Health::Progressing { reason: "Pending".into(), message: "no attempt yet".into() },
+        RetrainPhase::Queued => {
+            let a = next.attempts.last();
+            Health::Progressing {
+                reason: "Queued".into(),
+                message: format!(
+                    "attempt {}: Job {} waits in the Kueue LocalQueue {} for admission",
+                    a.map_or(0, |a| a.index),
+                    a.map_or("", |a| a.job_name.as_str()),
+                    rtj.spec.trainer.queue_name.as_deref().unwrap_or("")
+                ),
+            }
+        }
         RetrainPhase::Running => {
             let a = next.attempts.last();
             Health::Progressing {
@@ -449,9 +489,9 @@ pub fn decide(
     if current.phase == RetrainPhase::Evaluating {
         run_evaluation(rtj, observed, settings, &now, &mut next, &mut out, &mut events)?;
     }
-    if matches!(current.phase, RetrainPhase::Pending | RetrainPhase::Running) {
+    if matches!(current.phase, RetrainPhase::Pending | RetrainPhase::Queued | RetrainPhase::Running) {
         run_attempts(rtj, observed, settings, &now, &mut next, &mut out, &mut events)?;
-        if matches!(next.phase, RetrainPhase::Running | RetrainPhase::Evaluating) {
+        if matches!(next.phase, RetrainPhase::Queued | RetrainPhase::Running | RetrainPhase::Evaluating) {
             // The Job's watch wakes us; this is a safety net.
             requeue = Some(Duration::from_secs(60));
         }

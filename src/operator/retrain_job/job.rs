@@ -24,6 +24,10 @@ pub const LABEL_RETRAIN_JOB: &str = "flywheel.dev/retrain-job";
 pub const RESULT_FINALIZER: &str = "flywheel.dev/attempt-result";
 /// The least `ttlSecondsAfterFinished` a Job gets: time to read it even without the finalizer.
 pub const TTL_FLOOR_SECONDS: i32 = 60;
+/// Kueue's label naming the LocalQueue of a Job.
+pub const LABEL_KUEUE_QUEUE: &str = "kueue.x-k8s.io/queue-name";
+/// Kueue's label naming the WorkloadPriorityClass of a Job.
+pub const LABEL_KUEUE_PRIORITY: &str = "kueue.x-k8s.io/priority-class";
 /// Label on a Job carrying its attempt number.
 pub const LABEL_ATTEMPT: &str = "flywheel.dev/attempt";
 
@@ -209,6 +213,14 @@ fn assemble(rtj: &RetrainJob, plan: PodPlan<'_>) -> Result<Job, JobSpecError> {
         ("flywheel.dev/model-deployment".into(), rtj.spec.target_ref.name.clone()),
     ]);
     labels.append(&mut own_labels);
+    // Kueue's batch/v1 Job integration: the queue and priority as labels, the Job suspended
+    // until admitted.
+    if let Some(queue) = &template.queue_name {
+        labels.insert(LABEL_KUEUE_QUEUE.into(), queue.clone());
+    }
+    if let Some(priority) = &template.workload_priority_class {
+        labels.insert(LABEL_KUEUE_PRIORITY.into(), priority.clone());
+    }
     let mut pod_labels = template.pod_labels.clone();
     pod_labels.append(&mut labels.clone());
     let mut container = json!({
@@ -254,6 +266,9 @@ fn assemble(rtj: &RetrainJob, plan: PodPlan<'_>) -> Result<Job, JobSpecError> {
     if !template.tolerations.is_empty() {
         pod_spec["tolerations"] = serde_json::to_value(&template.tolerations).unwrap_or(Value::Null);
     }
+    if let Some(priority) = &template.priority_class_name {
+        pod_spec["priorityClassName"] = json!(priority);
+    }
     if let Some(sa) = &template.service_account_name {
         pod_spec["serviceAccountName"] = json!(sa);
     } else {
@@ -277,6 +292,7 @@ fn assemble(rtj: &RetrainJob, plan: PodPlan<'_>) -> Result<Job, JobSpecError> {
             }],
         },
         "spec": {
+            "suspend": template.queue_name.is_some(),
             "backoffLimit": backoff_limit,
             "activeDeadlineSeconds": template.deadline_seconds,
             "ttlSecondsAfterFinished": template.ttl_seconds_after_finished.max(TTL_FLOOR_SECONDS),
@@ -512,6 +528,24 @@ mod tests {
         assert_eq!(v.pointer("/spec/template/spec/securityContext/runAsNonRoot"), Some(&json!(true)));
         assert_eq!(v.pointer("/metadata/ownerReferences/0/controller"), Some(&json!(true)));
         assert_eq!(v.pointer("/spec/template/metadata/labels/flywheel.dev~1retrain-job"), Some(&json!("chat-3")));
+    }
+
+    #[test]
+    fn a_queued_trainer_goes_through_kueue() {
+        let mut r = rtj("pvc://models/v1", "pvc://datasets/snap-1", "pvc://models/chat-3");
+        let plain =
+            serde_json::to_value(build(&r, 1, &settings()).unwrap_or_else(|e| panic!("{e}"))).unwrap_or_default();
+        assert_eq!(plain.pointer("/spec/suspend"), Some(&json!(false)));
+        assert!(plain.pointer("/metadata/labels/kueue.x-k8s.io~1queue-name").is_none());
+        r.spec.trainer.queue_name = Some("gpu-queue".into());
+        r.spec.trainer.workload_priority_class = Some("retrain-low".into());
+        r.spec.trainer.priority_class_name = Some("batch-low".into());
+        let queued =
+            serde_json::to_value(build(&r, 1, &settings()).unwrap_or_else(|e| panic!("{e}"))).unwrap_or_default();
+        assert_eq!(queued.pointer("/spec/suspend"), Some(&json!(true)), "created suspended: Kueue admits it");
+        assert_eq!(queued.pointer("/metadata/labels/kueue.x-k8s.io~1queue-name"), Some(&json!("gpu-queue")));
+        assert_eq!(queued.pointer("/metadata/labels/kueue.x-k8s.io~1priority-class"), Some(&json!("retrain-low")));
+        assert_eq!(queued.pointer("/spec/template/spec/priorityClassName"), Some(&json!("batch-low")));
     }
 
     #[test]

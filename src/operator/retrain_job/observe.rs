@@ -35,7 +35,7 @@ pub async fn observe(ctx: &RetrainJobs, rtj: &RetrainJob, ns: &str, uid: &str) -
     let status = rtj.status.clone().unwrap_or_default();
     let client = &ctx.shared.client;
     let name = rtj.name_any();
-    if matches!(status.phase, RetrainPhase::Pending | RetrainPhase::Running) {
+    if matches!(status.phase, RetrainPhase::Pending | RetrainPhase::Queued | RetrainPhase::Running) {
         let jobs: Api<Job> = Api::namespaced(client.clone(), ns);
         let listed = jobs
             .list(&ListParams::default().labels(&format!("{LABEL_RETRAIN_JOB}={name}")))
@@ -81,7 +81,11 @@ pub async fn observe(ctx: &RetrainJobs, rtj: &RetrainJob, ns: &str, uid: &str) -
         && status.handed_over_at.is_none()
         && matches!(
             status.phase,
-            RetrainPhase::Pending | RetrainPhase::Running | RetrainPhase::Evaluating | RetrainPhase::Succeeded
+            RetrainPhase::Pending
+                | RetrainPhase::Queued
+                | RetrainPhase::Running
+                | RetrainPhase::Evaluating
+                | RetrainPhase::Succeeded
         );
     if may_hand_over {
         let mds: Api<ModelDeployment> = Api::namespaced(client.clone(), ns);

@@ -36,13 +36,21 @@ pub(super) fn job(core: &Core, j: &Value, pods: &PodsByOwner) {
     if is_deleting(j) || job_finished(j) {
         return;
     }
-    if j.pointer("/spec/suspend").and_then(Value::as_bool) == Some(true) {
-        return;
-    }
     let ns = s(j, "/metadata/namespace").map(str::to_string);
     let owned = pods_owned_by(pods, j);
     let pods = JobPods::of(&owned);
     let mut status = j.get("status").cloned().unwrap_or_else(|| json!({}));
+    if j.pointer("/spec/suspend").and_then(Value::as_bool) == Some(true) {
+        suspend(core, j, ns.as_deref(), &pods, status);
+        return;
+    }
+    if suspended_condition(&status) {
+        // Resumed (a queue admitted it): the active-deadline clock starts again from now.
+        if let Some(m) = status.as_object_mut() {
+            m.remove("startTime");
+        }
+        set_suspended(&mut status, false);
+    }
     let start = status.get("startTime").and_then(Value::as_str).map(str::to_string).unwrap_or_else(now_rfc3339);
     status["startTime"] = json!(start);
     count_pods(&mut status, &pods);
@@ -68,6 +76,58 @@ pub(super) fn job(core: &Core, j: &Value, pods: &PodsByOwner) {
         status["active"] = json!(1);
     }
     set_status(core, &gvr_jobs(), j, status);
+}
+
+/// A suspended Job (created suspended for a queue, or suspended again to be preempted): no pod
+/// is created; active pods are deleted, marked `DisruptionTarget` so a failure policy's
+/// `Ignore` rule leaves them out of the failures; `startTime` is cleared, so the active deadline
+/// counts from the next resumption; the condition `Suspended` says so.
+fn suspend(core: &Core, j: &Value, ns: Option<&str>, pods: &JobPods<'_>, mut status: Value) {
+    for p in &pods.active {
+        let mut marked = (*p).clone();
+        let conditions = marked.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+        let mut conditions: Vec<Value> =
+            conditions.into_iter().filter(|c| c.get("type") != Some(&json!("DisruptionTarget"))).collect();
+        conditions.push(json!({"type": "DisruptionTarget", "status": "True", "reason": "JobSuspended",
+            "message": "the Job was suspended", "lastTransitionTime": now_rfc3339()}));
+        marked["status"]["conditions"] = json!(conditions);
+        set_status(core, &gvr_pods(), p, marked["status"].clone());
+        let _gone = core.delete(&gvr_pods(), ns, s(p, "/metadata/name").unwrap_or_default(), &DeleteOptions::default());
+    }
+    status["active"] = json!(0);
+    status["ready"] = json!(0);
+    if let Some(m) = status.as_object_mut() {
+        m.remove("startTime");
+    }
+    set_suspended(&mut status, true);
+    set_status(core, &gvr_jobs(), j, status);
+}
+
+fn suspended_condition(status: &Value) -> bool {
+    status.pointer("/conditions").and_then(Value::as_array).is_some_and(|cs| {
+        cs.iter().any(|c| c.get("type") == Some(&json!("Suspended")) && c.get("status") == Some(&json!("True")))
+    })
+}
+
+/// The `Suspended` condition: True (`JobSuspended`) or False (`JobResumed`), its transition time
+/// moved only when it flips.
+fn set_suspended(status: &mut Value, suspended: bool) {
+    let mut conditions = status.get("conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+    let wanted = if suspended { "True" } else { "False" };
+    let existing = conditions.iter().position(|c| c.get("type") == Some(&json!("Suspended")));
+    if existing.is_some_and(|i| conditions[i].get("status") == Some(&json!(wanted))) {
+        return;
+    }
+    let (reason, message) = if suspended { ("JobSuspended", "Job suspended") } else { ("JobResumed", "Job resumed") };
+    let now = now_rfc3339();
+    let condition = json!({"type": "Suspended", "status": wanted, "reason": reason, "message": message,
+        "lastProbeTime": now, "lastTransitionTime": now});
+    match existing {
+        Some(i) => conditions[i] = condition,
+        None if suspended => conditions.push(condition),
+        None => return,
+    }
+    status["conditions"] = json!(conditions);
 }
 
 /// The counts of the status: active, ready, failed and succeeded (the last two left out at 0).

@@ -307,3 +307,39 @@ fn an_evaluation_job_runs_after_training_and_its_metrics_decide() {
     let again = decide(&evaluating, &Observed::default(), &settings(), at(10)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(again.children.create.and_then(|j| j.metadata.name), Some("chat-1-eval".to_string()));
 }
+
+#[test]
+fn a_queued_attempt_waits_for_admission_and_a_preemption_costs_no_retry() {
+    let mut r = rtj(running(), "None");
+    r.spec.trainer.queue_name = Some("gpu-queue".into());
+    let suspended: Job = serde_json::from_value(json!({"metadata": {"name": "chat-1-1"}, "spec": {"suspend": true,
+        "template": {"spec": {"containers": []}}}, "status": {}}))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let observed = Observed { jobs: [(1, suspended.clone())].into(), ..Observed::default() };
+    let d = decide(&r, &observed, &settings(), at(0)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(d.status.phase, RetrainPhase::Queued);
+    let queued = conditions::get(&d.status.conditions, CONDITION_QUEUED).cloned().unwrap_or_else(|| panic!("Queued"));
+    assert_eq!((queued.status, queued.reason.as_str()), (ConditionStatus::True, "WaitingForAdmission"));
+    assert!(queued.message.contains("gpu-queue"), "{}", queued.message);
+    assert!(d.children.create.is_none() && d.status.attempts[0].outcome.is_none(), "waits, never fails");
+    // Admitted: running.
+    let admitted = Observed { jobs: [(1, job(1, None))].into(), ..Observed::default() };
+    let r2 = {
+        let mut r = rtj(serde_json::to_value(&d.status).unwrap_or_default(), "None");
+        r.spec.trainer.queue_name = Some("gpu-queue".into());
+        r
+    };
+    let d2 = decide(&r2, &admitted, &settings(), at(10)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(d2.status.phase, RetrainPhase::Running);
+    let queued = conditions::get(&d2.status.conditions, CONDITION_QUEUED).cloned().unwrap_or_else(|| panic!("Queued"));
+    assert_eq!((queued.status, queued.reason.as_str()), (ConditionStatus::False, "Admitted"));
+    // Preempted (suspended again): queued again, the same attempt, no retry used.
+    let r3 = {
+        let mut r = rtj(serde_json::to_value(&d2.status).unwrap_or_default(), "None");
+        r.spec.trainer.queue_name = Some("gpu-queue".into());
+        r
+    };
+    let d3 = decide(&r3, &observed, &settings(), at(20)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((d3.status.phase, d3.status.attempt_count), (RetrainPhase::Queued, 1));
+    assert!(d3.children.create.is_none());
+}
