@@ -409,6 +409,13 @@ def _candidate(env: Mapping[str, str]) -> tuple[Path, str]:
         raise ConfigError(
             f"{where} with {CANDIDATE_ARTIFACT_VAR}={artifact}: {directory} has no {marker} (expected {what}){hint}"
         )
+    if artifact == "model" and (directory / ARTIFACT_MARKERS["adapter"]).exists():
+        # transformers would load it as the model with that adapter applied: not a whole model.
+        raise ConfigError(
+            f"{where} with {CANDIDATE_ARTIFACT_VAR}=model: {directory} has an adapter_config.json beside config.json, "
+            "so it is not a whole model (transformers would apply that adapter to it); a merged model keeps its "
+            "adapter in a subdirectory (the reference trainer's adapter/)"
+        )
     return directory, artifact
 
 

@@ -15,6 +15,16 @@ from typing import Any, Callable, Iterator
 from .errors import ConfigError, TransientError, is_out_of_memory
 
 
+def _brief(e: BaseException, lines: int = 2, limit: int = 600) -> str:
+    """An exception's message on one line: its first lines (torch's size mismatches list every
+    tensor, one per line), at most ``limit`` characters."""
+    parts = [line.strip() for line in str(e).splitlines() if line.strip()]
+    text = " ".join(parts[:lines])
+    if len(parts) > lines:
+        text += f" ... ({len(parts) - lines} more lines)"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 @contextlib.contextmanager
 def _loading(variable: str, what: str, where: Path) -> Iterator[None]:
     """Turn a failure to load ``what`` from ``where`` into the contract's errors.
@@ -31,14 +41,14 @@ def _loading(variable: str, what: str, where: Path) -> Iterator[None]:
         yield
     except OSError as e:
         if e.errno not in (None, errno.ENOENT):
-            raise TransientError(f"{variable}: reading {what} from {where}: {e}") from e
-        raise ConfigError(f"{prefix}: {e}") from e
+            raise TransientError(f"{variable}: reading {what} from {where}: {_brief(e)}") from e
+        raise ConfigError(f"{prefix}: {_brief(e)}") from e
     except (ValueError, KeyError, SafetensorError) as e:
-        raise ConfigError(f"{prefix}: {type(e).__name__}: {e}") from e
+        raise ConfigError(f"{prefix}: {type(e).__name__}: {_brief(e)}") from e
     except RuntimeError as e:
         if is_out_of_memory(e):
             raise
-        raise ConfigError(f"{prefix}: {type(e).__name__}: {e}") from e
+        raise ConfigError(f"{prefix}: {type(e).__name__}: {_brief(e)}") from e
 
 
 def device_and_precision(precision: str) -> tuple[Any, Any, Callable[[], contextlib.AbstractContextManager]]:
