@@ -473,7 +473,7 @@ def test_the_process_fetches_with_the_token_and_never_prints_it(
         assert TOKEN not in text
 
 
-def test_the_process_exits_3_on_a_missing_variable_without_loading_torch(good: dict[str, str]) -> None:
+def test_the_process_exits_3_on_a_missing_variable(good: dict[str, str]) -> None:
     del good["FLYWHEEL_CANDIDATE_ARTIFACT"]
     done = run_evaluator(good, timeout=60)
     assert done.returncode == EXIT_BAD_CONFIG, done.stderr
