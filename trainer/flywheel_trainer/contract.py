@@ -1,4 +1,6 @@
-"""The trainer contract's environment, parsed into a typed :class:`Config`.
+"""The trainer contract's environment, parsed into a typed :class:`Config` (the trainer's) or
+:class:`EvalConfig` (the evaluation Job's); both read the dataset and base model variables with
+the same functions.
 
 Every problem is a :class:`~flywheel_trainer.errors.ConfigError` (exit 3) whose message names the
 variable and says what is wrong with it.
