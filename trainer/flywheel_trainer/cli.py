@@ -9,8 +9,6 @@ only then write the result line.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
 import json
 import logging
@@ -25,7 +23,8 @@ from typing import Any, Callable, Mapping
 from . import __version__
 from .contract import Config, parse_env
 from .dataset import Snapshot, load_snapshot
-from .errors import EXIT_BAD_CONFIG, EXIT_CRASH, EXIT_OK, EXIT_TRANSIENT, ConfigError, DatasetError, Preempted, TrainerError, TransientError
+from .errors import EXIT_BAD_CONFIG, EXIT_CRASH, EXIT_OK, EXIT_TRANSIENT, ConfigError, DatasetError, Preempted, TrainerError, is_out_of_memory
+from .models import device_and_precision, load_base, pad_token_id
 from .result import result_line, write_termination_log
 
 log = logging.getLogger("flywheel_trainer")
@@ -51,39 +50,6 @@ class StopFlag:
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
-
-
-def _load_base(config: Config, dtype: Any) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    where = config.base_model_dir
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(where), local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(str(where), dtype=dtype, local_files_only=True)
-    except OSError as e:
-        # transformers reports a missing or unreadable model file as a bare OSError; an OSError
-        # with an errno other than "no such file" is real I/O trouble and worth a retry.
-        if e.errno not in (None, errno.ENOENT):
-            raise TransientError(f"reading the base model {where}: {e}") from e
-        raise ConfigError(f"cannot load the base model from {where}: {e}") from e
-    except (ValueError, KeyError) as e:
-        raise ConfigError(f"cannot load the base model from {where}: {type(e).__name__}: {e}") from e
-    return tokenizer, model
-
-
-def _device_and_precision(precision: str) -> tuple[Any, Any, Callable[[], contextlib.AbstractContextManager]]:
-    import torch
-
-    if torch.cuda.is_available():
-        device = torch.device("cuda", torch.cuda.current_device())
-        bf16 = precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported())
-    else:
-        device = torch.device("cpu")
-        bf16 = precision == "bf16"
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    if bf16:
-        return device, dtype, lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return device, dtype, contextlib.nullcontext
 
 
 def _fingerprint_parts(config: Config) -> dict[str, Any]:
@@ -143,17 +109,17 @@ def run(env: Mapping[str, str], should_stop: Callable[[], bool] = lambda: False)
 
     from .checkpoint import CheckpointStore, fingerprint
     from .formatting import ChatFormatter
-    from .training import Trainer, encode_snapshot, evaluate
+    from .training import Trainer, encode_snapshot, evaluate, with_before
 
     transformers.utils.logging.disable_progress_bar()
     hp = config.hyperparameters
     torch.manual_seed(hp.seed)
-    device, dtype, autocast = _device_and_precision(hp.precision)
-    tokenizer, model = _load_base(config, dtype)
+    device, dtype, autocast = device_and_precision(hp.precision)
+    tokenizer, model = load_base(config.base_model_dir, dtype)
     base_dtype = getattr(model.config, "dtype", None)
     if isinstance(base_dtype, str):
         base_dtype = getattr(torch, base_dtype, None)
-    pad_id = next((t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0)
+    pad_id = pad_token_id(tokenizer)
 
     formatter = ChatFormatter(tokenizer, hp.maxSeqLen)
     encoded = encode_snapshot(snapshot, formatter, config.formats)
@@ -162,7 +128,7 @@ def run(env: Mapping[str, str], should_stop: Callable[[], bool] = lambda: False)
     if encoded.skipped:
         log.warning("skipped %d rows with no answer token within maxSeqLen=%d", encoded.skipped, hp.maxSeqLen)
     train_rows = len(encoded.sft_train) + len(encoded.dpo_train)
-    eval_rows = len(encoded.sft_eval) + len(encoded.dpo_eval)
+    eval_rows = encoded.eval_rows
     if train_rows == 0:
         raise DatasetError(f"the snapshot has no training rows of the formats {','.join(config.formats)}")
     log.info(
@@ -209,10 +175,7 @@ def run(env: Mapping[str, str], should_stop: Callable[[], bool] = lambda: False)
     after, _ = evaluate(model, encoded, hp, pad_id, device, autocast, reference=reference if reference else None)
     log.info("held-out after training: %s", json.dumps(after))
 
-    metrics: dict[str, float | int] = dict(after)
-    for key in ("evalLoss", "preferenceAccuracy"):
-        if key in before:
-            metrics[key + "Before"] = before[key]
+    metrics: dict[str, float | int] = with_before(after, before)
     if state.sft_steps:
         metrics["trainLoss"] = state.sft_loss_sum / state.sft_steps
     if state.dpo_steps:
@@ -262,22 +225,32 @@ def run(env: Mapping[str, str], should_stop: Callable[[], bool] = lambda: False)
     return json.loads(line)
 
 
-def _is_out_of_memory(e: BaseException) -> bool:
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(e, torch.cuda.OutOfMemoryError):
-        return True
-    return isinstance(e, RuntimeError) and ("out of memory" in str(e).lower() or "can't allocate memory" in str(e).lower())
-
-
 def exit_code_for(e: BaseException) -> tuple[int, str]:
     """The contract's exit code for a failure, and the line that explains it."""
     if isinstance(e, TrainerError):
         return e.exit_code, f"{e.kind}: {e}"
-    if isinstance(e, MemoryError) or _is_out_of_memory(e):
+    if isinstance(e, MemoryError) or is_out_of_memory(e):
         return EXIT_TRANSIENT, f"out of memory: {e}"
     if isinstance(e, OSError):
         return EXIT_TRANSIENT, f"I/O error: {e}"
     return EXIT_CRASH, f"crashed: {type(e).__name__}: {e}"
+
+
+def configure_process() -> None:
+    """Logging to stderr, and Hugging Face kept offline and quiet (both entry points)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def failed(program: str, e: BaseException) -> int:
+    """Log a failure as one line (with the traceback for a crash) and return its exit code."""
+    code, message = exit_code_for(e)
+    if code == EXIT_CRASH:
+        traceback.print_exception(e)
+    log.error("%s: %s (exit %d)", program, message, code)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,10 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     if args:
         print("usage: python -m flywheel_trainer  (configured by FLYWHEEL_* variables, see README.md)", file=sys.stderr)
         return EXIT_BAD_CONFIG
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    configure_process()
     stop = StopFlag()
     stop.install()
     try:
@@ -300,9 +270,5 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s (%s)", e, stop.signal or "stop")
         return e.exit_code
     except Exception as e:  # the top level maps every failure to an exit code
-        code, message = exit_code_for(e)
-        if code == EXIT_CRASH:
-            traceback.print_exc()
-        log.error("flywheel-trainer: %s (exit %d)", message, code)
-        return code
+        return failed("flywheel-trainer", e)
     return EXIT_OK

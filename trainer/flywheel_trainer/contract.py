@@ -1,4 +1,6 @@
-"""The trainer contract's environment, parsed into a typed :class:`Config`.
+"""The trainer contract's environment, parsed into a typed :class:`Config` (the trainer's) or
+:class:`EvalConfig` (the evaluation Job's); both read the dataset and base model variables with
+the same functions.
 
 Every problem is a :class:`~flywheel_trainer.errors.ConfigError` (exit 3) whose message names the
 variable and says what is wrong with it.
@@ -13,12 +15,17 @@ from typing import Mapping
 from urllib.parse import unquote, urlsplit
 
 from .errors import ConfigError
-from .hyperparameters import Hyperparameters, hyperparameters_from_env
+from .hyperparameters import EVALUATION_NAMES, Hyperparameters, hyperparameters_from_env
 
 VERSION_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+# Any version label the operator accepts (a Kubernetes label value, upper case included); the
+# reference trainer writes only VERSION_RE's lower-case ones.
+LABEL_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 FORMATS = ("SFT", "DPO")
+# What a result's artifact (and an evaluation's candidate) is: a whole model, or a PEFT adapter.
+ARTIFACTS = ("model", "adapter")
 
 
 TOKEN_FILE_VAR = "FLYWHEEL_DATASET_TOKEN_FILE"
@@ -258,8 +265,9 @@ def default_version(base_version: str, dataset_sha256: str) -> str:
     return f"{base_version}-ft-{dataset_sha256[:8]}"
 
 
-def parse_env(env: Mapping[str, str]) -> Config:
-    """Parse and check the whole contract environment; raise ConfigError on the first problem."""
+def _dataset_env(env: Mapping[str, str]) -> tuple[DatasetLocation, str, tuple[str, ...]]:
+    """The dataset variables, the same for the trainer and the evaluator: where the snapshot is
+    (and its bearer token), its sha256, and the formats to use."""
     dataset = _dataset_location(_required(env, "FLYWHEEL_DATASET_URI"), _optional(env, TOKEN_FILE_VAR))
 
     sha = _required(env, "FLYWHEEL_DATASET_SHA256").lower()
@@ -267,7 +275,11 @@ def parse_env(env: Mapping[str, str]) -> Config:
         raise ConfigError(f"FLYWHEEL_DATASET_SHA256={sha!r} is not 64 hexadecimal digits")
 
     formats = _formats(_required(env, "FLYWHEEL_DATASET_FORMATS"))
+    return dataset, sha, formats
 
+
+def _base_model_dir(env: Mapping[str, str]) -> Path:
+    """FLYWHEEL_BASE_MODEL_URI: a local directory in Hugging Face layout."""
     base_uri = _required(env, "FLYWHEEL_BASE_MODEL_URI")
     base_dir = local_path("FLYWHEEL_BASE_MODEL_URI", base_uri)
     if not base_dir.is_dir():
@@ -276,6 +288,17 @@ def parse_env(env: Mapping[str, str]) -> Config:
         raise ConfigError(
             f"FLYWHEEL_BASE_MODEL_URI={base_uri!r}: {base_dir} has no config.json (expected a Hugging Face model directory)"
         )
+    return base_dir
+
+
+def _termination_log(env: Mapping[str, str]) -> Path:
+    return Path(_optional(env, "FLYWHEEL_TERMINATION_LOG") or DEFAULT_TERMINATION_LOG)
+
+
+def parse_env(env: Mapping[str, str]) -> Config:
+    """Parse and check the whole contract environment; raise ConfigError on the first problem."""
+    dataset, sha, formats = _dataset_env(env)
+    base_dir = _base_model_dir(env)
 
     output_uri, output_dir, output_s3 = _output(env)
 
@@ -308,7 +331,7 @@ def parse_env(env: Mapping[str, str]) -> Config:
             raise ConfigError(f"FLYWHEEL_ATTEMPT={attempt_raw!r} is not a positive integer")
         attempt = int(attempt_raw)
 
-    termination_log = Path(_optional(env, "FLYWHEEL_TERMINATION_LOG") or DEFAULT_TERMINATION_LOG)
+    termination_log = _termination_log(env)
 
     return Config(
         dataset=dataset,
@@ -327,4 +350,99 @@ def parse_env(env: Mapping[str, str]) -> Config:
         namespace=_optional(env, "FLYWHEEL_NAMESPACE"),
         attempt=attempt,
         termination_log=termination_log,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluation Job: ``python -m flywheel_trainer.evaluate``
+
+CANDIDATE_DIR_VAR = "FLYWHEEL_CANDIDATE_DIR"
+CANDIDATE_ARTIFACT_VAR = "FLYWHEEL_CANDIDATE_ARTIFACT"
+CANDIDATE_VERSION_VAR = "FLYWHEEL_CANDIDATE_VERSION"
+# What each artifact has at its top level: the file the evaluator checks before loading it.
+ARTIFACT_MARKERS = {"model": "config.json", "adapter": "adapter_config.json"}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The evaluation Job's environment: the snapshot, the base, the candidate to compare with
+    it, and the few hyperparameters an evaluation takes (``EVALUATION_NAMES``; the others keep
+    their defaults and are not used)."""
+
+    dataset: DatasetLocation
+    dataset_sha256: str
+    formats: tuple[str, ...]
+    base_model_dir: Path
+    base_version: str
+    candidate_dir: Path
+    candidate_artifact: str  # "model" or "adapter"
+    candidate_version: str
+    hyperparameters: Hyperparameters
+    raw_hyperparameters: dict[str, str]
+    termination_log: Path
+
+
+def _label(env: Mapping[str, str], name: str) -> str:
+    value = _required(env, name)
+    if not LABEL_RE.match(value):
+        raise ConfigError(
+            f"{name}={value!r} is not a version label "
+            "(1 to 63 letters, digits, '.', '_', '-', starting and ending with a letter or digit)"
+        )
+    return value
+
+
+def _candidate(env: Mapping[str, str]) -> tuple[Path, str]:
+    """FLYWHEEL_CANDIDATE_DIR and FLYWHEEL_CANDIDATE_ARTIFACT: a local directory holding what
+    the artifact says (a whole model: config.json; a PEFT adapter: adapter_config.json)."""
+    artifact = _required(env, CANDIDATE_ARTIFACT_VAR)
+    if artifact not in ARTIFACTS:
+        raise ConfigError(f"{CANDIDATE_ARTIFACT_VAR}={artifact!r} must be one of {', '.join(ARTIFACTS)}")
+    raw = _required(env, CANDIDATE_DIR_VAR)
+    directory = local_path(CANDIDATE_DIR_VAR, raw)
+    where = f"{CANDIDATE_DIR_VAR}={raw!r}"
+    if not directory.is_dir():
+        raise ConfigError(f"{where}: {directory} is not a directory")
+    marker = ARTIFACT_MARKERS[artifact]
+    if not (directory / marker).is_file():
+        holds = next((a for a, m in ARTIFACT_MARKERS.items() if a != artifact and (directory / m).is_file()), None)
+        hint = f"; it holds {'a whole model' if holds == 'model' else 'an adapter'}: is {CANDIDATE_ARTIFACT_VAR} {holds}?" if holds else ""
+        what = "a whole model in Hugging Face layout" if artifact == "model" else "a PEFT adapter"
+        raise ConfigError(
+            f"{where} with {CANDIDATE_ARTIFACT_VAR}={artifact}: {directory} has no {marker} (expected {what}){hint}"
+        )
+    if artifact == "model" and (directory / ARTIFACT_MARKERS["adapter"]).exists():
+        # transformers would load it as the model with that adapter applied: not a whole model.
+        raise ConfigError(
+            f"{where} with {CANDIDATE_ARTIFACT_VAR}=model: {directory} has an adapter_config.json beside config.json, "
+            "so it is not a whole model (transformers would apply that adapter to it); a merged model keeps its "
+            "adapter in a subdirectory (the reference trainer's adapter/)"
+        )
+    return directory, artifact
+
+
+def parse_eval_env(env: Mapping[str, str]) -> EvalConfig:
+    """Parse and check the evaluation Job's environment; raise ConfigError on the first problem.
+
+    The dataset and base model variables are read as for training (the same checks, the same
+    messages); ``FLYWHEEL_HYPERPARAMETERS`` / ``FLYWHEEL_HP_*`` may name only
+    ``EVALUATION_NAMES``."""
+    dataset, sha, formats = _dataset_env(env)
+    base_dir = _base_model_dir(env)
+    base_version = _label(env, "FLYWHEEL_BASE_VERSION")
+    candidate_dir, artifact = _candidate(env)
+    candidate_version = _label(env, CANDIDATE_VERSION_VAR)
+    hyperparameters, raw_hps = hyperparameters_from_env(env, EVALUATION_NAMES)
+    return EvalConfig(
+        dataset=dataset,
+        dataset_sha256=sha,
+        formats=formats,
+        base_model_dir=base_dir,
+        base_version=base_version,
+        candidate_dir=candidate_dir,
+        candidate_artifact=artifact,
+        candidate_version=candidate_version,
+        hyperparameters=hyperparameters,
+        raw_hyperparameters=raw_hps,
+        termination_log=_termination_log(env),
     )

@@ -48,3 +48,13 @@ class TrainingFailed(TrainerError):
     """Training itself went wrong (for example the loss became NaN): counts as a crash."""
 
     kind = "training failed"
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is running out of memory: CUDA's error, or the allocator's RuntimeError."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(e, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(e, RuntimeError) and ("out of memory" in str(e).lower() or "can't allocate memory" in str(e).lower())

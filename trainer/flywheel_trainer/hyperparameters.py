@@ -11,7 +11,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 from .errors import ConfigError
 
@@ -156,39 +156,54 @@ SPECS: dict[str, _Spec] = {
     "logEvery": _Spec(_int(1, 1_000_000), "Log a training line every N steps."),
 }
 
+# The names the evaluator (``python -m flywheel_trainer.evaluate``) takes: how the held-out rows
+# are batched, truncated and computed. The rest only shape training.
+EVALUATION_NAMES = ("batchSize", "maxSeqLen", "precision")
 
-def _canonical(name: str) -> str | None:
-    """The known hyperparameter whose FLYWHEEL_HP_ variable name matches ``name``'s."""
+
+def _canonical(name: str, allowed: Collection[str]) -> str | None:
+    """The allowed hyperparameter whose FLYWHEEL_HP_ variable name matches ``name``'s."""
     wanted = env_name(name)
-    for known in SPECS:
+    for known in allowed:
         if env_name(known) == wanted:
             return known
     return None
 
 
-def parse_hyperparameters(raw: Mapping[str, str]) -> Hyperparameters:
-    """Parse a map of strings into :class:`Hyperparameters`, checking names, types and ranges."""
+def _unknown(what: str, allowed: Collection[str], known_name: str | None) -> ConfigError:
+    """An unknown name; when the name is one of the trainer's but the caller takes only some
+    (the evaluator), say so."""
+    names = ", ".join(sorted(allowed))
+    if known_name is not None and known_name not in allowed:
+        return ConfigError(f"{what}: {known_name} is a training hyperparameter; the evaluation takes only {names}")
+    return ConfigError(f"{what}; known: {names}")
+
+
+def parse_hyperparameters(raw: Mapping[str, str], allowed: Collection[str] = tuple(SPECS)) -> Hyperparameters:
+    """Parse a map of strings into :class:`Hyperparameters`, checking names, types and ranges.
+
+    ``allowed`` is the names the caller takes (the trainer all of :data:`SPECS`, the evaluator
+    :data:`EVALUATION_NAMES`); any other name is a ConfigError. Names not given keep their
+    defaults."""
     values: dict[str, Any] = {}
     for name, value in raw.items():
         if not isinstance(value, str):
             raise ConfigError(f"hyperparameter {name} must be a string, got {type(value).__name__}")
-        known = name if name in SPECS else None
-        if known is None:
-            suggestion = _canonical(name)
+        if name not in allowed:
+            suggestion = _canonical(name, allowed) if name not in SPECS else None
             hint = f" (did you mean {suggestion}?)" if suggestion else ""
-            raise ConfigError(
-                f"unknown hyperparameter {name!r}{hint}; known: {', '.join(sorted(SPECS))}"
-            )
-        values[known] = SPECS[known].parse(known, value)
+            raise _unknown(f"unknown hyperparameter {name!r}{hint}", allowed, name if name in SPECS else None)
+        values[name] = SPECS[name].parse(name, value)
     return Hyperparameters(**values)
 
 
-def hyperparameters_from_env(env: Mapping[str, str]) -> tuple[Hyperparameters, dict[str, str]]:
+def hyperparameters_from_env(env: Mapping[str, str], allowed: Collection[str] = tuple(SPECS)) -> tuple[Hyperparameters, dict[str, str]]:
     """Read the hyperparameters from ``FLYWHEEL_HYPERPARAMETERS``, else from ``FLYWHEEL_HP_*``.
 
     The operator sets both with the same values; the JSON object is authoritative (it keeps the
     names' case). ``FLYWHEEL_HP_*`` alone is read when the JSON variable is unset, for runs by
-    hand. Returns the parsed values and the raw strings.
+    hand. Only the names in ``allowed`` are accepted. Returns the parsed values and the raw
+    strings.
     """
     text = env.get("FLYWHEEL_HYPERPARAMETERS")
     raw: dict[str, str] = {}
@@ -209,11 +224,11 @@ def hyperparameters_from_env(env: Mapping[str, str]) -> tuple[Hyperparameters, d
         for var, value in env.items():
             if not var.startswith("FLYWHEEL_HP_"):
                 continue
-            known = next((k for k in SPECS if env_name(k) == var), None)
-            if known is None:
-                raise ConfigError(f"unknown hyperparameter variable {var}; known: {', '.join(sorted(SPECS))}")
+            known = _canonical(var.removeprefix("FLYWHEEL_HP_"), allowed)
+            if known is None or env_name(known) != var:
+                raise _unknown(f"unknown hyperparameter variable {var}", allowed, _canonical(var.removeprefix("FLYWHEEL_HP_"), SPECS))
             raw[known] = value
-    return parse_hyperparameters(raw), raw
+    return parse_hyperparameters(raw, allowed), raw
 
 
 def markdown_table() -> str:

@@ -1,4 +1,8 @@
-"""The result line: one JSON object on the termination log, at most 4096 bytes."""
+"""The result line: one JSON object on the termination log, at most 4096 bytes.
+
+The trainer's is ``{"version":...,"uri":...,"artifact":...,"metrics":{...}}``; the evaluator's is
+``{"metrics":{...}}``. Both are compact JSON with the metrics sorted by name, floats to 6
+significant digits, and are written the same way."""
 
 from __future__ import annotations
 
@@ -7,11 +11,10 @@ import math
 from pathlib import Path
 from typing import Mapping
 
-from .contract import VERSION_RE
+from .contract import ARTIFACTS, VERSION_RE
 from .errors import TrainerError, TransientError
 
 MAX_RESULT_BYTES = 4096
-ARTIFACTS = ("model", "adapter")
 
 
 class ResultError(TrainerError):
@@ -40,12 +43,20 @@ def result_line(version: str, uri: str, artifact: str, metrics: Mapping[str, obj
         raise ResultError("the result's uri is empty")
     if artifact not in ARTIFACTS:
         raise ResultError(f"artifact {artifact!r} is not one of {', '.join(ARTIFACTS)}")
-    body = {
-        "version": version,
-        "uri": uri,
-        "artifact": artifact,
-        "metrics": {k: _number(k, v) for k, v in sorted(metrics.items())},
-    }
+    body = {"version": version, "uri": uri, "artifact": artifact, "metrics": _metrics(metrics)}
+    return _line(body)
+
+
+def metrics_line(metrics: Mapping[str, object]) -> str:
+    """The evaluator's result: ``{"metrics":{...}}`` in compact JSON, without a newline."""
+    return _line({"metrics": _metrics(metrics)})
+
+
+def _metrics(metrics: Mapping[str, object]) -> dict[str, int | float]:
+    return {k: _number(k, v) for k, v in sorted(metrics.items())}
+
+
+def _line(body: dict[str, object]) -> str:
     line = json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     size = len(line.encode()) + 1
     if size > MAX_RESULT_BYTES:

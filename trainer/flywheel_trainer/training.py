@@ -43,6 +43,11 @@ class Encoded:
     skipped: int = 0
     ignored: int = 0
 
+    @property
+    def eval_rows(self) -> int:
+        """Held-out rows and pairs that are evaluated: the ``evalRows`` metric."""
+        return len(self.sft_eval) + len(self.dpo_eval)
+
 
 def encode_snapshot(snapshot: Snapshot, formatter: ChatFormatter, formats: Sequence[str]) -> Encoded:
     """Token ids of the rows of the requested formats; rows of other formats are ignored."""
@@ -227,6 +232,21 @@ def evaluate(model: Any, encoded: Encoded, hp: Hyperparameters, pad_id: int, dev
         return metrics, logps
     finally:
         model.train(was_training)
+
+
+# The metrics that are reported twice: as ``<name>Before`` for the base model and ``<name>`` for
+# the candidate, on the same held-out rows.
+COMPARED_METRICS = ("evalLoss", "preferenceAccuracy")
+
+
+def with_before(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    """The candidate's held-out metrics (``after``) and, as ``<name>Before``, the base model's
+    (``before``) of :data:`COMPARED_METRICS`. The trainer and the evaluator both report these."""
+    metrics = dict(after)
+    for key in COMPARED_METRICS:
+        if key in before:
+            metrics[key + "Before"] = before[key]
+    return metrics
 
 
 # ---------------------------------------------------------------------------------------------

@@ -79,3 +79,34 @@ def run_trainer(contract: dict[str, str], timeout: float = 120) -> subprocess.Co
         text=True,
         timeout=timeout,
     )
+
+
+def eval_env(tmp_path: Path, base: Path, dataset: Path, sha: str, candidate: Path, artifact: str, hyperparameters: dict[str, str] | None = None, **extra: str) -> dict[str, str]:
+    """The variables the operator's evaluation Job sets, pointing at tmp paths."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    env = {
+        "FLYWHEEL_DATASET_URI": f"file://{dataset}",
+        "FLYWHEEL_DATASET_SHA256": sha,
+        "FLYWHEEL_DATASET_FORMATS": "SFT,DPO",
+        "FLYWHEEL_BASE_MODEL_URI": str(base),
+        "FLYWHEEL_BASE_VERSION": "v1",
+        "FLYWHEEL_CANDIDATE_DIR": str(candidate),
+        "FLYWHEEL_CANDIDATE_ARTIFACT": artifact,
+        "FLYWHEEL_CANDIDATE_VERSION": f"v1-ft-{sha[:8]}",
+        "FLYWHEEL_HYPERPARAMETERS": json.dumps(hyperparameters or {}),
+        "FLYWHEEL_TERMINATION_LOG": str(tmp_path / "evaluation-log"),
+    }
+    for name, value in (hyperparameters or {}).items():
+        env["FLYWHEEL_HP_" + "".join(c if c.isalnum() else "_" for c in name).upper()] = value
+    env.update(extra)
+    return env
+
+
+def run_evaluator(env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flywheel_trainer.evaluate"],
+        env=subprocess_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from flywheel_trainer.errors import ConfigError
-from flywheel_trainer.hyperparameters import SPECS, Hyperparameters, env_name, hyperparameters_from_env, markdown_table, parse_hyperparameters
+from flywheel_trainer.hyperparameters import EVALUATION_NAMES, SPECS, Hyperparameters, env_name, hyperparameters_from_env, markdown_table, parse_hyperparameters
 
 
 def test_defaults() -> None:
@@ -84,3 +84,19 @@ def test_the_readme_table_lists_every_name() -> None:
     table = markdown_table()
     for name in SPECS:
         assert f"| `{name}` |" in table
+
+
+def test_a_caller_may_take_only_some_names() -> None:
+    """The evaluator takes EVALUATION_NAMES; the others keep their defaults and are refused."""
+    hp = parse_hyperparameters({"batchSize": "2", "maxSeqLen": "64", "precision": "fp32"}, EVALUATION_NAMES)
+    assert hp == Hyperparameters(batchSize=2, maxSeqLen=64, precision="fp32")
+    with pytest.raises(ConfigError, match="unknown hyperparameter 'epochs': epochs is a training hyperparameter; the evaluation takes only batchSize, maxSeqLen, precision"):
+        parse_hyperparameters({"epochs": "2"}, EVALUATION_NAMES)
+    with pytest.raises(ConfigError, match=r"unknown hyperparameter 'maxseqlen' \(did you mean maxSeqLen\?\); known: batchSize, maxSeqLen, precision$"):
+        parse_hyperparameters({"maxseqlen": "64"}, EVALUATION_NAMES)
+    hp, raw = hyperparameters_from_env({"FLYWHEEL_HP_PRECISION": "bf16"}, EVALUATION_NAMES)
+    assert hp.precision == "bf16" and raw == {"precision": "bf16"}
+    with pytest.raises(ConfigError, match="unknown hyperparameter variable FLYWHEEL_HP_SEED: seed is a training hyperparameter"):
+        hyperparameters_from_env({"FLYWHEEL_HP_SEED": "1"}, EVALUATION_NAMES)
+    # the trainer takes them all, as before
+    assert parse_hyperparameters({"epochs": "2", "batchSize": "2"}).epochs == 2

@@ -11,7 +11,7 @@ import pytest
 from flywheel_trainer.cli import exit_code_for
 from flywheel_trainer.contract import VERSION_RE
 from flywheel_trainer.errors import ConfigError, DatasetError, Preempted, TrainingFailed, TransientError
-from flywheel_trainer.result import MAX_RESULT_BYTES, ResultError, result_line, write_termination_log
+from flywheel_trainer.result import MAX_RESULT_BYTES, ResultError, metrics_line, result_line, write_termination_log
 
 
 def test_the_shape_of_the_contract_example() -> None:
@@ -117,3 +117,14 @@ def test_torch_out_of_memory_is_transient() -> None:
     import torch
 
     assert exit_code_for(torch.cuda.OutOfMemoryError("CUDA out of memory"))[0] == 75
+
+
+def test_the_evaluators_line_is_only_the_metrics() -> None:
+    line = metrics_line({"evalLossBefore": 2.3100000001, "evalLoss": 1.84, "evalRows": 52})
+    assert line == '{"metrics":{"evalLoss":1.84,"evalLossBefore":2.31,"evalRows":52}}'
+    with pytest.raises(ResultError, match="metric evalLoss is not finite"):
+        metrics_line({"evalLoss": float("nan")})
+    with pytest.raises(ResultError, match="metric evalRows is not a number"):
+        metrics_line({"evalRows": True})
+    with pytest.raises(ResultError, match="more than the 4096 the kubelet keeps"):
+        metrics_line({f"m{i:04d}": 1.0 for i in range(400)})

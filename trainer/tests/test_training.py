@@ -162,7 +162,7 @@ def test_a_base_model_directory_without_weights_is_bad_configuration(tmp_path: P
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
         (broken / name).write_bytes((base_model / name).read_bytes())
     dataset, sha = snapshot
-    with pytest.raises(ConfigError, match="cannot load the base model"):
+    with pytest.raises(ConfigError, match="FLYWHEEL_BASE_MODEL_URI: cannot load the base model from"):
         run(contract_env(tmp_path, broken, dataset, sha, {"maxSteps": "1"}))
 
 
