@@ -71,7 +71,9 @@ def subprocess_env(contract: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def run_trainer(contract: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+# A guard against a hung trainer, not a performance check: generous, because CI machines have two
+# cores and a test may share them with others.
+def run_trainer(contract: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "flywheel_trainer"],
         env=subprocess_env(contract),
@@ -102,7 +104,7 @@ def eval_env(tmp_path: Path, base: Path, dataset: Path, sha: str, candidate: Pat
     return env
 
 
-def run_evaluator(env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
+def run_evaluator(env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "flywheel_trainer.evaluate"],
         env=subprocess_env(env),

@@ -204,7 +204,7 @@ def test_a_local_path_is_refused_naming_both_variables(good: dict[str, str]) -> 
 def test_the_process_exits_3_on_a_local_path_as_the_output_uri(good: dict[str, str]) -> None:
     """What the operator used to pass: the trainer must not report a pod-local path to serving."""
     good["FLYWHEEL_OUTPUT_URI"] = "/var/run/flywheel/output-claim/support-chat/x"
-    done = run_trainer(good, timeout=60)
+    done = run_trainer(good, timeout=600)
     assert done.returncode == 3, done.stderr
     assert "bad configuration: FLYWHEEL_OUTPUT_URI='/var/run/flywheel/output-claim/support-chat/x' is a local path" in done.stderr
     assert not Path(good["FLYWHEEL_TERMINATION_LOG"]).exists()
@@ -220,7 +220,7 @@ def test_a_base_model_without_config_json(good: dict[str, str], tmp_path: Path) 
 
 def test_the_process_exits_3_with_the_message(good: dict[str, str]) -> None:
     good["FLYWHEEL_HYPERPARAMETERS"] = '{"loraRank": "0"}'
-    done = run_trainer(good, timeout=60)
+    done = run_trainer(good, timeout=600)
     assert done.returncode == 3, done.stderr
     assert "bad configuration: hyperparameter loraRank=0 is out of range [1, 1024]" in done.stderr
     assert not Path(good["FLYWHEEL_TERMINATION_LOG"]).exists()
@@ -307,7 +307,7 @@ def test_the_process_exits_3_on_a_bad_token_file(good: dict[str, str], tmp_path:
         token_file.write_bytes(content)
     good["FLYWHEEL_DATASET_URI"] = COLLECTOR
     good["FLYWHEEL_DATASET_TOKEN_FILE"] = str(token_file)
-    done = run_trainer(good, timeout=60)
+    done = run_trainer(good, timeout=600)
     assert done.returncode == 3, done.stderr
     assert f"bad configuration: FLYWHEEL_DATASET_TOKEN_FILE={str(token_file)!r}: {token_file}" in done.stderr
     assert not Path(good["FLYWHEEL_TERMINATION_LOG"]).exists()
@@ -318,7 +318,7 @@ def test_the_process_never_prints_a_malformed_token(good: dict[str, str], tmp_pa
     token_file.write_text("secret-part-one secret-part-two\n")
     good["FLYWHEEL_DATASET_URI"] = COLLECTOR
     good["FLYWHEEL_DATASET_TOKEN_FILE"] = str(token_file)
-    done = run_trainer(good, timeout=60)
+    done = run_trainer(good, timeout=600)
     assert done.returncode == 3, done.stderr
     assert "does not hold a single bearer token" in done.stderr
     assert "secret-part" not in done.stdout + done.stderr

@@ -153,7 +153,7 @@ def test_a_malformed_sums_file_is_refused(sums: bytes, message: str) -> None:
 def test_the_trainer_exits_3_on_a_sha256_mismatch(tmp_path: Path, base_model: Path, snapshot: tuple[Path, str]) -> None:
     dataset, sha = snapshot
     wrong = ("0" if sha[0] != "0" else "1") + sha[1:]
-    done = run_trainer(contract_env(tmp_path, base_model, dataset, wrong), timeout=60)
+    done = run_trainer(contract_env(tmp_path, base_model, dataset, wrong), timeout=600)
     assert done.returncode == 3, done.stderr
     assert "dataset sha256 mismatch" in done.stderr
 
@@ -487,7 +487,7 @@ def test_the_trainer_exits_3_when_the_server_refuses_the_token(
         tmp_path / "run", base_model, snapshot[0], snapshot[1],
         FLYWHEEL_DATASET_URI=_served_snapshot(http_server, snapshot), FLYWHEEL_DATASET_TOKEN_FILE=str(token_file),
     )
-    done = run_trainer(env, timeout=60)
+    done = run_trainer(env, timeout=600)
     assert done.returncode == 3, done.stderr
     assert "bad dataset: fetching" in done.stderr and "HTTP 401" in done.stderr
     assert f"refused the bearer token from FLYWHEEL_DATASET_TOKEN_FILE={token_file}" in done.stderr
@@ -501,7 +501,7 @@ def test_the_trainer_exits_75_when_the_snapshot_is_not_found(
     env = contract_env(
         tmp_path / "run", base_model, snapshot[0], snapshot[1], FLYWHEEL_DATASET_URI=f"{http_server.base}/no-such-snapshot"
     )
-    done = run_trainer(env, timeout=60)
+    done = run_trainer(env, timeout=600)
     assert done.returncode == 75, done.stderr
     assert "transient failure: fetching" in done.stderr and "no-such-snapshot/SHA256SUMS failed 3 times" in done.stderr
     assert "HTTP Error 404" in done.stderr
