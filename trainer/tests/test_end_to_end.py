@@ -89,13 +89,13 @@ def test_sigterm_saves_a_checkpoint_and_exits_75(tmp_path: Path, base_model: Pat
     )
     checkpoints = Path(env["FLYWHEEL_CHECKPOINT_DIR"])
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 600
         while not list(checkpoints.glob("run-*/step-*")):
             assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "no checkpoint within 90 s"
+            assert time.monotonic() < deadline, "no checkpoint within 600 s"
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=60)
+        _, stderr = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()

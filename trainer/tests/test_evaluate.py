@@ -475,7 +475,7 @@ def test_the_process_fetches_with_the_token_and_never_prints_it(
 
 def test_the_process_exits_3_on_a_missing_variable(good: dict[str, str]) -> None:
     del good["FLYWHEEL_CANDIDATE_ARTIFACT"]
-    done = run_evaluator(good, timeout=60)
+    done = run_evaluator(good, timeout=600)
     assert done.returncode == EXIT_BAD_CONFIG, done.stderr
     assert "flywheel-evaluator: bad configuration: FLYWHEEL_CANDIDATE_ARTIFACT is not set (exit 3)" in done.stderr
     assert "Traceback" not in done.stderr
@@ -495,7 +495,7 @@ def test_the_process_exits_3_on_a_candidate_it_cannot_load(tmp_path: Path, base_
 def test_the_process_exits_3_on_a_snapshot_without_held_out_rows(tmp_path: Path, good: dict[str, str]) -> None:
     sha = write_snapshot(tmp_path / "ds", [SFT_ROW], [], [DPO_ROW], [])
     good.update(FLYWHEEL_DATASET_URI=str(tmp_path / "ds"), FLYWHEEL_DATASET_SHA256=sha)
-    done = run_evaluator(good, timeout=60)
+    done = run_evaluator(good, timeout=600)
     assert done.returncode == EXIT_BAD_CONFIG, done.stderr
     assert "bad dataset: nothing to evaluate: the snapshot has no held-out rows" in done.stderr
 

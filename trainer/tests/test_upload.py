@@ -169,7 +169,7 @@ def test_the_process_exits_3_before_training_when_the_bucket_does_not_exist(
         FLYWHEEL_OUTPUT_URI="s3://no-such-bucket-0042/x", FLYWHEEL_OUTPUT_DIR=str(tmp_path / "output"),
         **aws_env(moto_endpoint, tmp_path),
     )
-    done = run_trainer(env, timeout=60)
+    done = run_trainer(env, timeout=600)
     assert done.returncode == 3, done.stderr
     assert "bad configuration: checking the bucket of FLYWHEEL_OUTPUT_URI=s3://no-such-bucket-0042/x: 404" in done.stderr
     assert "the bucket does not exist" in done.stderr
@@ -352,7 +352,7 @@ def test_the_process_exits_75_before_training_when_the_store_is_unreachable(
         FLYWHEEL_OUTPUT_URI="s3://models/x", FLYWHEEL_OUTPUT_DIR=str(tmp_path / "output"),
         **aws_env(f"http://127.0.0.1:{free_port()}", tmp_path, AWS_MAX_ATTEMPTS="1"),
     )
-    done = run_trainer(env, timeout=60)
+    done = run_trainer(env, timeout=600)
     assert done.returncode == 75, done.stderr
     assert "transient failure: checking the bucket of FLYWHEEL_OUTPUT_URI=s3://models/x: EndpointConnectionError" in done.stderr
     assert SECRET_KEY not in done.stdout + done.stderr
@@ -378,7 +378,7 @@ def test_no_credentials_is_bad_configuration(aws, tmp_path: Path, base_model: Pa
             tmp_path / "run", base_model, dataset, sha,
             FLYWHEEL_OUTPUT_URI="s3://models/x", FLYWHEEL_OUTPUT_DIR=str(tmp_path / "output"), **env,
         )
-        done = run_trainer(contract, timeout=60)
+        done = run_trainer(contract, timeout=600)
         assert done.returncode == 3, done.stderr
         assert "bad configuration: checking the bucket of FLYWHEEL_OUTPUT_URI=s3://models/x: no AWS credentials found" in done.stderr
     finally:
