@@ -24,8 +24,10 @@ pub struct ErrorBody {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorDetail {
     /// `InvalidField`, `NotFound`, `StoreUnavailable`, ...
+    #[serde(default)]
     pub code: String,
     /// What is wrong, in words.
+    #[serde(default)]
     pub message: String,
     /// The field at fault (a JSON path, a query parameter or `id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

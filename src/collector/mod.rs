@@ -8,6 +8,7 @@
 //! `docs/ARCHITECTURE.md` names the module where each behaviour lives.
 
 pub mod auth;
+pub mod client;
 mod clock;
 mod config;
 pub mod dataset;

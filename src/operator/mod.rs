@@ -1,7 +1,6 @@
 //! `flywheel operator`: the controllers, leader election, health and metrics endpoints, and
 //! graceful shutdown.
 
-pub mod collector_client;
 pub mod feedback_policy;
 pub mod leader;
 pub mod metrics;
@@ -175,7 +174,7 @@ pub struct Context {
     /// The autoscaler's memory per ModelDeployment track (`namespace/name/track`).
     pub scalers: Mutex<HashMap<String, crate::autoscale::TrackState>>,
     /// The collector, when the operator has one.
-    pub collector: Option<collector_client::CollectorClient>,
+    pub collector: Option<crate::collector::client::CollectorClient>,
     /// The collector's change feeds that wake FeedbackPolicies.
     pub feeds: feedback_policy::feed::Feeds,
     failures: Mutex<HashMap<String, u32>>,
@@ -468,7 +467,7 @@ pub async fn start(client: Client, config: OperatorConfig) -> Result<Operator, O
         collector: config
             .collector_url
             .as_deref()
-            .map(|url| collector_client::CollectorClient::new(url, config.collector_token.clone())),
+            .map(|url| crate::collector::client::CollectorClient::new(url, config.collector_token.clone())),
         feeds: feedback_policy::feed::Feeds::default(),
         failures: Mutex::new(HashMap::new()),
         scheduled: Mutex::new(HashMap::new()),

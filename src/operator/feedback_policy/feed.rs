@@ -12,8 +12,8 @@ use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::api::feedback_policy::FeedbackPolicy;
+use crate::collector::client::{CollectorClient, StatsQuery};
 use crate::operator::Scope;
-use crate::operator::collector_client::{CollectorClient, StatsQuery};
 
 /// Least time between two wake-ups of one policy: a busy deployment's feed changes with every
 /// commit, and one reconcile per interval sees all of them.

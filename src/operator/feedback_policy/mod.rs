@@ -22,13 +22,13 @@ use kube::{Resource, ResourceExt};
 
 use self::trigger::{Decision, Firing, Inputs};
 use super::Context;
-use super::collector_client::{self, CollectorError, Snapshot, StatsQuery};
 use crate::api::ConditionStatus;
 use crate::api::common::{Lineage, Promotion, TriggerReason};
 use crate::api::conditions::{self, Desired, Health};
 use crate::api::feedback_policy::{FeedbackPolicy, FeedbackPolicyStatus, PolicyMode, SignalStats, TriggerRecord};
 use crate::api::model_deployment::ModelDeployment;
 use crate::api::retrain_job::{BaseModel, DatasetRef, Origin, RetrainJob, RetrainJobSpec, RetrainPhase};
+use crate::collector::client::{self as collector_client, CollectorError, Snapshot, StatsQuery};
 
 /// The controller's name in metrics and logs.
 pub const CONTROLLER: &str = "feedbackpolicy";
