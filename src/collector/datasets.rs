@@ -13,11 +13,11 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::clock::now_ms;
-use super::dataset::{self, Built, Manifest, Recipe};
+use super::dataset::{self, Built, Encoded, Manifest, Recipe};
 use super::error::ApiError;
 use super::request::{Payload, ReadAccess, WriteAccess, parse_time};
 use super::server::AppState;
-use super::store::{JoinedFeedback, Store, StoreError};
+use super::store::{Store, StoreError};
 
 /// Body of `POST /v1/datasets`.
 #[derive(Debug, Deserialize)]
@@ -67,9 +67,29 @@ pub(super) async fn post_dataset(
     body: Payload,
 ) -> Result<Response, ApiError> {
     let req = DatasetRequest::parse(&body)?;
+    let (manifest, encoded) = build(&state, &req).await?;
+    // The same rows were snapshotted before: that snapshot, unless its files are missing (one
+    // an older collector kept on a data directory it no longer has), which this build restores.
+    if let Some(stored) = existing_snapshot(&state.store, &manifest.id).await? {
+        return Ok(Json(stored).into_response());
+    }
+    store(&state, manifest, encoded).await
+}
+
+/// The snapshot of the request's window under its recipe: its description and its files; 422
+/// `NotEnoughRows` when the window gives fewer training rows than the recipe needs.
+async fn build(state: &AppState, req: &DatasetRequest) -> Result<(Manifest, Encoded), ApiError> {
     let (from_ms, to_ms) = req.window()?;
     let feedback = state.store.joined_feedback(&req.namespace, &req.deployment, from_ms, to_ms).await?;
-    let (rows, encoded) = build(feedback, req.recipe.clone()).await?;
+    let recipe = req.recipe.clone();
+    // Off the async threads: the rows and their files take a while for a large window.
+    let (rows, encoded) = tokio::task::spawn_blocking(move || {
+        let rows = dataset::build(&feedback, &recipe);
+        let encoded = dataset::encode(&rows);
+        (rows, encoded)
+    })
+    .await
+    .map_err(|_| ApiError::internal("building the dataset failed"))?;
     let counts = dataset::counts(&rows);
     let training = rows.sft.len() + rows.dpo.len();
     if training < req.recipe.min_rows {
@@ -86,34 +106,21 @@ pub(super) async fn post_dataset(
         recipe: &req.recipe,
         counts,
     };
-    let manifest = Manifest::new(&built, &encoded);
-    // The same rows were snapshotted before: that snapshot, unless its files are missing (one
-    // an older collector kept on a data directory it no longer has), which this build restores.
-    if let Some(stored) = existing_snapshot(&state.store, &manifest.id).await? {
-        return Ok(Json(stored).into_response());
-    }
+    Ok((Manifest::new(&built, &encoded), encoded))
+}
+
+/// Stores a new snapshot: 201 with its description, or 200 with the stored description when
+/// another request (on this replica or another) stored the same snapshot first.
+async fn store(state: &AppState, manifest: Manifest, encoded: Encoded) -> Result<Response, ApiError> {
     let description = serde_json::to_value(&manifest)
         .map_err(|e| ApiError::internal(format!("describing the snapshot failed: {e}")))?;
     let files = dataset::stored_files(encoded);
-    if !state.store.put_dataset(&manifest.id, &req.namespace, &req.deployment, &description, files).await? {
-        // Another request (on this replica or another) stored the same snapshot first: both
-        // answer with the stored description.
+    if !state.store.put_dataset(&manifest.id, &manifest.namespace, &manifest.deployment, &description, files).await? {
         return Ok(Json(described(&state.store, &manifest.id).await?).into_response());
     }
     state.metrics.datasets.inc();
-    tracing::info!(dataset = %manifest.id, namespace = %req.namespace, deployment = %req.deployment, sha256 = %manifest.sha256, "dataset snapshot built");
+    tracing::info!(dataset = %manifest.id, namespace = %manifest.namespace, deployment = %manifest.deployment, sha256 = %manifest.sha256, "dataset snapshot built");
     Ok((StatusCode::CREATED, Json(manifest)).into_response())
-}
-
-/// The rows of the feedback under the recipe, and their files, off the async threads.
-async fn build(feedback: Vec<JoinedFeedback>, recipe: Recipe) -> Result<(dataset::Rows, dataset::Encoded), ApiError> {
-    tokio::task::spawn_blocking(move || {
-        let rows = dataset::build(&feedback, &recipe);
-        let encoded = dataset::encode(&rows);
-        (rows, encoded)
-    })
-    .await
-    .map_err(|_| ApiError::internal("building the dataset failed"))
 }
 
 /// A stored snapshot with its files, or `None` when it is not stored or its files are not.
