@@ -7,11 +7,13 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::clock::rfc3339;
 use super::event::{FeedbackValue, Message, Role};
 use super::store::{DatasetFile, JoinedFeedback, Store, StoreError};
+use crate::api::common::DatasetCounts;
 
 /// The files of a snapshot, in the order `SHA256SUMS` lists them.
 pub const FILES: [&str; 4] = ["dpo.heldout.jsonl", "dpo.jsonl", "sft.heldout.jsonl", "sft.jsonl"];
@@ -455,12 +457,112 @@ async fn import_folder(store: &Store, dir: PathBuf) -> Result<(), ImportError> {
 }
 
 /// Row counts as the manifest and the RetrainJob carry them.
-pub fn counts(rows: &Rows) -> Value {
-    json!({
-        "sft": rows.sft.len(),
-        "dpo": rows.dpo.len(),
-        "heldOut": rows.sft_held_out.len() + rows.dpo_held_out.len(),
-    })
+pub fn counts(rows: &Rows) -> DatasetCounts {
+    DatasetCounts {
+        sft: rows.sft.len() as i64,
+        dpo: rows.dpo.len() as i64,
+        held_out: (rows.sft_held_out.len() + rows.dpo_held_out.len()) as i64,
+    }
+}
+
+/// A snapshot's description: the stored manifest, served as `GET /v1/datasets/{id}` and as
+/// `manifest.json`, and the answer of `POST /v1/datasets`, which the server serializes and
+/// [`super::client`] reads back. A reader needs only the id, the digest and the counts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    /// The snapshot id ([`snapshot_id`]).
+    pub id: String,
+    /// The deployment's namespace.
+    #[serde(default)]
+    pub namespace: String,
+    /// The deployment.
+    #[serde(default)]
+    pub deployment: String,
+    /// Start of the window (RFC 3339).
+    #[serde(default)]
+    pub from: String,
+    /// End of the window (RFC 3339).
+    #[serde(default)]
+    pub to: String,
+    /// When it was built (RFC 3339).
+    #[serde(default)]
+    pub created_at: String,
+    /// How it was built.
+    #[serde(default)]
+    pub recipe: Recipe,
+    /// The recipe's formats.
+    #[serde(default)]
+    pub formats: Vec<String>,
+    /// Row counts.
+    pub counts: DatasetCounts,
+    /// sha256 of `SHA256SUMS`.
+    pub sha256: String,
+    /// The four JSON Lines files by name.
+    #[serde(default)]
+    pub files: BTreeMap<String, FileSummary>,
+    /// Where the files are served: `/v1/datasets/<id>/files`.
+    #[serde(default)]
+    pub download_path: String,
+}
+
+/// One file of a snapshot as its manifest lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSummary {
+    /// sha256 of the bytes, hex.
+    pub sha256: String,
+    /// Lines (rows).
+    pub rows: usize,
+    /// Length in bytes.
+    pub bytes: usize,
+}
+
+/// Where and when a snapshot was built, and of which rows.
+pub struct Built<'a> {
+    /// The deployment's namespace.
+    pub namespace: &'a str,
+    /// The deployment.
+    pub deployment: &'a str,
+    /// The window, Unix ms.
+    pub from_ms: i64,
+    /// The window, Unix ms.
+    pub to_ms: i64,
+    /// Now, Unix ms.
+    pub now_ms: i64,
+    /// The recipe.
+    pub recipe: &'a Recipe,
+    /// Row counts.
+    pub counts: DatasetCounts,
+}
+
+impl Manifest {
+    /// The description of the snapshot `encoded` holds.
+    pub fn new(built: &Built<'_>, encoded: &Encoded) -> Self {
+        let id = snapshot_id(built.namespace, built.deployment, &encoded.sha256);
+        let files = encoded
+            .files
+            .iter()
+            .map(|(name, bytes)| {
+                let rows = bytes.iter().filter(|b| **b == b'\n').count();
+                let sha256 = hex::encode(Sha256::digest(bytes));
+                ((*name).to_string(), FileSummary { sha256, rows, bytes: bytes.len() })
+            })
+            .collect();
+        Manifest {
+            download_path: format!("/v1/datasets/{id}/files"),
+            id,
+            namespace: built.namespace.to_string(),
+            deployment: built.deployment.to_string(),
+            from: rfc3339(built.from_ms),
+            to: rfc3339(built.to_ms),
+            created_at: rfc3339(built.now_ms),
+            recipe: built.recipe.clone(),
+            formats: built.recipe.formats.clone(),
+            counts: built.counts,
+            sha256: encoded.sha256.clone(),
+            files,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Per-version statistics from the store's aggregates: counts by kind, and each rate with the
-//! counts behind it.
+//! counts behind it; and [`StatsReport`], the answer of `GET /v1/stats` and of the change feed,
+//! which the server serializes and [`super::client`] deserializes (one definition of the shape).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -35,15 +36,58 @@ impl Default for Mapping {
     }
 }
 
+/// The statistics of a deployment's versions over a window: the answer of `GET /v1/stats` and
+/// of `GET /v1/stats/watch`. A reader takes a missing count as 0, as a missing list of versions
+/// as unreadable.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatsReport {
+    /// The deployment's namespace.
+    #[serde(default)]
+    pub namespace: String,
+    /// The deployment.
+    #[serde(default)]
+    pub deployment: String,
+    /// Start of the window (RFC 3339).
+    #[serde(default)]
+    pub from: String,
+    /// End of the window (RFC 3339).
+    #[serde(default)]
+    pub to: String,
+    /// A number that grows whenever an event of the deployment is stored, read before the
+    /// statistics.
+    #[serde(default)]
+    pub cursor: i64,
+    /// Every version with events in the window, sorted by version.
+    pub versions: Vec<VersionStats>,
+    /// Change feed only: whether the cursor passed the one asked for (`false` at the timeout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed: Option<bool>,
+}
+
+impl StatsReport {
+    /// The statistics of `version`, when it has events in the window.
+    pub fn of(&self, version: &str) -> Option<&VersionStats> {
+        self.versions.iter().find(|v| v.version == version)
+    }
+
+    /// Feedback events over every version.
+    pub fn total(&self) -> i64 {
+        self.versions.iter().map(|v| v.total).sum()
+    }
+}
+
 /// A rate and the counts behind it.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct Rate {
     /// `numerator / denominator`, absent when the denominator is 0.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<f64>,
     /// Events counted in the numerator.
+    #[serde(default)]
     pub numerator: i64,
     /// Events counted in the denominator.
+    #[serde(default)]
     pub denominator: i64,
 }
 
@@ -61,29 +105,36 @@ pub struct VersionStats {
     /// The version.
     pub version: String,
     /// Feedback events (all kinds).
+    #[serde(default)]
     pub total: i64,
     /// Interactions captured.
+    #[serde(default)]
     pub interactions: i64,
     /// Feedback events by kind.
+    #[serde(default)]
     pub counts: BTreeMap<String, i64>,
     /// Positive judgments over all judgments (thumbs, ratings, and corrections, errors and
     /// labels as the mapping says).
+    #[serde(default)]
     pub positive_rate: Rate,
     /// Mean normalized rating (0 to 1) over ratings; numerator is the number of positive
     /// ratings.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mean_rating: Option<f64>,
     /// Ratings counted in the mean.
+    #[serde(default)]
     pub ratings: i64,
     /// Corrections over feedback events.
+    #[serde(default)]
     pub correction_rate: Rate,
     /// Errors over feedback events.
+    #[serde(default)]
     pub error_rate: Rate,
     /// Earliest event in the window, Unix ms.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_ms: Option<i64>,
     /// Latest event in the window, Unix ms.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_ms: Option<i64>,
 }
 

@@ -425,7 +425,7 @@ async fn drive(
 
     let observer = Observer::new(
         stack.client.clone(),
-        collector.clone(),
+        crate::collector::client::CollectorClient::new(&stack.base, Some(stack.token.clone())),
         NAMESPACE,
         DEPLOYMENT,
         POLICY,

@@ -11,13 +11,15 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 use serde::Serialize;
-use serde_json::Value;
 
 use super::error::DemoError;
-use super::users::{CollectorClient, Routes};
+use super::users::Routes;
+use crate::api::feedback_policy::SignalMapping;
 use crate::api::model_deployment::{Evidence, HistoryEntry, HistoryType};
 use crate::api::retrain_job::RetrainPhase;
 use crate::api::{FeedbackPolicy, Lineage, ModelDeployment, RetrainJob, TriggerReason};
+use crate::collector::client::{CollectorClient, StatsQuery};
+use crate::collector::stats::StatsReport;
 use crate::operator::model_deployment::children::{LABEL_MODEL_DEPLOYMENT, LABEL_VERSION};
 
 /// Feedback statistics of one version, as the collector reports them.
@@ -37,25 +39,18 @@ pub struct Quality {
 }
 
 /// Per-version statistics from a `GET /v1/stats` answer.
-pub fn qualities(stats: &Value) -> BTreeMap<String, Quality> {
-    let mut out = BTreeMap::new();
-    for v in stats.get("versions").and_then(Value::as_array).into_iter().flatten() {
-        let Some(version) = v.get("version").and_then(Value::as_str) else { continue };
-        let n = |p: &str| v.pointer(p).and_then(Value::as_i64).unwrap_or(0);
-        let positive = n("/positiveRate/numerator");
-        let judged = n("/positiveRate/denominator");
-        out.insert(
-            version.to_string(),
-            Quality {
-                positive,
-                judged,
-                signals: n("/total"),
-                interactions: n("/interactions"),
-                positive_rate: (judged > 0).then(|| positive as f64 / judged as f64),
-            },
-        );
-    }
-    out
+pub fn qualities(stats: &StatsReport) -> BTreeMap<String, Quality> {
+    let quality = |v: &crate::collector::stats::VersionStats| {
+        let (positive, judged) = (v.positive_rate.numerator, v.positive_rate.denominator);
+        Quality {
+            positive,
+            judged,
+            signals: v.total,
+            interactions: v.interactions,
+            positive_rate: (judged > 0).then(|| positive as f64 / judged as f64),
+        }
+    };
+    stats.versions.iter().map(|v| (v.version.clone(), quality(v))).collect()
 }
 
 /// One look at everything.
@@ -754,39 +749,21 @@ impl Observer {
         }
     }
 
-    /// The collector's per-version statistics: over the policy's window, or from `from` when
-    /// given (RFC 3339).
-    pub async fn stats(&self, from: Option<&str>, to: Option<&str>) -> Result<Value, DemoError> {
-        let mut url = reqwest::Url::parse(&format!("{}/v1/stats", self.collector.base))
-            .map_err(|e| DemoError::Collector(format!("bad collector URL: {e}")))?;
-        {
-            let mut q = url.query_pairs_mut();
-            q.append_pair("namespace", &self.namespace).append_pair("deployment", &self.deployment);
-            match from {
-                Some(f) => {
-                    q.append_pair("from", f);
-                }
-                None => {
-                    q.append_pair("windowSeconds", &self.window_seconds.to_string());
-                }
+    /// The collector's per-version statistics under the default signal mapping: over the
+    /// policy's window back from now, or from `from` (RFC 3339) when given, to `to` or now.
+    pub async fn stats(&self, from: Option<&str>, to: Option<&str>) -> Result<StatsReport, DemoError> {
+        let from = match from {
+            Some(f) => f.to_string(),
+            None => {
+                let now = k8s_openapi::jiff::Timestamp::now();
+                now.saturating_sub(k8s_openapi::jiff::SignedDuration::from_secs(self.window_seconds))
+                    .unwrap_or(now)
+                    .to_string()
             }
-            if let Some(t) = to {
-                q.append_pair("to", t);
-            }
-        }
-        let response = self
-            .collector
-            .http
-            .get(url)
-            .bearer_auth(&self.collector.token)
-            .send()
-            .await
-            .map_err(|e| DemoError::Collector(format!("GET /v1/stats: {e}")))?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(DemoError::Collector(format!("GET /v1/stats answered {status}")));
-        }
-        response.json().await.map_err(|e| DemoError::Collector(format!("GET /v1/stats: unreadable answer: {e}")))
+        };
+        let mapping = SignalMapping::default();
+        let q = StatsQuery { namespace: &self.namespace, deployment: &self.deployment, from, mapping: &mapping };
+        self.collector.stats_until(&q, to).await.map_err(|e| DemoError::Collector(e.to_string()))
     }
 
     /// One snapshot of everything.
@@ -822,7 +799,7 @@ impl Observer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn md(status: Value) -> ModelDeployment {
         let mut md = super::super::resources::model_deployment().unwrap_or_else(|e| panic!("{e}"));
@@ -1051,10 +1028,11 @@ mod tests {
 
     #[test]
     fn collector_statistics_and_pods_become_qualities_and_routes() {
-        let stats = json!({"versions": [
+        let stats: StatsReport = serde_json::from_value(json!({"versions": [
             {"version": "v1", "total": 50, "interactions": 60, "positiveRate": {"value": 0.5, "numerator": 20, "denominator": 40}},
             {"version": "v2", "total": 0, "interactions": 3, "positiveRate": {"numerator": 0, "denominator": 0}}
-        ]});
+        ]}))
+        .unwrap_or_else(|e| panic!("{e}"));
         let q = qualities(&stats);
         assert_eq!(
             q["v1"],

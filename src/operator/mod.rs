@@ -7,9 +7,8 @@
 //! | `runtime` | leader election, the controllers per watched namespace, the endpoints, shutdown |
 //! | `skeleton` | the one wrapper of every controller (metrics, logs, Events, a failure in status, backoff) |
 //! | `model_deployment`, `feedback_policy`, `retrain_job` | one controller each: observe, validate, decide, apply |
-//! | `leader`, `metrics`, `collector_client` | the Lease election, Prometheus metrics, the collector's client |
+//! | `leader`, `metrics` | the Lease election, Prometheus metrics (the collector's client is `crate::collector::client`) |
 
-pub mod collector_client;
 pub mod config;
 pub mod feedback_policy;
 pub mod leader;

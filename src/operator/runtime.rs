@@ -32,7 +32,7 @@ use super::model_deployment::children::ChildSettings;
 use super::retrain_job::pods::TrainerPods;
 use super::retrain_job::{RetrainJobs, job::LABEL_RETRAIN_JOB};
 use super::skeleton::{Shared, error_policy, reconcile};
-use super::{collector_client, leader, model_deployment, retrain_job};
+use super::{leader, model_deployment, retrain_job};
 use crate::api::{FeedbackPolicy, ModelDeployment, RetrainJob};
 
 /// Errors that stop the operator.
@@ -256,7 +256,7 @@ impl Contexts {
                 collector: config
                     .collector_url
                     .as_deref()
-                    .map(|url| collector_client::CollectorClient::new(url, config.collector_token.clone())),
+                    .map(|url| crate::collector::client::CollectorClient::new(url, config.collector_token.clone())),
                 feeds: feed::Feeds::default(),
                 stats_write_interval: config.stats_write_interval,
             }),

@@ -11,7 +11,7 @@ use super::decide::{self, PolicyDecision};
 use super::observe::Readings;
 use crate::api::feedback_policy::FeedbackPolicy;
 use crate::api::retrain_job::RetrainJob;
-use crate::operator::collector_client::{self, CollectorError};
+use crate::collector::client::{self as collector_client, CollectorError};
 use crate::operator::skeleton::patch_status;
 
 /// Carry out the decision's firing, if any: returns the decision finished with its outcome.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::feed;
-use crate::operator::collector_client::{CollectorClient, CollectorError};
+use crate::collector::client::{CollectorClient, CollectorError};
 use crate::operator::skeleton::{Category, KubeError, Shared, kube};
 
 /// The controller's name in metrics and logs.

@@ -20,7 +20,7 @@ use crate::api::conditions::{self, Desired, Health};
 use crate::api::feedback_policy::{FeedbackPolicy, FeedbackPolicyStatus, PolicyMode, SignalStats, TriggerRecord};
 use crate::api::model_deployment::ModelDeployment;
 use crate::api::retrain_job::{BaseModel, DatasetRef, Origin, RetrainJob, RetrainJobSpec, RetrainPhase};
-use crate::operator::collector_client::Snapshot;
+use crate::collector::client::Snapshot;
 use crate::operator::skeleton::{Decision, Note};
 
 /// A trigger to carry out: ask the collector for a snapshot, then create the RetrainJob.

@@ -12,7 +12,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::api::feedback_policy::FeedbackPolicy;
-use crate::operator::collector_client::{CollectorClient, StatsQuery};
+use crate::collector::client::{CollectorClient, StatsQuery};
 use crate::operator::config::Scope;
 
 /// Least time between two wake-ups of one policy: a busy deployment's feed changes with every

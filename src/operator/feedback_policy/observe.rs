@@ -10,7 +10,8 @@ use super::retrains::{last_retrain, seq_of};
 use crate::api::feedback_policy::FeedbackPolicy;
 use crate::api::model_deployment::ModelDeployment;
 use crate::api::retrain_job::RetrainJob;
-use crate::operator::collector_client::{CollectorClient, Stats, StatsQuery};
+use crate::collector::client::{CollectorClient, StatsQuery};
+use crate::collector::stats::StatsReport;
 
 /// What one reconcile read.
 #[derive(Debug, Clone)]
@@ -31,9 +32,9 @@ pub struct Readings {
     /// This policy's RetrainJobs (owned by it), oldest trigger first.
     pub rtjs: Vec<RetrainJob>,
     /// Statistics over the window.
-    pub window: Stats,
+    pub window: StatsReport,
     /// Statistics since the last retrain (the volume trigger).
-    pub since_last: Stats,
+    pub since_last: StatsReport,
     /// Start of the window.
     pub window_from: Timestamp,
     /// The last retrain (or the policy's creation): schedule times after it are due.

@@ -7,7 +7,7 @@ use kube::ResourceExt;
 use crate::api::ModelDeployment;
 use crate::api::feedback_policy::SignalStats;
 use crate::api::model_deployment::{Evidence, Verdict};
-use crate::operator::collector_client::{CollectorClient, StatsQuery};
+use crate::collector::client::{CollectorClient, StatsQuery};
 use crate::rollout::analysis::{Arm, analyze};
 
 /// What a signal counts as when a canary is judged: the signal mapping of the FeedbackPolicy
@@ -129,7 +129,7 @@ impl AnalysisSource for CollectorAnalysis {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::collector_client::signal_stats;
+    use crate::collector::stats::VersionStats;
     use serde_json::json;
 
     fn policy(name: &str, target: &str, positive: &str) -> crate::api::FeedbackPolicy {
@@ -160,7 +160,7 @@ mod tests {
     fn arms_come_from_the_counts_behind_the_rates() {
         let v1 = json!({"version": "v1", "total": 10, "positiveRate": {"numerator": 6, "denominator": 8},
              "errorRate": {"numerator": 1, "denominator": 10}, "correctionRate": {"numerator": 2, "denominator": 10}});
-        let stats = signal_stats(&v1).unwrap_or_else(|| panic!("readable"));
+        let stats = SignalStats::from(&serde_json::from_value::<VersionStats>(v1).unwrap_or_else(|e| panic!("{e}")));
         assert_eq!(arm_of(&stats), Arm { positive: 6, judged: 8, errors: 1, corrections: 2, signals: 10 });
         assert_eq!(arm_of(&SignalStats::default()), Arm::default());
     }

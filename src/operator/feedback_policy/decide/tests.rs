@@ -1,8 +1,8 @@
 //! The FeedbackPolicy's decisions with a fixed clock, from fixtures of what was observed.
 
 use super::*;
-use crate::api::feedback_policy::SignalStats;
-use crate::operator::collector_client::{CollectorClient, Stats};
+use crate::collector::client::CollectorClient;
+use crate::collector::stats::StatsReport;
 use crate::operator::feedback_policy::observe::Readings;
 use crate::operator::feedback_policy::retrains::seq_of_trigger;
 use serde_json::json;
@@ -34,21 +34,17 @@ fn target() -> ModelDeployment {
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn stats(positive: i64, judged: i64) -> Stats {
-    Stats {
-        versions: vec![SignalStats {
-            version: "v1".into(),
-            total: judged,
-            positive,
-            judged,
-            positive_rate: (judged > 0).then(|| positive as f64 / judged as f64),
-            ..SignalStats::default()
-        }],
-        ..Stats::default()
-    }
+fn stats(positive: i64, judged: i64) -> StatsReport {
+    let value = (judged > 0).then(|| positive as f64 / judged as f64);
+    serde_json::from_value(json!({"versions": [{
+        "version": "v1",
+        "total": judged,
+        "positiveRate": {"value": value, "numerator": positive, "denominator": judged},
+    }]}))
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn readings(window: Stats, rtjs: Vec<RetrainJob>) -> Readings {
+fn readings(window: StatsReport, rtjs: Vec<RetrainJob>) -> Readings {
     Readings {
         md: target(),
         rtjs,

@@ -1,10 +1,16 @@
-//! The operator's client of the collector's HTTP API (`docs/collector-openapi.yaml`): per-version
-//! statistics, the long-poll change feed, and dataset snapshots.
+//! The client of the collector's HTTP API (`docs/collector-openapi.yaml`), shared by the operator
+//! and the demo: per-version statistics, the long-poll change feed, and dataset snapshots. Each
+//! answer is read into the type the server writes it from ([`StatsReport`], [`Manifest`],
+//! [`ErrorBody`]).
 
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use super::dataset::Manifest;
+use super::error::ErrorBody;
+use super::stats::{StatsReport, VersionStats};
 use crate::api::common::DatasetCounts;
 use crate::api::feedback_policy::{DatasetRecipe, SignalMapping, SignalStats};
 
@@ -69,30 +75,32 @@ impl CollectorError {
     }
 }
 
-/// The per-version statistics of one deployment over a period.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Stats {
-    /// Every version with signals in the period.
-    pub versions: Vec<SignalStats>,
-    /// The deployment's change cursor when the statistics were computed.
-    pub cursor: i64,
-    /// Whether the cursor moved past the one asked for (change feed only).
-    pub changed: bool,
+impl From<&VersionStats> for SignalStats {
+    /// A version's statistics as a FeedbackPolicy's status and the rollout analysis count them.
+    fn from(v: &VersionStats) -> Self {
+        SignalStats {
+            version: v.version.clone(),
+            total: v.total,
+            positive: v.positive_rate.numerator,
+            judged: v.positive_rate.denominator,
+            positive_rate: v.positive_rate.value,
+            ratings: v.ratings,
+            mean_rating: v.mean_rating,
+            corrections: v.correction_rate.numerator,
+            correction_rate: v.correction_rate.value,
+            errors: v.error_rate.numerator,
+            error_rate: v.error_rate.value,
+            observed_at: None,
+        }
+    }
 }
 
-impl Stats {
-    /// The statistics of `version` (zeroes when it has none).
+impl StatsReport {
+    /// The statistics of `version` as the operator counts them (zeroes when it has none).
     pub fn version(&self, version: &str) -> SignalStats {
-        self.versions
-            .iter()
-            .find(|v| v.version == version)
-            .cloned()
+        self.of(version)
+            .map(SignalStats::from)
             .unwrap_or_else(|| SignalStats { version: version.to_string(), ..SignalStats::default() })
-    }
-
-    /// Signals over every version.
-    pub fn total(&self) -> i64 {
-        self.versions.iter().map(|v| v.total).sum()
     }
 }
 
@@ -135,48 +143,6 @@ impl std::fmt::Debug for CollectorClient {
         // The token stays out of logs.
         f.debug_struct("CollectorClient").field("base", &self.base).finish_non_exhaustive()
     }
-}
-
-fn rate_of(v: &Value, key: &str) -> (i64, i64, Option<f64>) {
-    let n = |p: &str| v.pointer(&format!("/{key}/{p}")).and_then(Value::as_i64).unwrap_or(0);
-    let value = v.pointer(&format!("/{key}/value")).and_then(Value::as_f64);
-    (n("numerator"), n("denominator"), value)
-}
-
-/// One version's statistics from the collector's `versions[]` entry.
-pub fn signal_stats(v: &Value) -> Option<SignalStats> {
-    let version = v.get("version")?.as_str()?.to_string();
-    let (positive, judged, positive_rate) = rate_of(v, "positiveRate");
-    let (corrections, _, correction_rate) = rate_of(v, "correctionRate");
-    let (errors, _, error_rate) = rate_of(v, "errorRate");
-    let ratings = v.get("ratings").and_then(Value::as_i64).unwrap_or(0);
-    let mean_rating = v.get("meanRating").and_then(Value::as_f64);
-    Some(SignalStats {
-        version,
-        total: v.get("total").and_then(Value::as_i64).unwrap_or(0),
-        positive,
-        judged,
-        positive_rate,
-        ratings,
-        mean_rating,
-        corrections,
-        correction_rate,
-        errors,
-        error_rate,
-        observed_at: None,
-    })
-}
-
-fn parse_stats(body: &Value) -> Result<Stats, CollectorError> {
-    let versions = body
-        .get("versions")
-        .and_then(Value::as_array)
-        .ok_or(CollectorError::Unreadable { what: "a statistics query", message: "no versions list".into() })?;
-    Ok(Stats {
-        versions: versions.iter().filter_map(signal_stats).collect(),
-        cursor: body.get("cursor").and_then(Value::as_i64).unwrap_or(0),
-        changed: body.get("changed").and_then(Value::as_bool).unwrap_or(true),
-    })
 }
 
 /// The collector's recipe for a policy's `dataset`.
@@ -222,30 +188,26 @@ impl CollectorClient {
         }
     }
 
-    async fn read(response: reqwest::Response, what: &'static str) -> Result<Value, CollectorError> {
+    /// A success's body as `T`, or the error the collector answered.
+    async fn read<T: DeserializeOwned>(response: reqwest::Response, what: &'static str) -> Result<T, CollectorError> {
         let status = response.status();
-        let body: Value = match response.bytes().await {
-            Ok(b) => serde_json::from_slice(&b).unwrap_or(Value::Null),
-            Err(source) => return Err(CollectorError::Unreachable { what, source }),
-        };
+        let body = response.bytes().await.map_err(|source| CollectorError::Unreachable { what, source })?;
         if status.is_success() {
-            return Ok(body);
+            return serde_json::from_slice(&body)
+                .map_err(|e| CollectorError::Unreadable { what, message: e.to_string() });
         }
-        if body.pointer("/error/code").and_then(Value::as_str) == Some("NotEnoughRows") {
-            let counts = body.get("counts").cloned().unwrap_or(Value::Null);
-            let rows = counts.get("sft").and_then(Value::as_i64).unwrap_or(0)
-                + counts.get("dpo").and_then(Value::as_i64).unwrap_or(0);
-            let needed = body
-                .pointer("/error/message")
-                .and_then(Value::as_str)
-                .and_then(|m| m.rsplit(' ').next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0);
+        let Ok(ErrorBody { error, counts }) = serde_json::from_slice(&body) else {
+            let message = "no error message".to_string();
+            return Err(CollectorError::Status { what, status: status.as_u16(), message });
+        };
+        if error.code == "NotEnoughRows" {
+            let rows = counts.map_or(0, |c| c.sft + c.dpo);
+            // The message ends with the rows the recipe needs.
+            let needed = error.message.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0);
             return Err(CollectorError::NotEnoughRows { rows, needed });
         }
-        let message =
-            body.pointer("/error/message").and_then(Value::as_str).unwrap_or("no error message").chars().take(512);
-        Err(CollectorError::Status { what, status: status.as_u16(), message: message.collect() })
+        let message = error.message.chars().take(512).collect();
+        Err(CollectorError::Status { what, status: status.as_u16(), message })
     }
 
     fn stats_url(&self, path: &str, q: &StatsQuery<'_>) -> Result<reqwest::Url, CollectorError> {
@@ -269,20 +231,28 @@ impl CollectorClient {
         Ok(url)
     }
 
-    /// Per-version statistics over the query's period.
-    pub async fn stats(&self, q: &StatsQuery<'_>) -> Result<Stats, CollectorError> {
+    /// Per-version statistics from the query's `from` to now.
+    pub async fn stats(&self, q: &StatsQuery<'_>) -> Result<StatsReport, CollectorError> {
+        self.stats_until(q, None).await
+    }
+
+    /// Per-version statistics from the query's `from` to `to` (RFC 3339), or to now.
+    pub async fn stats_until(&self, q: &StatsQuery<'_>, to: Option<&str>) -> Result<StatsReport, CollectorError> {
         const WHAT: &str = "a statistics query";
-        let url = self.stats_url("/v1/stats", q)?;
+        let mut url = self.stats_url("/v1/stats", q)?;
+        if let Some(to) = to {
+            url.query_pairs_mut().append_pair("to", to);
+        }
         let response = self
             .authorized(self.client.get(url).timeout(Duration::from_secs(15)))
             .send()
             .await
             .map_err(|source| CollectorError::Unreachable { what: WHAT, source })?;
-        parse_stats(&Self::read(response, WHAT).await?)
+        Self::read(response, WHAT).await
     }
 
     /// Long poll: answers once the deployment's cursor passes `cursor`, or after `wait`.
-    pub async fn watch(&self, q: &StatsQuery<'_>, cursor: i64, wait: Duration) -> Result<Stats, CollectorError> {
+    pub async fn watch(&self, q: &StatsQuery<'_>, cursor: i64, wait: Duration) -> Result<StatsReport, CollectorError> {
         const WHAT: &str = "the change feed";
         let mut url = self.stats_url("/v1/stats/watch", q)?;
         url.query_pairs_mut()
@@ -293,7 +263,7 @@ impl CollectorClient {
             .send()
             .await
             .map_err(|source| CollectorError::Unreachable { what: WHAT, source })?;
-        parse_stats(&Self::read(response, WHAT).await?)
+        Self::read(response, WHAT).await
     }
 
     /// Ask for an immutable snapshot of the deployment's feedback from `from` to now.
@@ -311,18 +281,7 @@ impl CollectorClient {
             .send()
             .await
             .map_err(|source| CollectorError::Unreachable { what: WHAT, source })?;
-        let manifest = Self::read(response, WHAT).await?;
-        let text = |k: &str| {
-            manifest
-                .get(k)
-                .and_then(Value::as_str)
-                .map(str::to_string)
-                .ok_or_else(|| CollectorError::Unreadable { what: WHAT, message: format!("the manifest has no {k}") })
-        };
-        let id = text("id")?;
-        let sha256 = text("sha256")?;
-        let counts: DatasetCounts = serde_json::from_value(manifest.get("counts").cloned().unwrap_or(Value::Null))
-            .map_err(|e| CollectorError::Unreadable { what: WHAT, message: format!("counts: {e}") })?;
+        let Manifest { id, sha256, counts, .. } = Self::read(response, WHAT).await?;
         let uri = format!("{}/v1/datasets/{id}/files", self.base);
         Ok(Snapshot { id, sha256, counts, uri })
     }
@@ -341,13 +300,96 @@ mod tests {
             "errorRate": {"value": 0.05, "numerator": 1, "denominator": 20},
             "meanRating": 0.7, "ratings": 6
         }]});
-        let stats = parse_stats(&body).unwrap_or_else(|e| panic!("{e}"));
+        let stats: StatsReport = serde_json::from_value(body).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(stats.cursor, 42);
         let v1 = stats.version("v1");
         assert_eq!((v1.total, v1.positive, v1.judged, v1.corrections, v1.errors, v1.ratings), (20, 9, 15, 2, 1, 6));
         assert_eq!(v1.positive_rate, Some(0.6));
         assert_eq!(stats.version("v2").total, 0);
-        assert!(parse_stats(&json!({"cursor": 1})).is_err());
+        assert!(serde_json::from_value::<StatsReport>(json!({"cursor": 1})).is_err());
+    }
+
+    #[test]
+    fn the_report_reads_back_as_the_server_writes_it() {
+        let aggregate = |kind, up, count| crate::collector::store::Aggregate {
+            version: "v1".into(),
+            kind,
+            up,
+            label: None,
+            count,
+            rating_sum: 0.0,
+            rating_positive: 0,
+            first_ms: 1,
+            last_ms: 2,
+        };
+        use crate::collector::event::Kind;
+        let versions = crate::collector::stats::summarize(
+            &[aggregate(Kind::Thumbs, Some(true), 3), aggregate(Kind::Thumbs, Some(false), 1)],
+            &[("v1".into(), 7)],
+            &crate::collector::stats::Mapping::default(),
+        );
+        let written = StatsReport {
+            namespace: "ns".into(),
+            deployment: "md".into(),
+            from: "2026-01-01T00:00:00Z".into(),
+            to: "2026-01-02T00:00:00Z".into(),
+            cursor: 9,
+            versions,
+            changed: Some(true),
+        };
+        let text = serde_json::to_string(&written).unwrap_or_else(|e| panic!("{e}"));
+        let read: StatsReport = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(read, written);
+        let v1 = read.version("v1");
+        assert_eq!((v1.positive, v1.judged, v1.total), (3, 4, 4));
+        assert_eq!(read.of("v1").map(|v| v.interactions), Some(7));
+    }
+
+    /// A response of the collector as the client receives it.
+    async fn received(response: axum::response::Response) -> reqwest::Response {
+        let (parts, body) = response.into_parts();
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_else(|e| panic!("{e}"));
+        reqwest::Response::from(axum::http::Response::from_parts(parts, bytes.to_vec()))
+    }
+
+    #[tokio::test]
+    async fn answers_read_back_as_the_server_writes_them() {
+        use crate::collector::dataset::{self, Built, Recipe, Rows};
+        use crate::collector::error::ApiError;
+        use axum::response::IntoResponse;
+
+        let recipe = Recipe::default();
+        let encoded = dataset::encode(&Rows::default());
+        let built = Built {
+            namespace: "ns",
+            deployment: "md",
+            from_ms: 0,
+            to_ms: 1_000,
+            now_ms: 2_000,
+            recipe: &recipe,
+            counts: DatasetCounts { sft: 3, dpo: 2, held_out: 1 },
+        };
+        let written = Manifest::new(&built, &encoded);
+        let answer = received((axum::http::StatusCode::CREATED, axum::Json(&written)).into_response()).await;
+        let read: Manifest = CollectorClient::read(answer, "a test").await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(read, written);
+
+        let refused = ApiError::not_enough_rows(
+            "the window gives 5 training rows; the recipe needs at least 20",
+            DatasetCounts { sft: 3, dpo: 2, held_out: 1 },
+        );
+        let answer = received(refused.into_response()).await;
+        match CollectorClient::read::<Manifest>(answer, "a test").await {
+            Err(CollectorError::NotEnoughRows { rows, needed }) => assert_eq!((rows, needed), (5, 20)),
+            other => panic!("{other:?}"),
+        }
+        let answer = received(ApiError::not_found("no dataset \"x\"").into_response()).await;
+        match CollectorClient::read::<Manifest>(answer, "a test").await {
+            Err(e @ CollectorError::Status { status: 404, .. }) => {
+                assert_eq!(e.to_string(), "the collector answered 404 to a test: no dataset \"x\"");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
