@@ -26,7 +26,7 @@
 //! - **Flywheel**: `rollout::analysis::analyze` with the default `AnalysisSpec` on everything the
 //!   step has seen so far.
 //!
-//! Runs are seeded: run `i` of row `r` uses seed `--seed + 1,000,000 r + i`, the same for every
+//! Runs are seeded: run `i` of row `r` uses seed `10⁹ · --seed + 10⁶ · r + i`, the same for every
 //! gate, so the gates are compared on the same signals.
 //!
 //! `cargo bench --bench analysis` (add `-- --runs N --per-look S --deadline D --seed X`).
@@ -36,7 +36,7 @@ mod support;
 use support::{arg, percentile};
 
 use flywheel::api::model_deployment::{AnalysisSpec, Verdict};
-use flywheel::rollout::analysis::{Arm, analyze};
+use flywheel::rollout::analysis::{Arm, analyze, normal_cdf};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
@@ -121,16 +121,6 @@ struct Config {
     spec: AnalysisSpec,
     per_look: i64,
     deadline: i64,
-}
-
-/// Φ, the standard normal distribution function (Abramowitz and Stegun 7.1.26, |error| < 1e-7).
-fn normal_cdf(z: f64) -> f64 {
-    let x = z.abs() / std::f64::consts::SQRT_2;
-    let t = 1.0 / (1.0 + 0.327_591_1 * x);
-    let poly =
-        t * (0.254_829_592 + t * (-0.284_496_736 + t * (1.421_413_741 + t * (-1.453_152_027 + t * 1.061_405_429))));
-    let erf = 1.0 - poly * (-x * x).exp();
-    if z >= 0.0 { 0.5 * (1.0 + erf) } else { 0.5 * (1.0 - erf) }
 }
 
 /// The `p` quantile of the standard normal distribution, by bisection.
@@ -233,7 +223,7 @@ struct Row {
 fn measure(gate: Gate, world: World, row: u64, runs: usize, seed: u64, cfg: &Config) -> Row {
     let mut r = Row { promoted: 0, rolled_back: 0, aborted: 0, signals: vec![], to_promotion: vec![] };
     for i in 0..runs {
-        let (outcome, signals) = run(gate, world, seed + 1_000_000 * row + i as u64, cfg);
+        let (outcome, signals) = run(gate, world, seed * 1_000_000_000 + 1_000_000 * row + i as u64, cfg);
         match outcome {
             Outcome::Promoted => {
                 r.promoted += 1;
@@ -263,7 +253,7 @@ fn main() {
     let alpha = 1.0 - spec.confidence;
     let m = spec.margin;
     println!(
-        "{runs} runs per row (seeds {seed} + 1,000,000 × row + run); stable positive rate {STABLE}, errors {ERRORS}, corrections {CORRECTIONS}; \
+        "{runs} runs per row (seeds 10⁹ × {seed} + 10⁶ × row + run); stable positive rate {STABLE}, errors {ERRORS}, corrections {CORRECTIONS}; \
          margin {m}, α {alpha:.2}, guardrail allowances {} / {}; a look every {} signals, deadline {} signals",
         spec.max_error_rate_increase, spec.max_correction_rate_increase, cfg.per_look, cfg.deadline
     );
@@ -339,6 +329,9 @@ fn main() {
         alpha * 100.0
     );
     println!("wall time {:.1} s", started.elapsed().as_secs_f64());
+    if benching && runs >= 1000 {
+        assert!(worst_false_promotion <= alpha * 100.0 + 3.0 * se, "false promotions above α");
+    }
     if !benching {
         assert_eq!(fixed_sizes(spec, 0.5), (792, 792), "the power formula at 50/50");
     }
