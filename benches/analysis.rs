@@ -8,12 +8,16 @@
 //! (default 100), until it decides or `--deadline` signals in total (default 20,000) have
 //! arrived: the step's deadline, an abort. The gates:
 //!
-//! - **fixed horizon**: a one-sided two-proportion z-test (unpooled, Wald) of
+//! - **fixed horizon (Wald)**: a one-sided two-proportion z-test (unpooled, Wald) of
 //!   `H0: canary − stable ≤ −margin` at level α, made once, when both arms have the sample sizes
 //!   that give 80 % power for an equal canary: `n_c = (z_{1−α} + z_{0.8})² (p(1−p) + p(1−p)/κ) /
 //!   margin²`, `n_s = κ n_c`, `κ` = stable's share / canary's share, p = 0.80. Promote when it
 //!   rejects (and both guardrails' one-sided z-tests at α reject "worse by the allowance"),
 //!   roll back otherwise. It never aborts.
+//! - **fixed horizon (score)**: the same, with the variance at the rates the boundary implies
+//!   (restricted maximum likelihood; the Farrington–Manning test) in the statistic and in the
+//!   z_{1−α} term of the sample size: `n_c = (z_{1−α} √v₀ + z_{0.8} √v₁)² / margin²`. The Wald
+//!   test above exceeds α when the canary's arm is small; this one holds it.
 //! - **Argo Rollouts** (the documented `count: 5`, `interval: 60s` analysis; `failureLimit`
 //!   left at its default 0): each interval measures the canary's positive rate over that
 //!   interval's signals (the `[1m]` range of the query) and succeeds when it is at least 0.75
@@ -36,7 +40,7 @@ mod support;
 use support::{arg, percentile};
 
 use flywheel::api::model_deployment::{AnalysisSpec, Verdict};
-use flywheel::rollout::analysis::{Arm, analyze, normal_cdf};
+use flywheel::rollout::analysis::{Arm, analyze, normal_cdf, restricted_rates};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
@@ -101,6 +105,7 @@ enum Outcome {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Gate {
     Fixed,
+    Score,
     Argo,
     Flagger,
     Flywheel,
@@ -109,7 +114,8 @@ enum Gate {
 impl Gate {
     fn name(self) -> &'static str {
         match self {
-            Gate::Fixed => "fixed horizon",
+            Gate::Fixed => "fixed horizon (Wald)",
+            Gate::Score => "fixed horizon (score)",
             Gate::Argo => "Argo Rollouts",
             Gate::Flagger => "Flagger",
             Gate::Flywheel => "Flywheel",
@@ -133,20 +139,39 @@ fn normal_quantile(p: f64) -> f64 {
     0.5 * (lo + hi)
 }
 
-/// The fixed-horizon sample sizes (canary, stable) for a canary with `share` of the traffic.
-fn fixed_sizes(spec: &AnalysisSpec, share: f64) -> (i64, i64) {
+/// The fixed-horizon sample sizes (canary, stable) for a canary with `share` of the traffic:
+/// with the variance at the alternative (Wald), or, for the score test, at the boundary's
+/// rates in the z_{1−α} term (Farrington and Manning 1990).
+fn fixed_sizes(spec: &AnalysisSpec, share: f64, score: bool) -> (i64, i64) {
     let alpha = 1.0 - spec.confidence;
-    let z = normal_quantile(1.0 - alpha) + normal_quantile(POWER);
+    let (za, zb) = (normal_quantile(1.0 - alpha), normal_quantile(POWER));
     let kappa = (1.0 - share) / share;
     let var = STABLE * (1.0 - STABLE);
-    let nc = (z * z * (var + var / kappa) / (spec.margin * spec.margin)).ceil();
+    let v1 = var + var / kappa;
+    let v0 = if score {
+        // The restricted rates of an equal canary's expected counts, at the margin.
+        let n = 10_000_000.0;
+        let (pc, ps) = restricted_rates(
+            (STABLE * n) as i64,
+            n as i64,
+            (STABLE * n * kappa) as i64,
+            (n * kappa) as i64,
+            -spec.margin,
+        );
+        pc * (1.0 - pc) + ps * (1.0 - ps) / kappa
+    } else {
+        v1
+    };
+    let nc = ((za * v0.sqrt() + zb * v1.sqrt()) / spec.margin).powi(2).ceil();
     (nc as i64, (kappa * nc).ceil() as i64)
 }
 
-/// The one-sided z statistic of "canary − stable < bound" (positive: evidence that it is).
-fn z_below(kc: i64, nc: i64, ks: i64, ns: i64, bound: f64) -> f64 {
+/// The one-sided z statistic of "canary − stable < bound" (positive: evidence that it is), with
+/// the variance at the observed rates (Wald) or at the boundary's (score).
+fn z_below(kc: i64, nc: i64, ks: i64, ns: i64, bound: f64, score: bool) -> f64 {
     let (pc, ps) = (kc as f64 / nc as f64, ks as f64 / ns as f64);
-    let se = (pc * (1.0 - pc) / nc as f64 + ps * (1.0 - ps) / ns as f64).sqrt();
+    let (vc, vs) = if score { restricted_rates(kc, nc, ks, ns, bound) } else { (pc, ps) };
+    let se = (vc * (1.0 - vc) / nc as f64 + vs * (1.0 - vs) / ns as f64).sqrt();
     let gap = bound - (pc - ps);
     if se > 0.0 { gap / se } else { gap.signum() * f64::INFINITY }
 }
@@ -154,17 +179,18 @@ fn z_below(kc: i64, nc: i64, ks: i64, ns: i64, bound: f64) -> f64 {
 fn run(gate: Gate, world: World, seed: u64, cfg: &Config) -> (Outcome, i64) {
     let spec = &cfg.spec;
     let mut s = Stream::new(world, seed);
-    if gate == Gate::Fixed {
-        let (nc, ns) = fixed_sizes(spec, world.share);
+    if matches!(gate, Gate::Fixed | Gate::Score) {
+        let score = gate == Gate::Score;
+        let (nc, ns) = fixed_sizes(spec, world.share, score);
         let z = normal_quantile(spec.confidence);
         while s.canary.judged < nc || s.stable.judged < ns {
             s.next();
         }
         let (c, st) = (&s.canary, &s.stable);
-        let primary = -z_below(c.positive, c.judged, st.positive, st.judged, -spec.margin) > z;
-        let errors = z_below(c.errors, c.signals, st.errors, st.signals, spec.max_error_rate_increase) > z;
+        let primary = -z_below(c.positive, c.judged, st.positive, st.judged, -spec.margin, score) > z;
+        let errors = z_below(c.errors, c.signals, st.errors, st.signals, spec.max_error_rate_increase, score) > z;
         let corrections =
-            z_below(c.corrections, c.signals, st.corrections, st.signals, spec.max_correction_rate_increase) > z;
+            z_below(c.corrections, c.signals, st.corrections, st.signals, spec.max_correction_rate_increase, score) > z;
         let outcome = if primary && errors && corrections { Outcome::Promoted } else { Outcome::RolledBack };
         return (outcome, s.total);
     }
@@ -201,7 +227,7 @@ fn run(gate: Gate, world: World, seed: u64, cfg: &Config) -> (Outcome, i64) {
                 Verdict::Fail => Some(false),
                 Verdict::Inconclusive => None,
             },
-            Gate::Fixed => None,
+            Gate::Fixed | Gate::Score => None,
         };
         match decision {
             Some(true) => return (Outcome::Promoted, s.total),
@@ -258,13 +284,15 @@ fn main() {
         spec.max_error_rate_increase, spec.max_correction_rate_increase, cfg.per_look, cfg.deadline
     );
     for share in [0.10, 0.25, 0.50] {
-        let (nc, ns) = fixed_sizes(spec, share);
-        println!(
-            "fixed horizon at {:.0}/{:.0}: n = {nc} canary + {ns} stable = {} signals",
-            share * 100.0,
-            (1.0 - share) * 100.0,
-            nc + ns
-        );
+        for (name, score) in [("Wald", false), ("score", true)] {
+            let (nc, ns) = fixed_sizes(spec, share, score);
+            println!(
+                "fixed horizon ({name}) at {:.0}/{:.0}: n = {nc} canary + {ns} stable = {} signals",
+                share * 100.0,
+                (1.0 - share) * 100.0,
+                nc + ns
+            );
+        }
     }
     println!();
     println!("| split | canary | gate | promoted | rolled back | aborted | signals p50 | p90 | to promotion p50 |");
@@ -284,7 +312,7 @@ fn main() {
             let bad = positive <= STABLE - m + 1e-12 || errors >= ERRORS + spec.max_error_rate_increase - 1e-12;
             let guardrail_row = errors > ERRORS;
             row += 1;
-            for gate in [Gate::Fixed, Gate::Argo, Gate::Flagger, Gate::Flywheel] {
+            for gate in [Gate::Fixed, Gate::Score, Gate::Argo, Gate::Flagger, Gate::Flywheel] {
                 // The threshold rules as configured judge the positive rate only.
                 if guardrail_row && matches!(gate, Gate::Argo | Gate::Flagger) {
                     continue;
@@ -333,6 +361,9 @@ fn main() {
         assert!(worst_false_promotion <= alpha * 100.0 + 3.0 * se, "false promotions above α");
     }
     if !benching {
-        assert_eq!(fixed_sizes(spec, 0.5), (792, 792), "the power formula at 50/50");
+        assert_eq!(fixed_sizes(spec, 0.5, false), (792, 792), "the power formula at 50/50");
+        assert_eq!(fixed_sizes(spec, 0.1, false), (440, 3960), "the power formula at 10/90");
+        let (nc, ns) = fixed_sizes(spec, 0.1, true);
+        assert!(nc > 440 && ns == 9 * nc, "the score test needs more signals at 10/90: {nc} {ns}");
     }
 }
