@@ -3,7 +3,7 @@
 //! Each run is one canary step. Signals arrive one at a time; each goes to the canary with the
 //! row's traffic share (10, 25 or 50 %) and to stable otherwise. Every signal is a judgment
 //! (positive with the arm's rate; stable's is 0.80) and, independently, an error (1 % on both
-//! arms unless the row says otherwise) and a correction (5 % on both), so the guardrails are
+//! arms unless the row says otherwise) and a correction (5 % on both, `--corrections-pct`), so the guardrails are
 //! exercised. Every gate looks once per interval, after each `--per-look` signals in total
 //! (default 100), until it decides or `--deadline` signals in total (default 20,000) have
 //! arrived: the step's deadline, an abort. The gates:
@@ -33,7 +33,8 @@
 //! Runs are seeded: run `i` of row `r` uses seed `10⁹ · --seed + 10⁶ · r + i`, the same for every
 //! gate, so the gates are compared on the same signals.
 //!
-//! `cargo bench --bench analysis` (add `-- --runs N --per-look S --deadline D --seed X`).
+//! `cargo bench --bench analysis` (add `-- --runs N --per-look S --deadline D --seed X
+//! --corrections-pct C`).
 
 #[path = "support/mod.rs"]
 mod support;
@@ -47,7 +48,6 @@ use std::time::Instant;
 
 const STABLE: f64 = 0.80;
 const ERRORS: f64 = 0.01;
-const CORRECTIONS: f64 = 0.05;
 /// What a user writes in the threshold rules' success condition: stable's rate minus the margin.
 const THRESHOLD: f64 = 0.75;
 const POWER: f64 = 0.80;
@@ -61,6 +61,8 @@ struct World {
     positive: f64,
     /// The canary's error rate.
     errors: f64,
+    /// Both arms' correction rate.
+    corrections: f64,
 }
 
 /// The simulated feedback of one run.
@@ -83,7 +85,7 @@ impl Stream {
         let (p, e) = if to_canary { (self.world.positive, self.world.errors) } else { (STABLE, ERRORS) };
         let positive = self.rng.random_bool(p);
         let error = self.rng.random_bool(e);
-        let correction = self.rng.random_bool(CORRECTIONS);
+        let correction = self.rng.random_bool(self.world.corrections);
         let arm = if to_canary { &mut self.canary } else { &mut self.stable };
         arm.judged += 1;
         arm.signals += 1;
@@ -278,8 +280,10 @@ fn main() {
     let spec = &cfg.spec;
     let alpha = 1.0 - spec.confidence;
     let m = spec.margin;
+    // Both arms' correction rate, in percent (default 5).
+    let corrections = arg("--corrections-pct", 5) as f64 / 100.0;
     println!(
-        "{runs} runs per row (seeds 10⁹ × {seed} + 10⁶ × row + run); stable positive rate {STABLE}, errors {ERRORS}, corrections {CORRECTIONS}; \
+        "{runs} runs per row (seeds 10⁹ × {seed} + 10⁶ × row + run); stable positive rate {STABLE}, errors {ERRORS}, corrections {corrections}; \
          margin {m}, α {alpha:.2}, guardrail allowances {} / {}; a look every {} signals, deadline {} signals",
         spec.max_error_rate_increase, spec.max_correction_rate_increase, cfg.per_look, cfg.deadline
     );
@@ -308,7 +312,7 @@ fn main() {
     let mut worst_false_promotion = 0.0f64;
     for share in [0.10, 0.25, 0.50] {
         for (label, positive, errors) in canaries {
-            let world = World { share, positive, errors };
+            let world = World { share, positive, errors, corrections };
             let bad = positive <= STABLE - m + 1e-12 || errors >= ERRORS + spec.max_error_rate_increase - 1e-12;
             let guardrail_row = errors > ERRORS;
             row += 1;

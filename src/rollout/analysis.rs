@@ -55,8 +55,8 @@
 //! best explain the counts under canary − stable = θ₀ (the restricted maximum-likelihood
 //! estimate, as in Farrington and Manning 1990), V = p_c(1 − p_c)/n_c + p_s(1 − p_s)/n_s with each
 //! arm's own size. Evaluated at the observed rates instead, the variance of a small arm (a canary
-//! at 10 % of the traffic) shrinks exactly when it looks good, and false promotions creep above α;
-//! at the boundary's rates the test is calibrated where it matters. The Gaussian approximation
+//! at 10 % of the traffic) shrinks exactly when it looks good, and false promotions rise towards
+//! α; at the boundary's rates the test is calibrated where it matters. The Gaussian approximation
 //! with an estimated variance makes the guarantee asymptotic (Waudby-Smith et al. 2021,
 //! "Time-uniform central limit theory"); `benches/analysis.rs` shows it holds at 10/90, 25/75 and
 //! 50/50 traffic splits.
