@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use super::dataset::Manifest;
 use super::error::ErrorBody;
+use super::ingest::BatchAnswer;
 use super::stats::{StatsReport, VersionStats};
 use crate::api::common::DatasetCounts;
 use crate::api::feedback_policy::{DatasetRecipe, SignalMapping, SignalStats};
@@ -128,6 +129,15 @@ pub struct StatsQuery<'a> {
     pub from: String,
     /// How signals count.
     pub mapping: &'a SignalMapping,
+}
+
+/// Which events a batch holds, and so where it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingest {
+    /// `POST /v1/interactions`.
+    Interactions,
+    /// `POST /v1/feedback`.
+    Feedback,
 }
 
 /// A client of one collector.
@@ -264,6 +274,21 @@ impl CollectorClient {
             .await
             .map_err(|source| CollectorError::Unreachable { what: WHAT, source })?;
         Self::read(response, WHAT).await
+    }
+
+    /// Store a batch of interactions or feedback events (at most [`MAX_BATCH_ITEMS`](super::ingest::MAX_BATCH_ITEMS)); the
+    /// answer says what became of each item, the error why the batch as a whole was refused.
+    pub async fn ingest(&self, kind: Ingest, items: &[Value]) -> Result<BatchAnswer, CollectorError> {
+        let (what, path) = match kind {
+            Ingest::Interactions => ("an interaction batch", "/v1/interactions"),
+            Ingest::Feedback => ("a feedback batch", "/v1/feedback"),
+        };
+        let response = self
+            .authorized(self.client.post(self.url(path)?).timeout(Duration::from_secs(15)).json(items))
+            .send()
+            .await
+            .map_err(|source| CollectorError::Unreachable { what, source })?;
+        Self::read(response, what).await
     }
 
     /// Ask for an immutable snapshot of the deployment's feedback from `from` to now.

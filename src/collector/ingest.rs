@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::clock::now_ms;
@@ -115,25 +115,44 @@ async fn ingest_one(state: &AppState, kind: EventType, value: &Value, now: i64) 
 }
 
 /// The answer to a batch: totals, and one result per item in order.
-#[derive(Serialize)]
-struct BatchAnswer {
-    created: usize,
-    duplicates: usize,
-    rejected: usize,
-    results: Vec<ItemResult>,
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchAnswer {
+    /// Items stored now.
+    pub created: usize,
+    /// Items already stored with the same content.
+    pub duplicates: usize,
+    /// Items refused (invalid, or an id reused with other content).
+    pub rejected: usize,
+    /// One result per item, in the order sent.
+    pub results: Vec<ItemResult>,
+}
+
+/// What became of an item that was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ItemOutcome {
+    /// Stored now.
+    Created,
+    /// Stored before, with the same content.
+    Duplicate,
 }
 
 /// One item of a batch: its id when it decoded, and its status with an outcome or an error.
-#[derive(Serialize)]
-struct ItemResult {
-    index: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<String>,
-    status: u16,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    outcome: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<ErrorDetail>,
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ItemResult {
+    /// The item's position in the batch.
+    pub index: usize,
+    /// The event's id, when the item decoded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The HTTP status the item would have had alone.
+    pub status: u16,
+    /// What became of a stored item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<ItemOutcome>,
+    /// Why a refused item was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorDetail>,
 }
 
 impl ItemResult {
@@ -144,8 +163,8 @@ impl ItemResult {
     fn stored(index: usize, event: &Event, outcome: Outcome) -> Self {
         let id = Some(event.id().to_string());
         match outcome {
-            Outcome::Created => Self { index, id, status: 201, outcome: Some("created"), error: None },
-            Outcome::Duplicate => Self { index, id, status: 200, outcome: Some("duplicate"), error: None },
+            Outcome::Created => Self { index, id, status: 201, outcome: Some(ItemOutcome::Created), error: None },
+            Outcome::Duplicate => Self { index, id, status: 200, outcome: Some(ItemOutcome::Duplicate), error: None },
             Outcome::Conflict => {
                 Self { index, id, status: 422, outcome: None, error: Some(ErrorDetail::id_conflict(event.id())) }
             }
@@ -187,8 +206,8 @@ async fn ingest_batch(
             }
         })
         .collect();
-    let with = |outcome: &str| results.iter().filter(|r| r.outcome == Some(outcome)).count();
-    let (created, duplicates) = (with("created"), with("duplicate"));
+    let with = |outcome| results.iter().filter(|r| r.outcome == Some(outcome)).count();
+    let (created, duplicates) = (with(ItemOutcome::Created), with(ItemOutcome::Duplicate));
     let answer = BatchAnswer { created, duplicates, rejected: results.len() - created - duplicates, results };
     Ok((StatusCode::MULTI_STATUS, Json(answer)))
 }

@@ -28,5 +28,5 @@ mod subjects;
 pub mod writer;
 
 pub use config::{CollectorConfig, parse_duration};
-pub use ingest::MAX_BATCH_ITEMS;
+pub use ingest::{BatchAnswer, ItemOutcome, ItemResult, MAX_BATCH_ITEMS};
 pub use server::{Collector, StartError};

@@ -7,6 +7,7 @@
 //! judged on live feedback, and promoted or rolled back. The summary is read from what the
 //! cluster and the collector did.
 
+mod drive;
 pub mod error;
 pub mod observe;
 pub mod resources;
@@ -17,7 +18,6 @@ pub mod users;
 pub mod view;
 
 pub use self::error::DemoError;
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,15 +27,10 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
-use self::observe::{Observer, Outcome, Snapshot, Tracker, changes, qualities};
-use self::resources::{DEPLOYMENT, FIELD_MANAGER, FIRST_VERSION, MIN_SAMPLES, NAMESPACE, POLICY, QUALITY_BELOW};
+use self::resources::{FIELD_MANAGER, FIRST_VERSION, NAMESPACE};
 use self::scenario::{Pace, World};
-use self::users::{CollectorClient, Routes, Target, TrafficStats};
-use self::view::{Frame, View};
-use crate::api::model_deployment::HistoryType;
-use crate::api::{FeedbackPolicy, ModelDeployment};
+use self::view::View;
 use crate::collector::{Collector, CollectorConfig};
 use crate::demo::scenario::Scenario;
 use crate::operator::model_deployment::feedback_analysis::CollectorAnalysis;
@@ -249,324 +244,12 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
         if options.view_to_stderr { Box::new(std::io::stderr()) } else { Box::new(std::io::stdout()) };
     let mut view = View::new(options.view, out);
     let stack = Stack::start(&options, pace, world.clone(), &dir.0).await?;
-    let result = drive(&options, &stack, pace, &world, &mut view, started, start_time).await;
+    let result = drive::drive(&options, &stack, pace, &world, &mut view, started, start_time).await;
     stack.shutdown().await;
     drop(dir);
     let summary = result?;
     view.text(&summary::render(&summary));
     Ok(summary)
-}
-
-/// Rates of requests and feedback over the last few seconds.
-#[derive(Default)]
-struct RateMeter(VecDeque<(Instant, u64, u64)>);
-
-impl RateMeter {
-    fn sample(&mut self, requests: u64, feedback: u64) -> (f64, f64) {
-        let now = Instant::now();
-        self.0.push_back((now, requests, feedback));
-        while self.0.len() > 2
-            && self.0.front().is_some_and(|(t, _, _)| now.duration_since(*t) > Duration::from_secs(3))
-        {
-            self.0.pop_front();
-        }
-        let Some((t0, r0, f0)) = self.0.front().copied() else { return (0.0, 0.0) };
-        let secs = now.duration_since(t0).as_secs_f64();
-        if secs <= 0.0 {
-            return (0.0, 0.0);
-        }
-        (requests.saturating_sub(r0) as f64 / secs, feedback.saturating_sub(f0) as f64 / secs)
-    }
-}
-
-/// What the open cycle waits for, in words.
-fn waiting_for(tracker: &Tracker, snapshot: &Snapshot) -> String {
-    let Some(c) = tracker.open() else { return "the next cycle".into() };
-    let t = &c.times;
-    if snapshot.stable().is_none() || (c.index == 1 && tracker.timeline.iter().all(|e| e.kind != "serving")) {
-        "the ModelDeployment to become Ready".into()
-    } else if c.expects_drift && t.drift.is_none() {
-        "the scenario's drift".into()
-    } else if t.trigger.is_none() {
-        "the FeedbackPolicy to fire".into()
-    } else if t.job.is_none() {
-        "the RetrainJob's trainer Job".into()
-    } else if t.canary.is_none() {
-        "the trained version's canary".into()
-    } else {
-        "the canary's promotion or rollback".into()
-    }
-}
-
-/// The conditions of the resources, for a stall report.
-fn diagnose(s: &Snapshot) -> String {
-    let mut parts = Vec::new();
-    let conds = |kind: &str, cs: &[crate::api::Condition]| -> Vec<String> {
-        cs.iter().map(|c| format!("{kind} {}={:?} ({}: {})", c.type_, c.status, c.reason, c.message)).collect()
-    };
-    if let Some(st) = s.md.as_ref().and_then(|m| m.status.as_ref()) {
-        parts.extend(conds("ModelDeployment", &st.conditions));
-        if let Some(c) = &st.canary {
-            parts.push(format!(
-                "canary {} at {}%: {}",
-                c.version,
-                c.weight,
-                c.evidence.as_ref().map_or("no evidence", |e| e.message.as_str())
-            ));
-        }
-    }
-    if let Some(st) = s.policy.as_ref().and_then(|p| p.status.as_ref()) {
-        parts.extend(conds("FeedbackPolicy", &st.conditions));
-        if let Some(stats) = &st.stats {
-            parts.push(format!(
-                "policy stats of {}: positive rate {:?} of {} judged",
-                stats.version, stats.positive_rate, stats.judged
-            ));
-        }
-    } else {
-        parts.push("the FeedbackPolicy has no status (is its controller running?)".into());
-    }
-    for rtj in &s.retrain_jobs {
-        if let Some(st) = &rtj.status {
-            parts.push(format!("RetrainJob {} {:?}", rtj.name_any(), st.phase));
-            parts.extend(conds("RetrainJob", &st.conditions));
-        }
-    }
-    parts.join("; ")
-}
-
-/// Versions in order of appearance, each with the role the cluster gave it.
-fn version_roles(tracker: &Tracker, last: &Snapshot, world: &World) -> Vec<(String, String)> {
-    let mut order: Vec<String> = vec![FIRST_VERSION.to_string()];
-    for c in &tracker.cycles {
-        if let Some(v) = &c.candidate
-            && !order.contains(v)
-        {
-            order.push(v.clone());
-        }
-    }
-    for v in world.versions().keys() {
-        if !order.contains(v) {
-            order.push(v.clone());
-        }
-    }
-    let history = last.history();
-    order
-        .into_iter()
-        .map(|v| {
-            let role = if last.stable() == Some(v.as_str()) {
-                "stable"
-            } else if last.canary().is_some_and(|c| c.version == v) {
-                "canary"
-            } else if let Some(h) = history.iter().rev().find(|h| h.version == v) {
-                match h.type_ {
-                    HistoryType::Promoted => "retired",
-                    HistoryType::RolledBack => "rolled_back",
-                    HistoryType::Aborted => "aborted",
-                    HistoryType::Rejected => "rejected",
-                }
-            } else if history.iter().any(|h| h.previous_version.as_deref() == Some(v.as_str())) {
-                "retired"
-            } else {
-                "trained"
-            };
-            (v, role.to_string())
-        })
-        .collect()
-}
-
-async fn drive(
-    options: &DemoOptions,
-    stack: &Stack,
-    pace: Pace,
-    world: &Arc<Mutex<World>>,
-    view: &mut View,
-    started: Instant,
-    start_time: k8s_openapi::jiff::Timestamp,
-) -> Result<Summary, DemoError> {
-    let collector = CollectorClient {
-        base: stack.base.clone(),
-        token: stack.token.clone(),
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| DemoError::Collector(format!("building an HTTP client: {e}")))?,
-    };
-    let mut tracker = Tracker::default();
-    tracker.note(
-        started.elapsed(),
-        "setup",
-        format!(
-            "simulated cluster, collector and operator up{}",
-            options
-                .kubeconfig_out
-                .as_ref()
-                .map(|p| format!("; kubectl --kubeconfig {} get md,fbp,rtj", p.display()))
-                .unwrap_or_default()
-        ),
-    );
-    let mds: Api<ModelDeployment> = Api::namespaced(stack.client.clone(), NAMESPACE);
-    let policies: Api<FeedbackPolicy> = Api::namespaced(stack.client.clone(), NAMESPACE);
-    let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
-        Api::namespaced(stack.client.clone(), NAMESPACE);
-    apply(&claims, &resources::models_claim()?).await?;
-    apply(&mds, &resources::model_deployment()?).await?;
-    apply(&policies, &resources::feedback_policy()?).await?;
-    tracker.note(
-        started.elapsed(),
-        "apply",
-        format!(
-            "applied ModelDeployment {DEPLOYMENT} ({FIRST_VERSION}, {} replicas) and FeedbackPolicy {POLICY} (quality below {:.0}%)",
-            resources::REPLICAS,
-            QUALITY_BELOW * 100.0
-        ),
-    );
-    tracker.begin(true, Some(FIRST_VERSION.to_string()));
-
-    let observer = Observer::new(
-        stack.client.clone(),
-        crate::collector::client::CollectorClient::new(&stack.base, Some(stack.token.clone())),
-        NAMESPACE,
-        DEPLOYMENT,
-        POLICY,
-        resources::WINDOW_SECONDS,
-    );
-    let (routes_tx, routes_rx) = tokio::sync::watch::channel(Routes::new());
-    let traffic_stats = Arc::new(Mutex::new(TrafficStats::default()));
-    let stop = CancellationToken::new();
-    let traffic = tokio::spawn(users::run(
-        collector,
-        Target { namespace: NAMESPACE.into(), deployment: DEPLOYMENT.into() },
-        world.clone(),
-        routes_rx,
-        pace.rate(),
-        traffic_stats.clone(),
-        stop.clone(),
-    ));
-
-    let mut prev = Snapshot::default();
-    let mut drift_at: Option<Instant> = None;
-    let mut first_drift: Option<k8s_openapi::jiff::Timestamp> = None;
-    let mut last_progress = Instant::now();
-    let mut meter = RateMeter::default();
-    let mut poll_error: Option<String>;
-    let mut ticker = tokio::time::interval(Duration::from_millis(200));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let outcome = loop {
-        ticker.tick().await;
-        match observer.snapshot().await {
-            Ok(cur) => {
-                poll_error = None;
-                routes_tx.send_replace(cur.routes.clone());
-                let at = started.elapsed();
-                // The collector's statistics first: the policy fires on them, so a crossing and
-                // the trigger seen in one look happened in that order.
-                if tracker.wants_signal()
-                    && let Some(stable) = cur.stable()
-                    && let Some(q) = cur.window.get(stable)
-                    && q.judged >= MIN_SAMPLES
-                    && q.positive_rate.is_some_and(|r| r < QUALITY_BELOW)
-                {
-                    tracker.signal(at, stable, q, QUALITY_BELOW);
-                    last_progress = Instant::now();
-                }
-                for change in changes(&prev, &cur) {
-                    last_progress = Instant::now();
-                    if matches!(change, observe::Change::Serving { .. }) && first_drift.is_none() {
-                        drift_at = Some(Instant::now() + pace.warmup());
-                    }
-                    let was_open = tracker.open().is_some();
-                    tracker.record(at, change);
-                    if was_open && tracker.open().is_none() && tracker.finished() < options.cycles as usize {
-                        // A promoted version is healthy: the loop turns again only when the world
-                        // drifts. Otherwise the stable version is still poor and the policy fires
-                        // again once its cooldown allows.
-                        let promoted = tracker.cycles.last().and_then(|c| c.outcome) == Some(Outcome::Promoted);
-                        tracker.begin(promoted, cur.stable().map(str::to_string));
-                        if promoted {
-                            drift_at = Some(Instant::now() + pace.next_drift_after());
-                        }
-                    }
-                }
-                prev = cur;
-            }
-            Err(e) => poll_error = Some(e.to_string()),
-        }
-        if let Some(at) = drift_at
-            && Instant::now() >= at
-        {
-            let drift = world.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drift();
-            tracker.drift(started.elapsed(), &drift.changes);
-            first_drift.get_or_insert_with(k8s_openapi::jiff::Timestamp::now);
-            drift_at = None;
-            last_progress = Instant::now();
-        }
-        let traffic_now = traffic_stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        let rates = meter.sample(traffic_now.requests(), traffic_now.feedback());
-        let note = poll_error.clone().or_else(|| {
-            traffic_now
-                .last_error
-                .as_ref()
-                .map(|e| format!("{} posts to the collector failed; last: {e}", traffic_now.failed_posts))
-        });
-        view.show(&Frame {
-            elapsed: started.elapsed(),
-            scenario: scenario_name(options.scenario),
-            cycles: options.cycles,
-            speed: pace.speed,
-            snapshot: &prev,
-            traffic: &traffic_now,
-            rates,
-            tracker: &tracker,
-            note,
-        });
-        if tracker.finished() >= options.cycles as usize {
-            break Ok(());
-        }
-        let quiet = last_progress.elapsed();
-        if quiet > options.stall_timeout {
-            break Err(DemoError::Stalled {
-                waiting_for: waiting_for(&tracker, &prev),
-                seconds: quiet.as_secs(),
-                state: match &poll_error {
-                    Some(e) => format!("the last poll failed: {e}"),
-                    None => diagnose(&prev),
-                },
-            });
-        }
-    };
-    let wall = started.elapsed();
-    stop.cancel();
-    let _stopped = traffic.await;
-    outcome?;
-
-    let from = start_time.to_string();
-    let whole = qualities(&observer.stats(Some(&from), None).await?);
-    let initial = match first_drift {
-        Some(to) => qualities(&observer.stats(Some(&from), Some(&to.to_string())).await?).remove(FIRST_VERSION),
-        None => None,
-    };
-    let traffic_now = traffic_stats.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-    let world = world.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-    let roles = version_roles(&tracker, &prev, &world);
-    Ok(summary::build(summary::Inputs {
-        scenario: scenario_name(options.scenario),
-        cycles_requested: options.cycles,
-        cycles: &tracker.cycles,
-        timeline: &tracker.timeline,
-        version_roles: roles,
-        stable_version: prev.stable().map(str::to_string),
-        collector: &whole,
-        initial,
-        truth: world.versions(),
-        traffic: summary::TrafficSummary {
-            requests: traffic_now.requests(),
-            feedback: traffic_now.feedback(),
-            failed_posts: traffic_now.failed_posts,
-        },
-        speed: pace.speed,
-        wall,
-    }))
 }
 
 /// Logs for the demo: quiet unless `RUST_LOG` asks (the live view is the output), to stderr.
@@ -594,14 +277,5 @@ mod tests {
         o.cycles = 1;
         o.speed = f64::INFINITY;
         assert!(matches!(o.validate(), Err(DemoError::Options(m)) if m.contains("--speed")));
-    }
-
-    #[test]
-    fn rates_come_from_the_last_seconds() {
-        let mut m = RateMeter::default();
-        assert_eq!(m.sample(0, 0), (0.0, 0.0));
-        std::thread::sleep(Duration::from_millis(50));
-        let (r, f) = m.sample(100, 50);
-        assert!(r > 100.0 && f > 50.0 && r < 2100.0, "{r} {f}");
     }
 }

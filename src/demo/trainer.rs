@@ -133,7 +133,11 @@ mod tests {
         let result: Value = serde_json::from_str(&message).unwrap_or_else(|e| panic!("{e}: {message}"));
         assert_eq!(result["version"], "v2");
         assert_eq!(result["uri"], "pvc://models/support-chat/chat-quality-1");
-        assert!(result["metrics"]["eval_loss"].as_f64().is_some());
+        let (after, before) = (result["metrics"]["evalLoss"].as_f64(), result["metrics"]["evalLossBefore"].as_f64());
+        assert!(
+            matches!((after, before), (Some(a), Some(b)) if a < b),
+            "a better model, by the contract's names: {message}"
+        );
         assert!(!message.contains('\n'), "one line");
         let quality = world.lock().unwrap_or_else(std::sync::PoisonError::into_inner).quality("v2");
         assert!(quality.is_some_and(|q| q > 0.86));

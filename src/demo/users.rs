@@ -8,6 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::collector::MAX_BATCH_ITEMS;
+use crate::collector::client::{CollectorClient, Ingest};
+
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -208,37 +211,6 @@ impl TrafficStats {
     }
 }
 
-/// The collector as the simulated agents and applications reach it.
-#[derive(Clone)]
-pub struct CollectorClient {
-    /// Base URL.
-    pub base: String,
-    /// A write token.
-    pub token: String,
-    /// HTTP client.
-    pub http: reqwest::Client,
-}
-
-impl CollectorClient {
-    async fn post(&self, path: &str, body: &[Value]) -> Result<(), String> {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
-            .await
-            .map_err(|e| format!("POST {path}: {e}"))?;
-        let status = response.status();
-        if status.is_success() {
-            Ok(())
-        } else {
-            let text = response.text().await.unwrap_or_default();
-            Err(format!("POST {path}: {status}: {}", text.chars().take(300).collect::<String>()))
-        }
-    }
-}
-
 /// Send traffic until `stop`: `rate` requests per second over the ready pods in `routes`, each
 /// answered with the quality `world` gives its version, in batches every `tick`.
 pub async fn run(
@@ -293,10 +265,20 @@ pub async fn run(
             }
         }
         let mut errors = Vec::new();
-        for (path, batch) in [("/v1/interactions", &interactions), ("/v1/feedback", &feedback)] {
-            for chunk in batch.chunks(1000) {
-                if let Err(e) = collector.post(path, chunk).await {
-                    errors.push(e);
+        for (kind, batch) in [(Ingest::Interactions, &interactions), (Ingest::Feedback, &feedback)] {
+            for chunk in batch.chunks(MAX_BATCH_ITEMS) {
+                match collector.ingest(kind, chunk).await {
+                    Ok(answer) if answer.rejected > 0 => {
+                        let first = answer.results.iter().find_map(|r| r.error.as_ref());
+                        errors.push(format!(
+                            "{} of {} events refused{}",
+                            answer.rejected,
+                            chunk.len(),
+                            first.map(|e| format!(": {}", e.message)).unwrap_or_default()
+                        ));
+                    }
+                    Ok(_) => {}
+                    Err(e) => errors.push(e.to_string()),
                 }
             }
         }
