@@ -16,7 +16,7 @@ use super::clock::now_ms;
 use super::dataset::{self, Built, Encoded, Manifest, Recipe};
 use super::error::ApiError;
 use super::request::{Payload, ReadAccess, WriteAccess, parse_time};
-use super::server::AppState;
+use super::state::AppState;
 use super::store::{Store, StoreError};
 
 /// Body of `POST /v1/datasets`.

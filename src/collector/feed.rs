@@ -13,7 +13,7 @@ use super::clock::{now_ms, rfc3339};
 use super::error::ApiError;
 use super::event::Feedback;
 use super::request::{Params, ReadAccess, parse_time};
-use super::server::AppState;
+use super::state::AppState;
 use super::stats::{self, Mapping, StatsReport};
 
 /// Query of `/v1/stats` and `/v1/stats/watch`.

@@ -8,7 +8,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 
 use super::error::ApiError;
-use super::server::AppState;
+use super::state::AppState;
 
 pub(super) async fn healthz() -> &'static str {
     "ok"

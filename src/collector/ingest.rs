@@ -14,7 +14,7 @@ use super::error::{ApiError, ErrorDetail};
 use super::event::{self, Event, FieldError};
 use super::metrics::KindLabels;
 use super::request::{Payload, WriteAccess};
-use super::server::AppState;
+use super::state::AppState;
 use super::store::Outcome;
 use super::writer::SubmitError;
 

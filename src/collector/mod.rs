@@ -22,6 +22,7 @@ pub mod metrics;
 mod request;
 mod routes;
 mod server;
+mod state;
 pub mod stats;
 pub mod store;
 mod subjects;

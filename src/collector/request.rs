@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use super::auth::{Scope, Verdict};
 use super::clock::parse_rfc3339;
 use super::error::ApiError;
-use super::server::AppState;
+use super::state::AppState;
 
 /// The request's token may read.
 pub(super) struct ReadAccess;

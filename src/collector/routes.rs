@@ -7,7 +7,7 @@ use super::datasets::{get_dataset, get_dataset_file, post_dataset};
 use super::feed::{get_stats, list_feedback, watch_stats};
 use super::health::{healthz, metrics_text, not_found, readyz};
 use super::ingest::{post_feedback, post_interactions};
-use super::server::AppState;
+use super::state::AppState;
 use super::subjects::delete_subject;
 
 /// Every endpoint, over the shared state.

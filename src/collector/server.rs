@@ -17,6 +17,7 @@ use super::config::CollectorConfig;
 use super::dataset;
 use super::metrics::Metrics;
 use super::routes::router;
+use super::state::AppState;
 use super::store::{Store, StoreError};
 use super::writer::Writer;
 
@@ -38,18 +39,6 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// What every handler shares.
-#[derive(Clone)]
-pub(super) struct AppState {
-    pub(super) store: Store,
-    pub(super) writer: Writer,
-    pub(super) tokens: Tokens,
-    pub(super) metrics: Arc<Metrics>,
-    pub(super) config: Arc<CollectorConfig>,
-    /// The last probe's answer: does the store answer?
-    pub(super) ready: Arc<AtomicBool>,
 }
 
 /// A running collector.

@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::error::ApiError;
 use super::event;
 use super::request::WriteAccess;
-use super::server::AppState;
+use super::state::AppState;
 
 /// How many events were erased.
 #[derive(Serialize)]

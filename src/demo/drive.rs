@@ -14,12 +14,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::error::DemoError;
 use super::observe::{self, Observer, Outcome, Snapshot, Tracker, changes, qualities};
+use super::options::{DemoOptions, scenario_name};
 use super::resources::{self, DEPLOYMENT, FIRST_VERSION, MIN_SAMPLES, NAMESPACE, POLICY, QUALITY_BELOW};
 use super::scenario::{Pace, World};
+use super::stack::{Stack, apply};
 use super::summary::{self, Summary};
 use super::users::{self, Routes, Target, TrafficStats};
 use super::view::{Frame, View};
-use super::{DemoOptions, Stack, apply, scenario_name};
 use crate::api::model_deployment::HistoryType;
 use crate::api::{FeedbackPolicy, ModelDeployment};
 use crate::collector::client::CollectorClient;

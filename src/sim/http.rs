@@ -38,6 +38,8 @@ pub struct AppState {
     pub bookmark_interval: Duration,
     /// Write requests received, by field manager (or user agent).
     pub requests: Arc<std::sync::Mutex<HashMap<String, u64>>>,
+    /// Where pods run as processes keep their output (the `log` subresource reads it).
+    pub processes: Option<Arc<crate::sim::controllers::process::ProcessMode>>,
 }
 
 /// The router of the whole server.
@@ -287,6 +289,12 @@ async fn route(state: &AppState, request: Request) -> Result<Response, ApiError>
     let target = parse_path(&path).ok_or_else(|| ApiError::no_route(&path))?;
     let t = state.core.resource_type(&target.gvr).ok_or_else(|| ApiError::no_route(&path))?;
     let ns = target.namespace.as_deref();
+    if t.plural == "pods"
+        && target.sub.as_deref() == Some("log")
+        && let (&Method::GET, Some(name)) = (&method, target.name.as_deref())
+    {
+        return pod_log(state, ns, name, &q);
+    }
     let sub = match target.sub.as_deref() {
         None => None,
         Some("status") if t.status => Some(Sub::Status),
@@ -378,6 +386,54 @@ async fn route(state: &AppState, request: Request) -> Result<Response, ApiError>
         }
         (m, _) => Err(ApiError::method_not_supported(&t, m.as_str())),
     }
+}
+
+/// `GET .../pods/NAME/log`: a container's output as text (`container` names it when the pod has
+/// several; `tailLines` keeps the last lines). A pod the kubelet scripts has written nothing.
+fn pod_log(state: &AppState, ns: Option<&str>, name: &str, q: &HashMap<String, String>) -> Result<Response, ApiError> {
+    let pod = state.core.get(&Gvr::new("", "v1", "pods"), ns, name)?;
+    let containers: Vec<String> = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .map(|cs| cs.iter().filter_map(|c| c.get("name").and_then(Value::as_str).map(str::to_string)).collect())
+        .unwrap_or_default();
+    let init: Vec<String> = pod
+        .pointer("/spec/initContainers")
+        .and_then(Value::as_array)
+        .map(|cs| cs.iter().filter_map(|c| c.get("name").and_then(Value::as_str).map(str::to_string)).collect())
+        .unwrap_or_default();
+    let container = match q.get("container") {
+        Some(c) if containers.contains(c) || init.contains(c) => c.clone(),
+        Some(c) => return Err(ApiError::bad_request(format!("container {c} is not valid for pod {name}"))),
+        None if containers.len() == 1 => containers[0].clone(),
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                containers.join(" ")
+            )));
+        }
+    };
+    let text = state
+        .processes
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p.log_file(ns.unwrap_or_default(), name, &container)).ok())
+        .unwrap_or_default();
+    let text = match q.get("tailLines").and_then(|n| n.parse::<usize>().ok()) {
+        Some(n) => {
+            let lines: Vec<&str> = text.lines().collect();
+            let mut tail = lines[lines.len().saturating_sub(n)..].join("\n");
+            if !tail.is_empty() {
+                tail.push('\n');
+            }
+            tail
+        }
+        None => text,
+    };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from(text))
+        .map_err(|e| ApiError::internal(e.to_string()))
 }
 
 fn scale_view(state: &AppState, target: &Target, name: &str) -> Result<Value, ApiError> {

@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use self::controllers::process::ProcessMode;
 pub use self::controllers::{Outcome, PodBehavior, PodScript, WorkloadConfig};
 pub use self::core::Core;
 pub use self::faults::{FaultConfig, Faults};
@@ -166,6 +167,7 @@ impl Sim {
             faults: faults.clone(),
             bookmark_interval: config.bookmark_interval,
             requests: requests.clone(),
+            processes: config.workloads.processes.clone(),
         };
         let app = http::router(state);
         let tls = tls::generate()?;

@@ -10,7 +10,9 @@ use tokio_postgres::types::ToSql;
 
 use super::rows::{self, Columns, FromColumn, to_json};
 use super::sql;
-use super::{DatasetFile, JoinedFeedback, Outcome, StatsRows, StoreError, StoredFeedback, StoredFile, file_rows};
+use super::types::{
+    DatasetFile, JoinedFeedback, Outcome, StatsRows, StoreError, StoredFeedback, StoredFile, file_rows,
+};
 use crate::collector::event::{Event, Feedback, Interaction};
 
 fn pg(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> StoreError {

@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use super::{Aggregate, JoinedFeedback, StoreError, StoredFeedback, StoredFile};
+use super::types::{Aggregate, JoinedFeedback, StoreError, StoredFeedback, StoredFile};
 use crate::collector::event::{Feedback, FeedbackValue, Interaction, Kind};
 
 /// A column type both drivers read.

@@ -9,7 +9,9 @@ use rusqlite::{Params, TransactionBehavior};
 
 use super::rows::{self, Columns, FromColumn, to_json};
 use super::sql;
-use super::{DatasetFile, JoinedFeedback, Outcome, StatsRows, StoreError, StoredFeedback, StoredFile, file_rows};
+use super::types::{
+    DatasetFile, JoinedFeedback, Outcome, StatsRows, StoreError, StoredFeedback, StoredFile, file_rows,
+};
 use crate::collector::event::{Event, Feedback, Interaction};
 
 fn sq(context: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {

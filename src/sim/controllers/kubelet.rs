@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::common::{gvr_pods, opts, s};
+use super::process::{self, ProcessMode};
 use crate::sim::core::{Core, Sub, now_rfc3339};
 
 /// Annotation: `succeed` (default) or `fail`.
@@ -53,11 +54,13 @@ pub struct WorkloadConfig {
     pub pod_ready_delay: Duration,
     /// Optional in-process script.
     pub script: Option<PodScript>,
+    /// Pods whose every image is mapped here run as real processes ([`ProcessMode`]).
+    pub processes: Option<Arc<ProcessMode>>,
 }
 
 impl Default for WorkloadConfig {
     fn default() -> Self {
-        Self { pod_ready_delay: Duration::from_millis(300), script: None }
+        Self { pod_ready_delay: Duration::from_millis(300), script: None, processes: None }
     }
 }
 
@@ -95,6 +98,10 @@ pub(super) fn start_pod(
 ) {
     let Some(uid) = s(pod, "/metadata/uid").map(str::to_string) else { return };
     if s(pod, "/status/phase") != Some("Pending") || !started.insert(uid) {
+        return;
+    }
+    if let Some(mode) = config.processes.as_ref().filter(|m| m.runs(pod)) {
+        process::start(mode, core, pod, stop);
         return;
     }
     let behavior =

@@ -12,6 +12,7 @@ mod garbage_collector;
 mod job;
 mod kubelet;
 mod namespace;
+pub mod process;
 mod root_ca;
 mod ttl_after_finished;
 

@@ -8,8 +8,25 @@ use crate::sim::registry::ResourceType;
 
 /// Defaults the real server's decoding fills in on every write (`SetDefaults_*`).
 pub(super) fn on_write(t: &ResourceType, obj: &mut Value) {
-    if (t.group.as_str(), t.kind.as_str()) == ("apiextensions.k8s.io", "CustomResourceDefinition") {
-        crds::default_spec(obj);
+    match (t.group.as_str(), t.kind.as_str()) {
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => crds::default_spec(obj),
+        ("", "Secret") => secret_string_data(obj),
+        _ => {}
+    }
+}
+
+/// A Secret's `stringData` is write-only: the server merges it into `data` (base64, a key in
+/// both taking `stringData`'s value) and never returns it (`Convert_v1_Secret_To_core_Secret`).
+fn secret_string_data(obj: &mut Value) {
+    use base64::Engine;
+    let Some(Value::Object(strings)) = obj.as_object_mut().and_then(|o| o.remove("stringData")) else { return };
+    if !obj.get("data").is_some_and(Value::is_object) {
+        obj["data"] = json!({});
+    }
+    for (key, value) in strings {
+        if let Some(text) = value.as_str() {
+            obj["data"][key] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+        }
     }
 }
 
