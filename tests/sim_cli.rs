@@ -69,3 +69,49 @@ fn sim_serves_kubectl_and_stops_on_sigterm() {
     );
     let _removed = std::fs::remove_dir_all(&dir);
 }
+
+/// `--run-image` runs the pods of an image as real processes: `kubectl run` starts one, and
+/// `kubectl logs` reads what it printed.
+#[test]
+fn sim_runs_mapped_images_as_processes_for_kubectl() {
+    let dir = std::env::temp_dir().join(format!("flywheel-sim-cli-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let kubeconfig = dir.join("kubeconfig");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flywheel"))
+        .args(["sim", "--listen", "127.0.0.1:0", "--run-image", "busybox=/bin/sh -c", "--process-root"])
+        .arg(dir.join("pods"))
+        .arg("--kubeconfig-out")
+        .arg(&kubeconfig)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting flywheel sim: {e}"));
+    let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+    let mut url = String::new();
+    BufReader::new(stdout).read_line(&mut url).unwrap_or_else(|e| panic!("{e}"));
+    let kubectl = |args: &[&str]| {
+        Command::new("kubectl")
+            .env("KUBECONFIG", &kubeconfig)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("kubectl: {e}"))
+    };
+    let run = kubectl(&["run", "hello", "--image=busybox:1.36", "--restart=Never", "--", "echo hello from $HOSTNAME"]);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let start = Instant::now();
+    let phase = loop {
+        let out = kubectl(&["get", "pod", "hello", "-o", "jsonpath={.status.phase}"]);
+        let phase = String::from_utf8_lossy(&out.stdout).to_string();
+        if phase == "Succeeded" || phase == "Failed" || start.elapsed() > Duration::from_secs(20) {
+            break phase;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(phase, "Succeeded");
+    let logs = kubectl(&["logs", "hello"]);
+    assert!(logs.status.success(), "{}", String::from_utf8_lossy(&logs.stderr));
+    assert_eq!(String::from_utf8_lossy(&logs.stdout), "hello from hello\n");
+    let _killed = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _exited = child.wait();
+    let _removed = std::fs::remove_dir_all(&dir);
+}

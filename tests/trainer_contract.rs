@@ -14,19 +14,22 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Cluster, eventually};
 use flywheel::api::feedback_policy::{DatasetFormat, DatasetRecipe, SignalMapping};
 use flywheel::api::model_deployment::Candidate;
+use flywheel::api::retrain_job::{AttemptOutcome, RetrainPhase};
 use flywheel::api::{ModelDeployment, RetrainJob};
 use flywheel::collector::client::{CollectorClient, recipe};
 use flywheel::collector::{Collector, CollectorConfig};
 use flywheel::operator::model_deployment::children::{ChildSettings, ModelSource};
 use flywheel::operator::retrain_job::{job, result};
 use flywheel::operator::{self, OperatorConfig};
+use flywheel::sim::{ProcessMode, SimConfig, WorkloadConfig};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
@@ -374,6 +377,170 @@ async fn the_reference_trainer_runs_in_the_jobs_environment_and_serving_mounts_i
     );
     assert!(load.status.success(), "loading the served model: {}", String::from_utf8_lossy(&load.stderr));
     assert_eq!(String::from_utf8_lossy(&load.stdout).trim(), "True");
+    op.shutdown().await;
+    collector.shutdown().await;
+    ns.cleanup().await;
+    cluster.stop().await;
+}
+
+/// The same contract end to end through the simulated kubelet's process mode: the operator's
+/// RetrainJob controller makes the Job, the kubelet runs its pod as the reference trainer's real
+/// Python (the trainer image mapped to `python -m flywheel_trainer`) with the pod's environment,
+/// its collector token from the Secret and the claim as a directory, and the controller reads
+/// the termination message the trainer wrote. A second RetrainJob's trainer reports the mount path
+/// it wrote to (the defect the seams issue fixed: a path is not a URI serving can load): the
+/// RetrainJob fails `MalformedResult` at once, and nothing is handed over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_runs_the_reference_trainer_through_the_simulated_kubelet() {
+    let Some(py) = trainer_python() else { return };
+    if std::env::var_os(common::KUBECONFIG_ENV).is_some() {
+        eprintln!("SKIPPED: needs the simulated cluster's process mode; {} names a real one", common::KUBECONFIG_ENV);
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let trainer = root().join("trainer");
+    let mode = ProcessMode::new(dir.path().join("kubelet"))
+        .image(
+            "ghcr.io/flywheel-dev/trainer",
+            vec![py.to_string_lossy().to_string(), "-m".into(), "flywheel_trainer".into()],
+        )
+        .image("flywheel.test/path-reporter", vec!["/bin/sh".into(), "-c".into()])
+        .env("PYTHONPATH", &trainer.to_string_lossy())
+        .env("HF_HUB_OFFLINE", "1")
+        .env("TRANSFORMERS_OFFLINE", "1")
+        .env("TOKENIZERS_PARALLELISM", "false")
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    let mode = Arc::new(mode);
+    let config = SimConfig {
+        workloads: WorkloadConfig { processes: Some(mode.clone()), ..WorkloadConfig::default() },
+        ..SimConfig::default()
+    };
+    let cluster = Cluster::start_with(config).await;
+    cluster.install_crds().await;
+    let ns = cluster.namespace("kubelet-contract").await;
+
+    let base_dir = mode.claim_dir(&ns.name, "models").join("base");
+    let made = python(
+        &py,
+        &[
+            "-c",
+            "import sys; from pathlib import Path; from flywheel_trainer import synthetic; \
+             synthetic.write_base_model(Path(sys.argv[1]), n_items=24, hidden=64, layers=2, heads=4)",
+            &base_dir.to_string_lossy(),
+        ],
+        &BTreeMap::new(),
+    );
+    assert!(made.status.success(), "writing the base model: {}", String::from_utf8_lossy(&made.stderr));
+
+    std::fs::write(dir.path().join("tokens"), format!("{TOKEN} write\n")).unwrap_or_else(|e| panic!("{e}"));
+    let mut cc = CollectorConfig::new("127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")), dir.path().join("data"));
+    cc.token_file = Some(dir.path().join("tokens"));
+    let collector = Collector::start(cc).await.unwrap_or_else(|e| panic!("{e}"));
+    let base = format!("http://{}", collector.addr());
+    feedback(&reqwest::Client::new(), &base, &ns.name).await;
+    let client = CollectorClient::new(&base, Some(TOKEN.to_string()));
+    let dataset = DatasetRecipe {
+        formats: vec![DatasetFormat::Sft, DatasetFormat::Dpo],
+        held_out_fraction: 0.1,
+        min_rows: 10,
+        ..DatasetRecipe::default()
+    };
+    let snapshot = client
+        .snapshot(&ns.name, "support-chat", "2000-01-01T00:00:00Z", recipe(&dataset, &SignalMapping::default()))
+        .await
+        .unwrap_or_else(|e| panic!("the snapshot: {e}"));
+
+    // The collector token the Job's container reads, as an installation keeps it.
+    let secrets: Api<Secret> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "flywheel-collector-token"}, "stringData": {"token": TOKEN},
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    secrets.create(&PostParams::default(), &secret).await.unwrap_or_else(|e| panic!("{e}"));
+    let op = operator::start(
+        cluster.client.clone(),
+        OperatorConfig {
+            collector_url: Some(base.clone()),
+            collector_token: Some(TOKEN.to_string()),
+            ..OperatorConfig::local().scoped_to(&ns.name)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+
+    let rtjs: Api<RetrainJob> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let spec = |name: &str, image: &str, args: Value| -> RetrainJob {
+        serde_json::from_value(json!({
+            "apiVersion": "flywheel.dev/v1alpha1", "kind": "RetrainJob",
+            "metadata": {"name": name},
+            "spec": {
+                "targetRef": {"name": "support-chat"},
+                "base": {"version": "v1", "uri": "pvc://models/base"},
+                "dataset": {"uri": snapshot.uri, "sha256": snapshot.sha256, "formats": ["SFT", "DPO"],
+                            "counts": snapshot.counts, "snapshotId": snapshot.id},
+                "trainer": {"image": image, "args": args, "hyperparameters":
+                    {"maxSteps": "3", "batchSize": "4", "mergeAdapter": "true", "seed": "1"}},
+                "outputUri": format!("pvc://models/support-chat/{name}"),
+                "promotion": "None",
+            }
+        }))
+        .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let good = spec("support-chat-1", "ghcr.io/flywheel-dev/trainer:0.1.0", json!([]));
+    rtjs.create(&PostParams::default(), &good).await.unwrap_or_else(|e| panic!("{e}"));
+    let bad = spec(
+        "support-chat-2",
+        "flywheel.test/path-reporter:1",
+        json!([r#"printf '{"version":"v9","uri":"%s"}' "$FLYWHEEL_OUTPUT_DIR" > "$FLYWHEEL_TERMINATION_LOG""#]),
+    );
+    rtjs.create(&PostParams::default(), &bad).await.unwrap_or_else(|e| panic!("{e}"));
+
+    let finished = |name: &'static str| {
+        let rtjs = rtjs.clone();
+        async move {
+            eventually(Duration::from_secs(240), || {
+                let rtjs = rtjs.clone();
+                async move {
+                    let r = rtjs.get(name).await.ok()?;
+                    let phase = r.status.as_ref().map(|s| s.phase)?;
+                    matches!(phase, RetrainPhase::Succeeded | RetrainPhase::Failed | RetrainPhase::Rejected)
+                        .then_some(r)
+                }
+            })
+            .await
+            .unwrap_or_else(|| panic!("RetrainJob {name} never finished"))
+        }
+    };
+    let refused = finished("support-chat-2").await;
+    let status = refused.status.unwrap_or_default();
+    assert_eq!(status.phase, RetrainPhase::Failed, "{status:?}");
+    assert_eq!(status.attempts.len(), 1, "no retry of a malformed result");
+    assert_eq!(status.attempts[0].outcome, Some(AttemptOutcome::MalformedResult), "{status:?}");
+    assert!(status.result.is_none(), "nothing is handed over");
+
+    let trained = finished("support-chat-1").await;
+    let status = trained.status.unwrap_or_default();
+    assert_eq!(status.phase, RetrainPhase::Succeeded, "{status:?}");
+    let result = status.result.unwrap_or_else(|| panic!("no result"));
+    assert_eq!(result.uri, "pvc://models/support-chat/support-chat-1");
+    assert!(result.metrics.contains_key("evalLoss"), "{result:?}");
+    let written = mode.claim_dir(&ns.name, "models").join("support-chat/support-chat-1");
+    for name in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(written.join(name).is_file(), "{name} is not where serving will look ({})", written.display());
+    }
+    // The trainer's output is the pod's log, through the API as `kubectl logs` reads it.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(cluster.client.clone(), &ns.name);
+    let trainer_pods =
+        pods.list(&kube::api::ListParams::default().labels("job-name")).await.unwrap_or_else(|e| panic!("{e}"));
+    let logs = futures::future::join_all(trainer_pods.items.iter().map(|p| {
+        let params = kube::api::LogParams { container: Some("trainer".into()), ..Default::default() };
+        let pods = pods.clone();
+        let name = p.metadata.name.clone().unwrap_or_default();
+        async move { pods.logs(&name, &params).await.unwrap_or_default() }
+    }))
+    .await;
+    assert!(logs.iter().any(|l| !l.is_empty()), "the trainer logged something");
+    assert!(logs.iter().all(|l| !l.contains(TOKEN)), "the token never reaches a log");
     op.shutdown().await;
     collector.shutdown().await;
     ns.cleanup().await;

@@ -15,10 +15,44 @@ pub struct SimArgs {
     /// Where to write a kubeconfig for the simulated cluster.
     #[arg(long)]
     pub kubeconfig_out: Option<PathBuf>,
+    /// Run pods of IMAGE (any tag) as real processes of COMMAND: `IMAGE=COMMAND [ARG...]`, the
+    /// command standing for the image's entrypoint. Repeatable; a pod runs as processes when
+    /// every one of its images is mapped, and is scripted otherwise.
+    #[arg(long = "run-image", value_name = "IMAGE=COMMAND", value_parser = parse_mapping)]
+    pub run_images: Vec<(String, Vec<String>)>,
+    /// Where pods run as processes keep their volumes, claims and logs (default: a directory
+    /// under the system's temporary directory, removed on exit).
+    #[arg(long, value_name = "DIR")]
+    pub process_root: Option<PathBuf>,
+}
+
+fn parse_mapping(text: &str) -> Result<(String, Vec<String>), String> {
+    crate::sim::ProcessMode::parse_mapping(text).map_err(|e| e.to_string())
+}
+
+/// The process mode the arguments ask for, and the directory to remove on exit (when it is ours).
+fn process_mode(args: &SimArgs) -> (Option<std::sync::Arc<crate::sim::ProcessMode>>, Option<PathBuf>) {
+    if args.run_images.is_empty() {
+        return (None, None);
+    }
+    let (root, owned) = match &args.process_root {
+        Some(dir) => (dir.clone(), None),
+        None => {
+            let dir = std::env::temp_dir().join(format!("flywheel-sim-{}", std::process::id()));
+            (dir.clone(), Some(dir))
+        }
+    };
+    let mode = args
+        .run_images
+        .iter()
+        .fold(crate::sim::ProcessMode::new(&root), |mode, (image, command)| mode.image(image, command.clone()));
+    (Some(std::sync::Arc::new(mode)), owned)
 }
 
 pub async fn run(args: SimArgs) -> ExitCode {
-    let config = crate::sim::SimConfig { listen: args.listen, ..crate::sim::SimConfig::default() };
+    let (processes, owned_root) = process_mode(&args);
+    let mut config = crate::sim::SimConfig { listen: args.listen, ..crate::sim::SimConfig::default() };
+    config.workloads.processes = processes;
     let sim = match crate::sim::Sim::start(config).await {
         Ok(sim) => sim,
         Err(e) => {
@@ -38,5 +72,8 @@ pub async fn run(args: SimArgs) -> ExitCode {
     super::process::shutdown_signal().await;
     tracing::info!("shutting down");
     sim.shutdown().await;
+    if let Some(dir) = owned_root {
+        let _removed = std::fs::remove_dir_all(dir);
+    }
     ExitCode::SUCCESS
 }
