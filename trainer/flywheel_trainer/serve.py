@@ -258,9 +258,13 @@ def load_model(model_dir: Path, device: Any, dtype: Any) -> tuple[Any, Any]:
 
 @dataclass
 class AdapterInfo:
+    """A loaded adapter: its API name, the path it came from, and its name inside peft (a
+    counter: peft's own names must not contain dots or be part of its ``lora_`` prefix)."""
+
     name: str
     path: str
     created: int
+    key: str
 
 
 @dataclass
@@ -278,6 +282,7 @@ class ModelHost:
     adapters: dict[str, AdapterInfo] = field(default_factory=dict)
     peft: Any = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    loads: int = 0
 
     def __post_init__(self) -> None:
         from .formatting import ChatFormatter
@@ -326,8 +331,10 @@ class ModelHost:
             config = self._adapter_config(name, where)
             if name in self.adapters:
                 self._remove(name)
-            self._attach(name, where, config)
-            self.adapters[name] = AdapterInfo(name, path, int(time.time()))
+            self.loads += 1
+            key = f"adapter{self.loads}"
+            self._attach(name, key, where, config)
+            self.adapters[name] = AdapterInfo(name, path, int(time.time()), key)
 
     def unload_adapter(self, name: str) -> None:
         with self.lock:
@@ -347,38 +354,38 @@ class ModelHost:
         config.inference_mode = True
         return config
 
-    def _attach(self, name: str, where: Path, config: Any) -> None:
-        """Inject and load the adapter; on failure the model is as it was."""
+    def _attach(self, name: str, key: str, where: Path, config: Any) -> None:
+        """Inject and load the adapter as ``key``; on failure the model is as it was."""
         from peft import get_peft_model
 
         created = self.peft is None
         try:
             if created:
-                self.peft = get_peft_model(self.model, config, adapter_name=name)
-            self.peft.load_adapter(str(where), adapter_name=name, is_trainable=False)
+                self.peft = get_peft_model(self.model, config, adapter_name=key)
+            self.peft.load_adapter(str(where), adapter_name=key, is_trainable=False)
             self.peft.eval()
         except Exception as e:  # noqa: BLE001 - any failure leaves the model unchanged and is the client's
-            self._discard(name, created)
+            self._discard(key, created)
             raise bad_request(f"Loading lora {name} failed: the adapter in {where} does not fit the model: {type(e).__name__}: {_brief(e)}", "lora_path") from e
 
-    def _discard(self, name: str, created: bool) -> None:
+    def _discard(self, key: str, created: bool) -> None:
         """Undo a failed ``_attach``."""
         if self.peft is None:
             return
-        if created or set(self.peft.peft_config) <= {name}:
+        if created or set(self.peft.peft_config) <= {key}:
             self.model = self.peft.unload().eval()
             self.peft = None
-        elif name in self.peft.peft_config:
-            self.peft.delete_adapter(name)
+        elif key in self.peft.peft_config:
+            self.peft.delete_adapter(key)
 
     def _remove(self, name: str) -> None:
         """Drop a loaded adapter; without adapters left, the plain model again."""
-        del self.adapters[name]
-        if set(self.peft.peft_config) <= {name}:
+        key = self.adapters.pop(name).key
+        if set(self.peft.peft_config) <= {key}:
             self.model = self.peft.unload().eval()
             self.peft = None
         else:
-            self.peft.delete_adapter(name)
+            self.peft.delete_adapter(key)
 
     # -- generation ----------------------------------------------------------------------------
 
@@ -394,7 +401,7 @@ class ModelHost:
     def _selected(self, name: str) -> Iterator[Any]:
         """The module to run for the model ``name``: the adapter active, or all adapters off."""
         if name in self.adapters:
-            self.peft.set_adapter(name, inference_mode=True)
+            self.peft.set_adapter(self.adapters[name].key, inference_mode=True)
             yield self.peft
         elif name != self.name:
             raise no_such_model(name)
