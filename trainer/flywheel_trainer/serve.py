@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -330,17 +331,21 @@ class ModelHost:
                 raise ApiError(HTTPStatus.NOT_FOUND, f"Loading lora {name} failed: No adapter found for {path}", "NotFoundError", "lora_path")
             config = self._adapter_config(name, where)
             if name in self.adapters:
-                self._remove(name)
+                with _quiet_peft():
+                    self._remove(name)
             self.loads += 1
             key = f"adapter{self.loads}"
-            self._attach(name, key, where, config)
-            self.adapters[name] = AdapterInfo(name, path, int(time.time()), key)
+            with _quiet_peft():
+                self._attach(name, key, where, config)
+            # Replaced, never changed in place: /v1/models reads it without the lock.
+            self.adapters = {**self.adapters, name: AdapterInfo(name, path, int(time.time()), key)}
 
     def unload_adapter(self, name: str) -> None:
         with self.lock:
             if name not in self.adapters:
                 raise ApiError(HTTPStatus.NOT_FOUND, f"The lora adapter '{name}' cannot be found.", "NotFoundError", "lora_name")
-            self._remove(name)
+            with _quiet_peft():
+                self._remove(name)
 
     def _adapter_config(self, name: str, where: Path) -> Any:
         from peft import PeftConfig
@@ -380,7 +385,8 @@ class ModelHost:
 
     def _remove(self, name: str) -> None:
         """Drop a loaded adapter; without adapters left, the plain model again."""
-        key = self.adapters.pop(name).key
+        key = self.adapters[name].key
+        self.adapters = {n: a for n, a in self.adapters.items() if n != name}
         if set(self.peft.peft_config) <= {key}:
             self.model = self.peft.unload().eval()
             self.peft = None
@@ -430,6 +436,15 @@ class ModelHost:
                 raise bad_request("the prompt is empty", "prompt")
             capped = Sampling(limit, sampling.temperature, sampling.top_p, sampling.seed, sampling.stop)
             yield TokenStream(model, self.tokenizer, ids, capped, self.eos_ids, self.device)
+
+
+@contextlib.contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """peft's UserWarnings on adapter changes (which adapter is active now, a base path renamed
+    in a config) say nothing to a client and would clutter the request log."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        yield
 
 
 def _brief(e: BaseException, limit: int = 300) -> str:
