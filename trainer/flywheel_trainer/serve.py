@@ -45,6 +45,7 @@ from .dataset import Message
 from .errors import DatasetError
 
 MAX_BODY_BYTES = 1 << 20
+DRAIN_BYTES = 16 << 20  # an oversized body up to this is read and dropped, so the 413 arrives
 EXIT_OK, EXIT_BAD_CONFIG = 0, 3
 
 
@@ -467,12 +468,12 @@ class GenerationRequest:
     prompt: str | None = None
 
 
-def _int(body: Mapping[str, Any], name: str, minimum: int) -> int | None:
+def _int(body: Mapping[str, Any], name: str, minimum: int, maximum: int = sys.maxsize) -> int | None:
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise bad_request(f"'{name}' must be an integer >= {minimum}", name)
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise bad_request(f"'{name}' must be an integer in [{minimum}, {maximum}]", name)
     return value
 
 
@@ -544,7 +545,7 @@ def parse_generation(body: Any, default_model: str, chat: bool) -> GenerationReq
         max_new_tokens=limit or sys.maxsize,
         temperature=_number(body, "temperature", 0.0, 2.0, 0.0),
         top_p=_number(body, "top_p", 1e-9, 1.0, 1.0),
-        seed=_int(body, "seed", -(1 << 63)),
+        seed=_int(body, "seed", -(1 << 63), (1 << 64) - 1),  # what torch's generator takes
         stop=_stops(body.get("stop")),
     )
     common = dict(model=model, sampling=sampling, stream=stream, include_usage=bool(options.get("include_usage")))
@@ -640,12 +641,23 @@ class Handler(BaseHTTPRequestHandler):
             raise bad_request("a bad Content-Length") from None
         if length > MAX_BODY_BYTES:
             self.close_connection = True
+            self._drain(length)
             raise ApiError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"the request body is over {MAX_BODY_BYTES} bytes")
         data = self.rfile.read(length) if length > 0 else b""
         try:
             return json.loads(data)
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise bad_request("the request body is not valid JSON") from None
+
+    def _drain(self, length: int) -> None:
+        """Read and drop up to ``DRAIN_BYTES`` of a refused body: closing a socket with unread
+        data resets the connection, and the client could lose the answer."""
+        left = min(length, DRAIN_BYTES)
+        while left > 0:
+            chunk = self.rfile.read(min(left, 1 << 16))
+            if not chunk:
+                break
+            left -= len(chunk)
 
     # -- routes --------------------------------------------------------------------------------
 
