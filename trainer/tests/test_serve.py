@@ -401,7 +401,7 @@ def test_the_server_serves_a_merged_model_the_trainer_wrote_and_stops_cleanly_on
         head = f"POST /v1/chat/completions HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
         with socket.create_connection(("127.0.0.1", served.port), timeout=60) as conn:
             conn.sendall(head + payload[:10])
-            time.sleep(0.5)
+            time.sleep(1.0)  # the server accepts it and its handler waits for the rest
             served.proc.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + 30
             while True:  # wait until the listening socket is closed
