@@ -103,6 +103,15 @@ class ChatFormatter:
 
     # -- encoding -------------------------------------------------------------------------------
 
+    def encode_prompt(self, messages: Sequence[Message]) -> list[int]:
+        """Token ids of a conversation followed by the generation prompt, exactly the prompt part
+        that ``encode`` trains on (the model server feeds it to generation); not truncated."""
+        ids = self._ids(self._render(messages, add_generation_prompt=True))
+        bos = self.tokenizer.bos_token_id
+        if not self.uses_chat_template and bos is not None:
+            ids = [bos, *ids]
+        return ids
+
     def encode(self, messages: Sequence[Message]) -> Example | None:
         """Token ids and labels of a conversation; None when nothing of the answer fits."""
         prompt_text, answer_text = self._split(messages)
