@@ -311,3 +311,70 @@ async fn readiness_follows_the_probe_and_no_process_outlives_the_cluster() {
     assert!(!alive(&child), "so is the child it started");
     let _removed = std::fs::remove_dir_all(root);
 }
+
+/// With a network namespace per pod, two pods both listen on 8080, each at its own IP, and a
+/// readiness probe reaches each at its IP. Needs root and iproute2: elsewhere it says why and
+/// passes, unless `FLYWHEEL_REQUIRE_NETNS` is set.
+#[tokio::test]
+async fn pods_with_their_own_network_listen_on_the_same_port() {
+    let root = std::env::temp_dir().join(format!("flywheel-process-netns-{}", std::process::id()));
+    let mode = match ProcessMode::new(&root).image(SHELL, vec!["/bin/sh".into(), "-c".into()]).isolated_network() {
+        Ok(mode) => mode,
+        Err(e) => {
+            assert!(std::env::var_os("FLYWHEEL_REQUIRE_NETNS").is_none(), "{e}");
+            eprintln!("SKIPPED: {e}");
+            return;
+        }
+    };
+    let host_ip = mode.host_ip().map(|ip| ip.to_string()).unwrap_or_default();
+    let mode = Arc::new(mode);
+    let config = SimConfig {
+        workloads: WorkloadConfig { processes: Some(mode.clone()), ..WorkloadConfig::default() },
+        ..SimConfig::default()
+    };
+    let sim = Sim::start(config).await.unwrap_or_else(|e| panic!("sim: {e}"));
+    let client = sim.client().await.unwrap_or_else(|e| panic!("client: {e}"));
+    let api = Api::<Pod>::namespaced(client.clone(), "default");
+    for name in ["web-a", "web-b"] {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"containers": [{
+                "name": "web", "image": SHELL,
+                "args": [format!("mkdir -p site && echo {name} > site/who && cd site && exec python3 -m http.server 8080 --bind 0.0.0.0")],
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "readinessProbe": {"httpGet": {"path": "/who", "port": "http"}, "periodSeconds": 1},
+            }]},
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        api.create(&PostParams::default(), &pod).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let http = reqwest::Client::new();
+    let mut ips = Vec::new();
+    for name in ["web-a", "web-b"] {
+        let mut ready = None;
+        for _ in 0..150 {
+            let p = serde_json::to_value(api.get(name).await.unwrap_or_else(|e| panic!("{e}"))).unwrap_or_default();
+            if p["status"]["containerStatuses"][0]["ready"] == true {
+                ready = Some(p);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let p = ready.unwrap_or_else(|| panic!("{name} never became Ready"));
+        let ip = p["status"]["podIP"].as_str().unwrap_or_default().to_string();
+        assert_ne!(ip, "127.0.0.1");
+        assert!(
+            ip.starts_with(host_ip.rsplit_once('.').map(|(net, _)| net).unwrap_or("?")),
+            "{ip} is on the bridge {host_ip}"
+        );
+        let who = http.get(format!("http://{ip}:8080/who")).send().await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(who.text().await.unwrap_or_default(), format!("{name}\n"));
+        ips.push(ip);
+    }
+    assert_ne!(ips[0], ips[1]);
+    sim.shutdown().await;
+    drop(api);
+    drop(client);
+    drop(mode);
+    let _removed = std::fs::remove_dir_all(&root);
+}

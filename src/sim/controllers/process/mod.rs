@@ -14,11 +14,12 @@
 //! the mount paths are rewritten to the host directories that stand for them wherever they appear
 //! in the container's environment values, arguments and working directory (see
 //! [`spec::PathMap`]); a program that builds a mount path some other way does not see the volume.
-//! Pods share this machine's network (the pod IP is 127.0.0.1): two pods listening on one port
-//! collide, so the process mode runs pods whose ports differ. Liveness and startup probes are not
+//! Pods share this machine's network (the pod IP is 127.0.0.1) unless the mode gives each a
+//! network namespace of its own ([`ProcessMode::isolated_network`], root only). Liveness and startup probes are not
 //! run; restarts back off 1 s, doubling to 10 s (a kubelet starts at 10 s and caps at 5 min).
 
 mod mode;
+pub mod network;
 mod run;
 pub mod spec;
 

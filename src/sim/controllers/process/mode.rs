@@ -1,9 +1,13 @@
 //! [`ProcessMode`]: which images run as host commands, and where the pods' files live.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde_json::Value;
+
+use super::network::{Bridge, NetworkError};
 
 /// Which images run as host commands, and where the pods' files live.
 #[derive(Debug, Clone, Default)]
@@ -14,6 +18,8 @@ pub struct ProcessMode {
     base_env: BTreeMap<String, String>,
     /// Pods' directories, claims and logs.
     root: PathBuf,
+    /// A network namespace per pod on this bridge; `None`: pods share this machine's network.
+    network: Option<Arc<Bridge>>,
 }
 
 /// Why an image mapping cannot be read.
@@ -31,7 +37,7 @@ impl ProcessMode {
                 base_env.insert(key.to_string(), value);
             }
         }
-        Self { images: BTreeMap::new(), base_env, root: root.into() }
+        Self { images: BTreeMap::new(), base_env, root: root.into(), network: None }
     }
 
     /// Run containers of `image` (any tag) as `command`.
@@ -46,6 +52,23 @@ impl ProcessMode {
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.base_env.insert(key.to_string(), value.to_string());
         self
+    }
+
+    /// Give every pod a network namespace of its own (its own IP on a bridge of this machine),
+    /// so pods can listen on the same port and `localhost` is the pod's own.
+    pub fn isolated_network(mut self) -> Result<Self, NetworkError> {
+        self.network = Some(Arc::new(Bridge::create()?));
+        Ok(self)
+    }
+
+    /// Where pods reach this machine's services when each has its own network (the bridge's
+    /// address); `None` when pods share this machine's network (they use 127.0.0.1).
+    pub fn host_ip(&self) -> Option<Ipv4Addr> {
+        self.network.as_ref().map(|b| b.host_ip())
+    }
+
+    pub(super) fn network(&self) -> Option<&Arc<Bridge>> {
+        self.network.as_ref()
     }
 
     /// The variables every process starts with.

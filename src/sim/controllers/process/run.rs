@@ -12,14 +12,15 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 use super::mode::ProcessMode;
+use super::network::PodNetwork;
 use super::spec::{self, PathMap, References, SpecError};
 use crate::sim::controllers::common::{gvr_pods, opts, s};
 use crate::sim::core::{Core, Gvr, Sub, now_rfc3339};
 
 /// The field manager of the kubelet's writes.
 const KUBELET: &str = "kubelet";
-/// Pods share this machine's network.
-const POD_IP: &str = "127.0.0.1";
+/// The pod IP when pods share this machine's network.
+const HOST_NETWORK_IP: &str = "127.0.0.1";
 /// A kubelet keeps at most this much of a termination message.
 const MAX_MESSAGE: usize = 4096;
 /// How often the kubelet looks at its processes.
@@ -204,6 +205,10 @@ pub(super) struct PodProcesses {
     start_time: String,
     grace: Duration,
     restart_policy: String,
+    /// The pod's IP.
+    ip: String,
+    /// Its network namespace, when it has one.
+    net: Option<PodNetwork>,
     /// When each condition last changed, and to what.
     transitions: BTreeMap<&'static str, (bool, String)>,
 }
@@ -229,13 +234,43 @@ impl PodProcesses {
             start_time: now_rfc3339(),
             grace,
             restart_policy,
+            ip: HOST_NETWORK_IP.to_string(),
+            net: None,
             transitions: BTreeMap::new(),
+        }
+    }
+
+    /// Run the pod in its own network namespace (when the mode gives each pod one), then remove
+    /// the namespace.
+    pub(super) async fn run(mut self, stop: CancellationToken) {
+        let bridge = self.mode.network().cloned();
+        if let Some(bridge) = &bridge {
+            match bridge.attach() {
+                Ok(net) => {
+                    self.ip = net.ip.to_string();
+                    self.net = Some(net);
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %self.name, error = %e, "no network namespace for a process pod");
+                    let mut main = self.containers("containers");
+                    for slot in &mut main {
+                        slot.state =
+                            State::Waiting { reason: "ContainerCreating".into(), message: Some(e.to_string()) };
+                    }
+                    self.write(&[], &main);
+                    return;
+                }
+            }
+        }
+        self.run_pod(stop).await;
+        if let (Some(bridge), Some(net)) = (bridge, self.net.take()) {
+            bridge.detach(&net);
         }
     }
 
     /// Run the pod to its end: its volumes, its init containers one by one, then its containers
     /// until they all end (by its restart policy) or the pod is deleted.
-    pub(super) async fn run(mut self, stop: CancellationToken) {
+    async fn run_pod(&mut self, stop: CancellationToken) {
         let mut init: Vec<Slot> = self.containers("initContainers");
         let mut main: Vec<Slot> = self.containers("containers");
         let paths = loop {
@@ -291,7 +326,7 @@ impl PodProcesses {
             for slot in &mut main {
                 changed |= self.reap(slot);
                 changed |= self.restart_if_due(slot, &paths);
-                changed |= probe(slot, http.as_ref()).await;
+                changed |= probe(slot, http.as_ref(), &self.ip, self.net.as_ref()).await;
             }
             let done = main.iter().all(|c| matches!(c.state, State::Terminated(_)) && c.restart_at.is_none());
             if changed || done {
@@ -375,7 +410,7 @@ impl PodProcesses {
 
     fn spawn(&self, slot: &Slot, volumes: &BTreeMap<String, PathBuf>) -> Result<Group, Spawn> {
         let refs = StoreRefs { core: &self.core, namespace: &self.namespace };
-        let vars = spec::environment(&self.pod, &slot.spec, POD_IP, &refs).map_err(Spawn::Config)?;
+        let vars = spec::environment(&self.pod, &slot.spec, &self.ip, &refs).map_err(Spawn::Config)?;
         let entrypoint = self.mode.entrypoint(&slot.image).unwrap_or_default();
         let argv = spec::argv(&slot.spec, entrypoint, &vars).map_err(Spawn::Config)?;
         let mut paths = PathMap::default();
@@ -407,9 +442,9 @@ impl PodProcesses {
             None => self.dir.clone(),
         };
         create_dir(&workdir).map_err(|e| Spawn::Start(e.to_string()))?;
-        let mut command = Command::new(paths.translate(&argv[0]));
+        let argv: Vec<String> = argv.iter().map(|a| paths.translate(a)).collect();
+        let mut command = self.command(&argv);
         command
-            .args(argv[1..].iter().map(|a| paths.translate(a)))
             .env_clear()
             .envs(self.mode.base_env())
             .env("HOME", &self.dir)
@@ -426,6 +461,22 @@ impl PodProcesses {
         })?;
         let pgid = child.id().and_then(|id| i32::try_from(id).ok());
         Ok(Group { child, pgid })
+    }
+
+    /// A command run in the pod's network namespace, when it has one.
+    fn command(&self, argv: &[String]) -> Command {
+        match &self.net {
+            Some(net) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &net.namespace]).args(argv);
+                c
+            }
+            None => {
+                let mut c = Command::new(&argv[0]);
+                c.args(&argv[1..]);
+                c
+            }
+        }
     }
 
     fn message_file(&self, slot: &Slot) -> PathBuf {
@@ -599,10 +650,10 @@ impl PodProcesses {
             "phase": phase,
             "conditions": conditions,
             "containerStatuses": main.iter().map(Slot::status).collect::<Vec<_>>(),
-            "hostIP": POD_IP,
-            "hostIPs": [{"ip": POD_IP}],
-            "podIP": POD_IP,
-            "podIPs": [{"ip": POD_IP}],
+            "hostIP": HOST_NETWORK_IP,
+            "hostIPs": [{"ip": HOST_NETWORK_IP}],
+            "podIP": self.ip,
+            "podIPs": [{"ip": self.ip}],
             "qosClass": "BestEffort",
             "startTime": self.start_time,
         });
@@ -641,7 +692,7 @@ fn backoff(restarts: u32) -> Duration {
 }
 
 /// Run a container's readiness probe when it is due; whether its readiness changed.
-async fn probe(slot: &mut Slot, http: Option<&reqwest::Client>) -> bool {
+async fn probe(slot: &mut Slot, http: Option<&reqwest::Client>, ip: &str, net: Option<&PodNetwork>) -> bool {
     let State::Running { .. } = slot.state else { return false };
     let Some(p) = slot.probe.as_mut() else {
         let changed = !slot.ready;
@@ -652,7 +703,7 @@ async fn probe(slot: &mut Slot, http: Option<&reqwest::Client>) -> bool {
         return false;
     }
     p.next = Some(Instant::now() + p.period);
-    let ok = check(&p.action, &slot.spec, p.timeout, http).await;
+    let ok = check(&p.action, &slot.spec, p.timeout, http, ip, net).await;
     if ok {
         p.successes += 1;
         p.failures = 0;
@@ -670,7 +721,14 @@ async fn probe(slot: &mut Slot, http: Option<&reqwest::Client>) -> bool {
 }
 
 /// One probe: an HTTP GET answered 200-399, a TCP connection accepted, or a command exiting 0.
-async fn check(action: &Value, container: &Value, timeout: Duration, http: Option<&reqwest::Client>) -> bool {
+async fn check(
+    action: &Value,
+    container: &Value,
+    timeout: Duration,
+    http: Option<&reqwest::Client>,
+    ip: &str,
+    net: Option<&PodNetwork>,
+) -> bool {
     let port_of = |v: Option<&Value>| -> Option<u16> {
         match v? {
             Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
@@ -688,20 +746,27 @@ async fn check(action: &Value, container: &Value, timeout: Duration, http: Optio
     if let Some(get) = action.get("httpGet") {
         let (Some(port), Some(http)) = (port_of(get.get("port")), http) else { return false };
         let scheme = if s(get, "/scheme") == Some("HTTPS") { "https" } else { "http" };
-        let host = s(get, "/host").unwrap_or(POD_IP);
+        let host = s(get, "/host").unwrap_or(ip);
         let path = s(get, "/path").unwrap_or("/");
         let url = format!("{scheme}://{host}:{port}{path}");
         return matches!(http.get(url).timeout(timeout).send().await, Ok(r) if (200..400).contains(&r.status().as_u16()));
     }
     if let Some(tcp) = action.get("tcpSocket") {
         let Some(port) = port_of(tcp.get("port")) else { return false };
-        let connect = tokio::net::TcpStream::connect((POD_IP, port));
+        let connect = tokio::net::TcpStream::connect((ip, port));
         return matches!(tokio::time::timeout(timeout, connect).await, Ok(Ok(_)));
     }
     if let Some(argv) = action.pointer("/exec/command").and_then(Value::as_array) {
         let argv: Vec<&str> = argv.iter().filter_map(Value::as_str).collect();
         let Some((program, args)) = argv.split_first() else { return false };
-        let mut command = Command::new(program);
+        let mut command = match net {
+            Some(net) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &net.namespace, program]);
+                c
+            }
+            None => Command::new(program),
+        };
         command.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true);
         return matches!(tokio::time::timeout(timeout, command.status()).await, Ok(Ok(s)) if s.success());
     }
