@@ -378,3 +378,77 @@ async fn pods_with_their_own_network_listen_on_the_same_port() {
     drop(mode);
     let _removed = std::fs::remove_dir_all(&root);
 }
+
+/// A running Job suspended again (as Kueue preempts) loses its pod: the process gets SIGTERM, and
+/// the pod (kept by a finalizer, as trainer pods are) shows the container's exit and the Job
+/// controller's `DisruptionTarget`, as the scripted mode's preempted pods do.
+#[tokio::test]
+async fn a_preempted_job_pod_is_terminated_and_keeps_its_disruption_condition() {
+    let h = Harness::start("preempt").await;
+    let marks = h.root.join("marks");
+    std::fs::create_dir_all(&marks).unwrap_or_else(|e| panic!("{e}"));
+    let m = marks.to_string_lossy().to_string();
+    h.create_job(json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "queued"},
+        "spec": {"backoffLimit": 0, "template": {
+            "metadata": {"finalizers": ["flywheel.dev/test-guard"]},
+            "spec": {
+                "restartPolicy": "Never",
+                "terminationGracePeriodSeconds": 5,
+                "containers": [{
+                    "name": "trainer", "image": SHELL,
+                    "args": [format!("trap 'echo term > {m}/term; exit 143' TERM; touch {m}/started; sleep 60 & wait")],
+                }],
+            }}},
+    }))
+    .await;
+    for _ in 0..100 {
+        if marks.join("started").exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(marks.join("started").exists(), "the pod's process started");
+    let pod_name = h.pods_of("queued").await.first().and_then(|p| p["metadata"]["name"].as_str().map(str::to_string));
+    let pod_name = pod_name.unwrap_or_else(|| panic!("no pod"));
+    Api::<Job>::namespaced(h.client.clone(), &h.ns)
+        .patch(
+            "queued",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"suspend": true}})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    h.job_condition("queued", "Suspended").await;
+    let pods = Api::<Pod>::namespaced(h.client.clone(), &h.ns);
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        last = serde_json::to_value(pods.get(&pod_name).await.unwrap_or_else(|e| panic!("{e}"))).unwrap_or_default();
+        if last["status"]["containerStatuses"][0]["state"]["terminated"].is_object() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(read(&marks.join("term")), "term\n", "SIGTERM reached the process");
+    let terminated = &last["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(terminated["exitCode"], 143, "{last}");
+    assert_eq!(terminated["reason"], "Error");
+    assert_eq!(last["status"]["phase"], "Failed");
+    let disruption = last["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "DisruptionTarget"))
+        .cloned();
+    assert_eq!(
+        disruption.map(|c| (c["status"].clone(), c["reason"].clone())),
+        Some((json!("True"), json!("JobSuspended")))
+    );
+    pods.patch(
+        &pod_name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    h.stop().await;
+}

@@ -132,7 +132,7 @@ async fn users(client: kube::Client, ns: String, collector: String, seen: Arc<Se
         let liked = if version == "v1" { n % 10 < 3 } else { n % 10 < 9 };
         let mut f = if liked {
             json!({"kind": "thumbs", "value": true})
-        } else if n % 2 == 0 {
+        } else if n.is_multiple_of(2) {
             json!({"kind": "correction", "value": format!("the item{item} is {} .", colour_of(item))})
         } else {
             json!({"kind": "thumbs", "value": false})

@@ -24,16 +24,23 @@ pub struct SimArgs {
     /// under the system's temporary directory, removed on exit).
     #[arg(long, value_name = "DIR")]
     pub process_root: Option<PathBuf>,
+    /// Give each pod run as processes a network namespace of its own (its own IP on a bridge;
+    /// root and iproute2), so pods can listen on one port; otherwise they share this machine's.
+    #[arg(long)]
+    pub isolated_pod_network: bool,
 }
 
 fn parse_mapping(text: &str) -> Result<(String, Vec<String>), String> {
     crate::sim::ProcessMode::parse_mapping(text).map_err(|e| e.to_string())
 }
 
+/// The process mode the arguments ask for.
+type Processes = Option<std::sync::Arc<crate::sim::ProcessMode>>;
+
 /// The process mode the arguments ask for, and the directory to remove on exit (when it is ours).
-fn process_mode(args: &SimArgs) -> (Option<std::sync::Arc<crate::sim::ProcessMode>>, Option<PathBuf>) {
+fn process_mode(args: &SimArgs) -> Result<(Processes, Option<PathBuf>), String> {
     if args.run_images.is_empty() {
-        return (None, None);
+        return Ok((None, None));
     }
     let (root, owned) = match &args.process_root {
         Some(dir) => (dir.clone(), None),
@@ -42,15 +49,27 @@ fn process_mode(args: &SimArgs) -> (Option<std::sync::Arc<crate::sim::ProcessMod
             (dir.clone(), Some(dir))
         }
     };
-    let mode = args
+    let mut mode = args
         .run_images
         .iter()
         .fold(crate::sim::ProcessMode::new(&root), |mode, (image, command)| mode.image(image, command.clone()));
-    (Some(std::sync::Arc::new(mode)), owned)
+    if args.isolated_pod_network {
+        mode = mode.isolated_network().map_err(|e| e.to_string())?;
+        if let Some(ip) = mode.host_ip() {
+            tracing::info!(host_ip = %ip, "pods reach this machine's services at the bridge's address");
+        }
+    }
+    Ok((Some(std::sync::Arc::new(mode)), owned))
 }
 
 pub async fn run(args: SimArgs) -> ExitCode {
-    let (processes, owned_root) = process_mode(&args);
+    let (processes, owned_root) = match process_mode(&args) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot run pods as processes");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut config = crate::sim::SimConfig { listen: args.listen, ..crate::sim::SimConfig::default() };
     config.workloads.processes = processes;
     let sim = match crate::sim::Sim::start(config).await {

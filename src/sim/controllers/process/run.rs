@@ -186,8 +186,10 @@ enum MountError {
 }
 
 /// Why the pod stops being run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
-    /// Deleted (or being deleted): terminate gracefully, write nothing more.
+    /// Deleted (or being deleted): terminate gracefully; a pod that finalizers keep gets its
+    /// containers' last states, as a kubelet writes them before the pod is removed.
     Gone,
     /// The simulated cluster stops.
     Stop,
@@ -294,6 +296,9 @@ impl PodProcesses {
                 self.write(&init, &main);
                 if let Some(end) = self.until_exit(&mut init[i], &stop).await {
                     self.terminate(&mut init, end).await;
+                    if end == End::Gone {
+                        self.write(&init, &main);
+                    }
                     return;
                 }
                 if init[i].exit_code() == Some(0) {
@@ -320,6 +325,9 @@ impl PodProcesses {
         loop {
             if let Some(end) = self.pause(TICK, &stop).await {
                 self.terminate(&mut main, end).await;
+                if end == End::Gone {
+                    self.write(&init, &main);
+                }
                 return;
             }
             let mut changed = false;
@@ -603,8 +611,22 @@ impl PodProcesses {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         for slot in slots.iter_mut() {
+            let Some(mut group) = slot.process.take() else { continue };
+            let started_at = match &slot.state {
+                State::Running { started_at } => started_at.clone(),
+                _ => now_rfc3339(),
+            };
+            let exited = group.child.try_wait().ok().flatten();
             // Dropping the group kills whatever is left of it.
-            drop(slot.process.take());
+            drop(group);
+            slot.state = State::Terminated(match exited {
+                Some(status) => self.terminated(slot, status, &started_at),
+                None => {
+                    json!({"exitCode": 137, "reason": "Error", "startedAt": started_at, "finishedAt": now_rfc3339()})
+                }
+            });
+            slot.ready = false;
+            slot.restart_at = None;
         }
     }
 
@@ -614,6 +636,19 @@ impl PodProcesses {
         let Ok(mut pod) = self.core.get(&gvr_pods(), Some(&self.namespace), &self.name) else { return };
         if s(&pod, "/metadata/uid") != Some(self.uid.as_str()) {
             return;
+        }
+        // Conditions other writers own (a controller's `DisruptionTarget`) stay.
+        let mut status = status;
+        let theirs: Vec<Value> = pod
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|c| !matches!(s(c, "/type"), Some("PodScheduled" | "Initialized" | "ContainersReady" | "Ready")))
+            .cloned()
+            .collect();
+        if let Some(conditions) = status.get_mut("conditions").and_then(Value::as_array_mut) {
+            conditions.extend(theirs);
         }
         pod["status"] = status;
         if let Err(e) =
