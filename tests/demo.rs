@@ -158,3 +158,54 @@ fn the_binary_prints_one_json_summary_last_and_writes_a_kubeconfig() {
     let config = std::fs::read_to_string(&kubeconfig).unwrap_or_else(|e| panic!("{e}"));
     assert!(config.contains("server: https://127.0.0.1:"), "{config}");
 }
+
+/// `flywheel demo --real`: the same story with the real parts (pods as processes in their own
+/// network namespaces, the agent before the reference model server, the reference trainer in the
+/// Job). Needs the trainer's environment and network namespaces; says why and passes without
+/// them unless CI or `FLYWHEEL_REQUIRE_TRAINER`/`FLYWHEEL_REQUIRE_NETNS` require them.
+#[test]
+fn the_real_parts_turn_the_loop_with_demo_real() {
+    let trainer = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("trainer");
+    if !trainer.join(".venv/bin/python").is_file() {
+        assert!(
+            std::env::var_os("CI").is_none() && std::env::var_os("FLYWHEEL_REQUIRE_TRAINER").is_none(),
+            "the trainer's environment is required here: run `bash trainer/ci.sh` first"
+        );
+        eprintln!("SKIPPED: no trainer/.venv");
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_flywheel"))
+        .args(["demo", "--real", "--json", "--trainer-dir"])
+        .arg(&trainer)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && stderr.contains("network namespaces") {
+        assert!(std::env::var_os("FLYWHEEL_REQUIRE_NETNS").is_none(), "{stderr}");
+        eprintln!("SKIPPED: {stderr}");
+        return;
+    }
+    assert!(out.status.success(), "exit {:?}\nstdout: {stdout}\nstderr: {stderr}", out.status);
+    let last = stdout.lines().last().unwrap_or_default();
+    let summary: Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {last}"));
+    assert_eq!(summary["outcome"], "promoted", "{summary}");
+    assert_eq!(summary["lineageComplete"], true);
+    let stable = summary["stableVersion"].as_str().unwrap_or_default();
+    assert!(stable.starts_with("v1-ft-"), "the real trainer names its version: {stable}");
+    assert!(summary["traffic"]["failedPosts"] == 0, "{summary}");
+}
+
+/// Without the trainer's environment, `--real` says what to install and exits 2.
+#[test]
+fn demo_real_says_what_to_install() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new(env!("CARGO_BIN_EXE_flywheel"))
+        .args(["demo", "--real", "--trainer-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bash trainer/ci.sh"), "{stderr}");
+}

@@ -25,6 +25,14 @@ pub struct DemoArgs {
     /// Where to write a kubeconfig for the simulated cluster.
     #[arg(long)]
     pub kubeconfig_out: Option<PathBuf>,
+    /// Run the real parts on this machine: pods as processes in their own network namespaces
+    /// (root), the agent in front of the reference model server, the reference trainer in the
+    /// RetrainJob's Job. Needs the trainer's environment (`bash trainer/ci.sh`).
+    #[arg(long)]
+    pub real: bool,
+    /// The reference trainer's directory, holding its `.venv` (with --real).
+    #[arg(long, default_value = "trainer", requires = "real")]
+    pub trainer_dir: PathBuf,
 }
 
 pub async fn run(args: DemoArgs) -> ExitCode {
@@ -39,6 +47,7 @@ pub async fn run(args: DemoArgs) -> ExitCode {
         kubeconfig_out: args.kubeconfig_out.clone(),
         view: if terminal && !dumb { ViewMode::Live } else { ViewMode::Log },
         view_to_stderr: args.json,
+        real: args.real.then(|| args.trainer_dir.clone()),
         ..DemoOptions::new(args.scenario)
     };
     let result = tokio::select! {

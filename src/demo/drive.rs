@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::error::DemoError;
 use super::observe::{self, Observer, Outcome, Snapshot, Tracker, changes, qualities};
 use super::options::{DemoOptions, scenario_name};
+use super::real;
 use super::resources::{self, DEPLOYMENT, FIRST_VERSION, MIN_SAMPLES, NAMESPACE, POLICY, QUALITY_BELOW};
 use super::scenario::{Pace, World};
 use super::stack::{Stack, apply};
@@ -39,7 +40,7 @@ pub(super) async fn drive(
     let mut tracker = Tracker::default();
     tracker.note(started.elapsed(), "setup", setup_note(options));
     apply_resources(stack).await?;
-    tracker.note(started.elapsed(), "apply", apply_note());
+    tracker.note(started.elapsed(), "apply", apply_note(stack.real));
     tracker.begin(true, Some(FIRST_VERSION.to_string()));
     let collector = CollectorClient::new(&stack.base, Some(stack.token.clone()));
     let observer = Observer::new(
@@ -50,7 +51,7 @@ pub(super) async fn drive(
         POLICY,
         resources::WINDOW_SECONDS,
     );
-    let users = Users::start(collector, world.clone(), pace.rate());
+    let users = Users::start(stack, collector, world.clone(), pace.rate());
     let mut look = Progress::new(started, start_time);
     let mut ticker = tokio::time::interval(Duration::from_millis(200));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -59,6 +60,7 @@ pub(super) async fn drive(
         match observer.snapshot().await {
             Ok(cur) => {
                 users.route(&cur.routes);
+                learn_trained_versions(&cur, world);
                 look.observe(cur, &mut tracker, options.cycles, pace);
             }
             Err(e) => look.poll_error = Some(e.to_string()),
@@ -88,24 +90,44 @@ fn setup_note(options: &DemoOptions) -> String {
     format!("simulated cluster, collector and operator up{kubeconfig}")
 }
 
-fn apply_note() -> String {
+fn apply_note(real: bool) -> String {
+    let replicas = if real { real::REPLICAS } else { resources::REPLICAS };
     format!(
-        "applied ModelDeployment {DEPLOYMENT} ({FIRST_VERSION}, {} replicas) and FeedbackPolicy {POLICY} (quality below {:.0}%)",
-        resources::REPLICAS,
+        "applied ModelDeployment {DEPLOYMENT} ({FIRST_VERSION}, {replicas} replicas) and FeedbackPolicy {POLICY} (quality below {:.0}%)",
         QUALITY_BELOW * 100.0
     )
 }
 
 /// The claim the trainer writes to, the ModelDeployment and the FeedbackPolicy, as a user
-/// applies them.
+/// applies them (with `--real`, served by the reference model server and trained by the
+/// reference trainer).
 async fn apply_resources(stack: &Stack) -> Result<(), DemoError> {
     let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
         Api::namespaced(stack.client.clone(), NAMESPACE);
     apply(&claims, &resources::models_claim()?).await?;
-    apply(&Api::<ModelDeployment>::namespaced(stack.client.clone(), NAMESPACE), &resources::model_deployment()?)
-        .await?;
-    apply(&Api::<FeedbackPolicy>::namespaced(stack.client.clone(), NAMESPACE), &resources::feedback_policy()?).await?;
+    let mut md = resources::model_deployment()?;
+    let mut policy = resources::feedback_policy()?;
+    if stack.real {
+        real::model_deployment(&mut md)?;
+        real::feedback_policy(&mut policy)?;
+    }
+    apply(&Api::<ModelDeployment>::namespaced(stack.client.clone(), NAMESPACE), &md).await?;
+    apply(&Api::<FeedbackPolicy>::namespaced(stack.client.clone(), NAMESPACE), &policy).await?;
     Ok(())
+}
+
+/// The world learns the versions the trainer made, from the RetrainJobs' results: a real
+/// trainer names its version itself (the simulated one asked the world already, and learning it
+/// again changes nothing).
+fn learn_trained_versions(snapshot: &Snapshot, world: &Mutex<World>) {
+    let mut world = world.lock().unwrap_or_else(PoisonError::into_inner);
+    for rtj in &snapshot.retrain_jobs {
+        if let Some(result) = rtj.status.as_ref().and_then(|s| s.result.as_ref())
+            && world.quality(&result.version).is_none()
+        {
+            world.train(&rtj.name_any(), &rtj.spec.base.version, Some(&result.version));
+        }
+    }
 }
 
 /// The simulated users: traffic over the ready pods, posted to the collector until stopped.
@@ -117,12 +139,19 @@ struct Users {
 }
 
 impl Users {
-    fn start(collector: CollectorClient, world: Arc<Mutex<World>>, rate: f64) -> Self {
+    /// Simulated users posting to the collector; with `--real`, users whose requests go through
+    /// the agents of the Service's ready pods.
+    fn start(stack: &Stack, collector: CollectorClient, world: Arc<Mutex<World>>, rate: f64) -> Self {
         let (routes, routes_rx) = watch::channel(Routes::new());
         let stats = Arc::new(Mutex::new(TrafficStats::default()));
         let stop = CancellationToken::new();
         let target = Target { namespace: NAMESPACE.into(), deployment: DEPLOYMENT.into() };
-        let task = tokio::spawn(users::run(collector, target, world, routes_rx, rate, stats.clone(), stop.clone()));
+        let task = if stack.real {
+            let rate = rate.min(real::MAX_RATE);
+            tokio::spawn(real::users(stack.client.clone(), collector, target, world, rate, stats.clone(), stop.clone()))
+        } else {
+            tokio::spawn(users::run(collector, target, world, routes_rx, rate, stats.clone(), stop.clone()))
+        };
         Self { routes, stats, stop, task }
     }
 

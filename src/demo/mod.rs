@@ -11,6 +11,7 @@ mod drive;
 pub mod error;
 pub mod observe;
 mod options;
+pub mod real;
 pub mod resources;
 pub mod scenario;
 mod stack;

@@ -24,6 +24,8 @@ pub struct DemoOptions {
     pub view_to_stderr: bool,
     /// Give up when nothing happens for this long.
     pub stall_timeout: Duration,
+    /// Run the real parts (`--real`): the reference trainer's directory with its virtualenv.
+    pub real: Option<PathBuf>,
 }
 
 impl DemoOptions {
@@ -37,6 +39,7 @@ impl DemoOptions {
             view: ViewMode::Quiet,
             view_to_stderr: false,
             stall_timeout: Duration::from_secs(120),
+            real: None,
         }
     }
 
@@ -46,6 +49,12 @@ impl DemoOptions {
         }
         if !self.speed.is_finite() || self.speed < 0.1 || self.speed > 100.0 {
             return Err(DemoError::Options(format!("--speed must be between 0.1 and 100, not {}", self.speed)));
+        }
+        if self.real.is_some() && self.scenario == Scenario::Rejected {
+            return Err(DemoError::Options(
+                "--real plays improve or regression: the real trainer's own held-out metrics decide an evaluation gate"
+                    .into(),
+            ));
         }
         Ok(())
     }

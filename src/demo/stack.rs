@@ -14,9 +14,9 @@ use serde_json::json;
 
 use super::error::DemoError;
 use super::options::DemoOptions;
-use super::resources::{FIELD_MANAGER, NAMESPACE};
+use super::resources::{FIELD_MANAGER, MODELS_CLAIM, NAMESPACE};
 use super::scenario::{Pace, World};
-use super::trainer;
+use super::{real, trainer};
 use crate::collector::{Collector, CollectorConfig};
 use crate::operator::model_deployment::feedback_analysis::CollectorAnalysis;
 use crate::operator::{Operator, OperatorConfig};
@@ -54,6 +54,8 @@ pub(super) struct Stack {
     pub(super) base: String,
     /// The collector's write token.
     pub(super) token: String,
+    /// Whether pods run as real processes (`--real`).
+    pub(super) real: bool,
 }
 
 impl Stack {
@@ -63,15 +65,24 @@ impl Stack {
         world: Arc<Mutex<World>>,
         dir: &Path,
     ) -> Result<Self, DemoError> {
-        let sim = Sim::start(SimConfig {
-            workloads: WorkloadConfig {
+        let workloads = match &options.real {
+            None => WorkloadConfig {
                 pod_ready_delay: pace.pod_ready(),
                 script: Some(trainer::script(world, pace)),
                 processes: None,
             },
-            ..SimConfig::default()
-        })
-        .await?;
+            Some(trainer_dir) => {
+                let env = real::TrainerEnv::find(trainer_dir)?;
+                let mode = env.process_mode(&dir.join("kubelet"))?;
+                env.write_base_model(&mode.claim_dir(NAMESPACE, MODELS_CLAIM).join(real::BASE_PATH))?;
+                WorkloadConfig { processes: Some(Arc::new(mode)), ..WorkloadConfig::default() }
+            }
+        };
+        // Pods in their own network reach this machine's collector at the bridge's address.
+        let collector_ip =
+            workloads.processes.as_ref().and_then(|m| m.host_ip()).unwrap_or(std::net::Ipv4Addr::LOCALHOST);
+        let real = options.real.is_some();
+        let sim = Sim::start(SimConfig { workloads, ..SimConfig::default() }).await?;
         let client = match sim.client().await {
             Ok(c) => c,
             Err(e) => {
@@ -80,15 +91,20 @@ impl Stack {
             }
         };
         let token = uuid::Uuid::new_v4().simple().to_string();
-        let mut stack = Self { sim, collector: None, operator: None, client, base: String::new(), token };
-        if let Err(e) = stack.start_rest(options, dir).await {
+        let mut stack = Self { sim, collector: None, operator: None, client, base: String::new(), token, real };
+        if let Err(e) = stack.start_rest(options, dir, collector_ip).await {
             stack.shutdown().await;
             return Err(e);
         }
         Ok(stack)
     }
 
-    async fn start_rest(&mut self, options: &DemoOptions, dir: &Path) -> Result<(), DemoError> {
+    async fn start_rest(
+        &mut self,
+        options: &DemoOptions,
+        dir: &Path,
+        collector_ip: std::net::Ipv4Addr,
+    ) -> Result<(), DemoError> {
         if let Some(path) = &options.kubeconfig_out {
             self.sim.write_kubeconfig(path)?;
         }
@@ -96,7 +112,7 @@ impl Stack {
         let tokens = dir.join("tokens");
         std::fs::write(&tokens, format!("{} write\n", self.token))
             .map_err(|source| DemoError::Io { path: tokens.clone(), source })?;
-        let mut config = CollectorConfig::new(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), dir.join("collector"));
+        let mut config = CollectorConfig::new(std::net::SocketAddr::from((collector_ip, 0)), dir.join("collector"));
         config.token_file = Some(tokens);
         let collector = Collector::start(config).await?;
         self.base = format!("http://{}", collector.addr());

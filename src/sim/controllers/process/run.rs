@@ -332,7 +332,7 @@ impl PodProcesses {
             }
             let mut changed = false;
             for slot in &mut main {
-                changed |= self.reap(slot);
+                changed |= self.reap(slot, false);
                 changed |= self.restart_if_due(slot, &paths);
                 changed |= probe(slot, http.as_ref(), &self.ip, self.net.as_ref()).await;
             }
@@ -409,9 +409,16 @@ impl PodProcesses {
             }
             Err(Spawn::Start(message)) => {
                 let now = now_rfc3339();
-                slot.state = State::Terminated(json!({
+                let t = json!({
                     "exitCode": 128, "reason": "StartError", "message": message, "startedAt": now, "finishedAt": now,
-                }));
+                });
+                if self.restart_policy == "Never" {
+                    slot.state = State::Terminated(t);
+                } else {
+                    slot.state = State::Waiting { reason: "RunContainerError".into(), message: Some(message) };
+                    slot.last = Some(t);
+                    slot.restart_at = Some(Instant::now() + backoff(slot.restarts));
+                }
             }
         }
     }
@@ -529,13 +536,13 @@ impl PodProcesses {
             if let Some(end) = self.pause(TICK, stop).await {
                 return Some(end);
             }
-            self.reap(slot);
+            self.reap(slot, true);
         }
         None
     }
 
     /// Record an exit; schedule a restart where the restart policy wants one.
-    fn reap(&self, slot: &mut Slot) -> bool {
+    fn reap(&self, slot: &mut Slot, init: bool) -> bool {
         let Some(group) = slot.process.as_mut() else { return false };
         let Ok(Some(status)) = group.child.try_wait() else { return false };
         let started_at = match &slot.state {
@@ -547,14 +554,30 @@ impl PodProcesses {
         slot.process = None;
         slot.ready = false;
         let failed = terminated.get("exitCode").and_then(Value::as_i64) != Some(0);
-        slot.state = State::Terminated(terminated);
+        // An init container is run again only when it failed (and the policy is not Never).
         let restart = match self.restart_policy.as_str() {
             "Never" => false,
             "OnFailure" => failed,
-            _ => true,
+            _ => failed || !init,
         };
-        if restart {
-            slot.restart_at = Some(Instant::now() + backoff(slot.restarts));
+        if restart && !init {
+            // As a kubelet shows it: the exit as the last state, waiting in back-off.
+            let wait = backoff(slot.restarts);
+            slot.state = State::Waiting {
+                reason: "CrashLoopBackOff".into(),
+                message: Some(format!(
+                    "back-off {}s restarting failed container={} pod={}_{}({})",
+                    wait.as_secs(),
+                    slot.name,
+                    self.name,
+                    self.namespace,
+                    self.uid
+                )),
+            };
+            slot.last = Some(terminated);
+            slot.restart_at = Some(Instant::now() + wait);
+        } else {
+            slot.state = State::Terminated(terminated);
         }
         true
     }
@@ -563,8 +586,7 @@ impl PodProcesses {
         if slot.restart_at.is_none_or(|at| Instant::now() < at) {
             return false;
         }
-        if let State::Terminated(t) = &slot.state {
-            slot.last = Some(t.clone());
+        if slot.last.is_some() {
             slot.restarts += 1;
         }
         self.start(slot, volumes);
@@ -665,7 +687,7 @@ impl PodProcesses {
             initialized && main.iter().all(|c| matches!(c.state, State::Terminated(_)) && c.restart_at.is_none());
         let phase = if init_failed {
             "Failed"
-        } else if !initialized || main.iter().all(|c| matches!(c.state, State::Waiting { .. })) {
+        } else if !initialized || main.iter().all(|c| matches!(c.state, State::Waiting { .. }) && c.last.is_none()) {
             "Pending"
         } else if all_ended {
             if main.iter().all(|c| c.exit_code() == Some(0)) { "Succeeded" } else { "Failed" }
