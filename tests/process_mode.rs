@@ -85,8 +85,34 @@ impl Harness {
 
     async fn stop(self) {
         self.sim.shutdown().await;
+        assert_no_process_under(&self.root).await;
         let _removed = std::fs::remove_dir_all(&self.root);
     }
+}
+
+/// No process is left whose working directory is under `root` (every pod's process starts in
+/// its pod's directory there), a little after the cluster stopped.
+async fn assert_no_process_under(root: &Path) {
+    let mut left = Vec::new();
+    for _ in 0..50 {
+        left = processes_under(root);
+        if left.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("processes outlived the simulated cluster: {left:?}");
+}
+
+fn processes_under(root: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
+        .filter(|e| std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(root)))
+        .filter(|e| !std::fs::read_to_string(e.path().join("stat")).unwrap_or_default().contains(") Z "))
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect()
 }
 
 fn job(name: &str, pod_spec: Value) -> Value {
@@ -309,6 +335,7 @@ async fn readiness_follows_the_probe_and_no_process_outlives_the_cluster() {
     }
     assert!(!alive(&pid), "the container's process is gone with the cluster");
     assert!(!alive(&child), "so is the child it started");
+    assert_no_process_under(&root).await;
     let _removed = std::fs::remove_dir_all(root);
 }
 
@@ -373,6 +400,7 @@ async fn pods_with_their_own_network_listen_on_the_same_port() {
     }
     assert_ne!(ips[0], ips[1]);
     sim.shutdown().await;
+    assert_no_process_under(&root).await;
     drop(api);
     drop(client);
     drop(mode);

@@ -342,5 +342,27 @@ async fn real_parts_turn_the_loop_from_feedback_to_a_promoted_retrained_model() 
     collector.shutdown().await;
     ns.cleanup().await;
     cluster.stop().await;
+    // Every pod's process started in its pod's directory under the kubelet's root: none is left.
+    let root = dir.path().join("kubelet");
+    let mut left = Vec::new();
+    for _ in 0..50 {
+        left = processes_under(&root);
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(left.is_empty(), "processes outlived the simulated cluster: {left:?}");
     drop(mode);
+}
+
+fn processes_under(root: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
+        .filter(|e| std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(root)))
+        .filter(|e| !std::fs::read_to_string(e.path().join("stat")).unwrap_or_default().contains(") Z "))
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect()
 }
