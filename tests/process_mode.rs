@@ -480,3 +480,30 @@ async fn a_preempted_job_pod_is_terminated_and_keeps_its_disruption_condition() 
     .unwrap_or_else(|e| panic!("{e}"));
     h.stop().await;
 }
+
+/// The image's entrypoint is a command of this machine: a volume mounted over its directory in
+/// the container (a trainer's scratch `emptyDir` at `/tmp`, here one at `/bin`) does not move it.
+#[tokio::test]
+async fn a_mount_over_the_entrypoints_directory_does_not_move_the_entrypoint() {
+    let h = Harness::start("entrypoint").await;
+    h.create_job(job(
+        "shadowed",
+        json!({
+            "restartPolicy": "Never",
+            "volumes": [{"name": "bin", "emptyDir": {}}],
+            "containers": [{
+                "name": "c", "image": SHELL,
+                "args": ["echo in-the-volume > /bin/marker"],
+                "volumeMounts": [{"name": "bin", "mountPath": "/bin"}],
+            }],
+        }),
+    ))
+    .await;
+    h.job_condition("shadowed", "Complete").await;
+    let pod = &h.pods_of("shadowed").await[0];
+    let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+    let marker = h.root.join("pods").join(format!("{}_{name}_{uid}", h.ns)).join("volumes/bin/marker");
+    assert_eq!(read(&marker), "in-the-volume\n", "the argument's path is the volume's");
+    h.stop().await;
+}

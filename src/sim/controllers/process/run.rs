@@ -457,7 +457,15 @@ impl PodProcesses {
             None => self.dir.clone(),
         };
         create_dir(&workdir).map_err(|e| Spawn::Start(e.to_string()))?;
-        let argv: Vec<String> = argv.iter().map(|a| paths.translate(a)).collect();
+        // The image's entrypoint is this machine's command, not a path inside the container: only
+        // what the container declares is translated.
+        let from_image = if slot.spec.get("command").and_then(Value::as_array).is_some_and(|c| !c.is_empty()) {
+            0
+        } else {
+            entrypoint.len()
+        };
+        let argv: Vec<String> =
+            argv.iter().enumerate().map(|(i, a)| if i < from_image { a.clone() } else { paths.translate(a) }).collect();
         let mut command = self.command(&argv);
         command
             .env_clear()
