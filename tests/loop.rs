@@ -772,8 +772,8 @@ async fn a_job_removed_after_it_finished_is_recorded_not_run_again() {
         let outcomes: Vec<_> = done.attempts.iter().map(|a| (a.job_name.clone(), a.outcome)).collect();
         assert_eq!(outcomes, vec![(job.clone(), Some(AttemptOutcome::Succeeded))], "{name}: recorded, not run again");
         assert_eq!(done.result.map(|r| r.uri), Some(format!("pvc://models/{name}")));
-        // Released: the pods and the Job go.
-        let gone = eventually(Duration::from_secs(30), || {
+        // Released: the pods and the Job go (60 s: eleven loops share two cores in CI).
+        let gone = eventually(Duration::from_secs(60), || {
             let pods = pods.clone();
             let jobs = jobs.clone();
             let selector = selector.clone();

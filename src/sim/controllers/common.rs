@@ -127,3 +127,24 @@ pub(super) fn set_status(core: &Core, gvr: &Gvr, obj: &Value, status: Value) {
         &opts(MANAGER),
     );
 }
+
+/// The pod conditions a kubelet writes; others (a controller's `DisruptionTarget`) are kept when
+/// it writes a pod's status.
+const KUBELET_CONDITIONS: [&str; 4] = ["PodScheduled", "Initialized", "ContainersReady", "Ready"];
+
+/// `status` as the kubelet writes it over `pod`: the conditions other writers own stay.
+pub(super) fn keep_others_conditions(pod: &Value, mut status: Value) -> Value {
+    let theirs: Vec<Value> = pod
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|c| !c.get("type").and_then(Value::as_str).is_some_and(|t| KUBELET_CONDITIONS.contains(&t)))
+        .cloned()
+        .collect();
+    if let Some(conditions) = status.get_mut("conditions").and_then(Value::as_array_mut) {
+        conditions.retain(|c| !theirs.iter().any(|t| t.get("type") == c.get("type")));
+        conditions.extend(theirs);
+    }
+    status
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::common::{gvr_pods, opts, s};
+use super::common::{gvr_pods, keep_others_conditions, opts, s};
 use super::process::{self, ProcessMode};
 use crate::sim::core::{Core, Sub, now_rfc3339};
 
@@ -165,7 +165,11 @@ impl PodRun {
     /// Write the pod's status through `/status`, as the kubelet.
     fn write(&self, status: Value) -> bool {
         let Ok(mut body) = self.core.get(&gvr_pods(), self.ns.as_deref(), &self.name) else { return false };
-        body["status"] = status;
+        // A pod being deleted is not started (its containers would only be stopped again).
+        if body.pointer("/metadata/deletionTimestamp").is_some() && status.get("phase") == Some(&json!("Running")) {
+            return false;
+        }
+        body["status"] = keep_others_conditions(&body, status);
         self.core.update(&gvr_pods(), self.ns.as_deref(), &self.name, body, Some(Sub::Status), &opts(KUBELET)).is_ok()
     }
 

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::mode::ProcessMode;
 use super::network::PodNetwork;
 use super::spec::{self, PathMap, References, SpecError};
-use crate::sim::controllers::common::{gvr_pods, opts, s};
+use crate::sim::controllers::common::{gvr_pods, keep_others_conditions, opts, s};
 use crate::sim::core::{Core, Gvr, Sub, now_rfc3339};
 
 /// The field manager of the kubelet's writes.
@@ -668,19 +668,7 @@ impl PodProcesses {
             return;
         }
         // Conditions other writers own (a controller's `DisruptionTarget`) stay.
-        let mut status = status;
-        let theirs: Vec<Value> = pod
-            .pointer("/status/conditions")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter(|c| !matches!(s(c, "/type"), Some("PodScheduled" | "Initialized" | "ContainersReady" | "Ready")))
-            .cloned()
-            .collect();
-        if let Some(conditions) = status.get_mut("conditions").and_then(Value::as_array_mut) {
-            conditions.extend(theirs);
-        }
-        pod["status"] = status;
+        pod["status"] = keep_others_conditions(&pod, status);
         if let Err(e) =
             self.core.update(&gvr_pods(), Some(&self.namespace), &self.name, pod, Some(Sub::Status), &opts(KUBELET))
         {
