@@ -94,7 +94,14 @@ fn prompt_of(body: &Value, max: usize) -> Option<Value> {
 }
 
 /// Decides whether this request is captured and keeps its prompt.
-pub fn pending(config: &AgentConfig, id: &str, headers: &HeaderMap, body: &[u8], path: &str) -> Option<Pending> {
+pub fn pending(
+    config: &AgentConfig,
+    id: &str,
+    version: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    path: &str,
+) -> Option<Pending> {
     let c = &config.capture;
     if c.sample_rate <= 0.0 || (c.sample_rate < 1.0 && rand::random::<f64>() >= c.sample_rate) {
         return None;
@@ -121,7 +128,7 @@ pub fn pending(config: &AgentConfig, id: &str, headers: &HeaderMap, body: &[u8],
         id: id.to_string(),
         namespace: config.namespace.clone(),
         deployment: config.deployment.clone(),
-        version: config.model_version.clone(),
+        version: version.to_string(),
         prompt,
         subject: subject.filter(|s| !s.is_empty()),
         session: session.filter(|s| !s.is_empty()),

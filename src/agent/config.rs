@@ -38,6 +38,9 @@ pub struct AgentConfig {
     pub flush_interval: Duration,
     /// Largest request body forwarded.
     pub max_request_bytes: usize,
+    /// LoRA adapters canaried inside the pod (`Adapter` rollout mode); none serves the base
+    /// model alone.
+    pub adapters: Option<super::adapters::AdapterSettings>,
 }
 
 impl AgentConfig {
@@ -58,6 +61,7 @@ impl AgentConfig {
             batch_size: 64,
             flush_interval: Duration::from_secs(1),
             max_request_bytes: 32 * 1024 * 1024,
+            adapters: None,
         }
     }
 }

@@ -9,6 +9,7 @@
 //! `/healthz`, `/readyz` (the runtime's readiness) and `/metrics` (in-flight requests, requests
 //! and latency by status, captured and dropped interactions), which the autoscaler reads.
 
+pub mod adapters;
 mod capture;
 pub mod config;
 mod metrics;
@@ -66,6 +67,8 @@ struct Shared {
     metrics: Arc<AgentMetrics>,
     sender: Option<Sender>,
     version: HeaderValue,
+    /// The base model's arm and the adapters, in `Adapter` rollout mode.
+    adapters: Option<(Arc<adapters::Arm>, Arc<adapters::Adapters>)>,
 }
 
 /// A running agent.
@@ -121,7 +124,17 @@ impl Agent {
         let client = Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
-        let shared = Shared { config: Arc::new(config.clone()), client, metrics, sender, version };
+        let adapters = match &config.adapters {
+            Some(settings) => {
+                let base = Arc::new(adapters::Arm::new(&config.model_version, None).map_err(AgentError::Config)?);
+                let managed =
+                    adapters::Adapters::new(settings.clone(), &config.model_version).map_err(AgentError::Config)?;
+                tasks.push(managed.start(stop.clone()));
+                Some((base, managed))
+            }
+            None => None,
+        };
+        let shared = Shared { config: Arc::new(config.clone()), client, metrics, sender, version, adapters };
 
         let listener = TcpListener::bind(config.listen)
             .await
@@ -138,6 +151,7 @@ impl Agent {
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics_text))
+            .route("/v1/adapters", get(adapter_report))
             .with_state(shared);
         for (listener, app) in [(listener, proxy), (admin, admin_app)] {
             let stop = stop.clone();
@@ -225,10 +239,30 @@ async fn proxy(State(shared): State<Shared>, request: Request) -> Response {
             return r;
         }
     };
+    // In Adapter mode, the arm of this request (sticky per subject) and its body rewritten.
+    let (arm, body) = match &shared.adapters {
+        Some((base, managed)) if parts.method == axum::http::Method::POST => {
+            let routing = managed.routing();
+            if routing.is_plain() {
+                (None, body)
+            } else {
+                let (guard, rewritten) = routing.route(&parts.headers, &body, base);
+                if let Some(b) = &rewritten
+                    && let Ok(len) = HeaderValue::from_str(&b.len().to_string())
+                {
+                    parts.headers.insert(header::CONTENT_LENGTH, len);
+                }
+                (Some(guard), rewritten.unwrap_or(body))
+            }
+        }
+        _ => (None, body),
+    };
+    let version = arm.as_ref().map_or_else(|| shared.version.clone(), |g| g.arm().header().clone());
     // What to capture, decided before the request leaves (the sample draw, the prompt).
     let pending = match &shared.sender {
         Some(_) if parts.method == axum::http::Method::POST => {
-            capture::pending(&shared.config, &interaction_id, &parts.headers, &body, parts.uri.path())
+            let v = arm.as_ref().map_or(shared.config.model_version.as_str(), |g| g.arm().version());
+            capture::pending(&shared.config, &interaction_id, v, &parts.headers, &body, parts.uri.path())
         }
         _ => None,
     };
@@ -239,7 +273,7 @@ async fn proxy(State(shared): State<Shared>, request: Request) -> Response {
         Ok(u) => u,
         Err(e) => {
             let mut r = (StatusCode::BAD_REQUEST, format!("bad request target: {e}")).into_response();
-            stamp(r.headers_mut(), &shared.version, &interaction);
+            stamp(r.headers_mut(), &version, &interaction);
             shared.metrics.finish("400", started.elapsed());
             return r;
         }
@@ -255,7 +289,7 @@ async fn proxy(State(shared): State<Shared>, request: Request) -> Response {
         Ok(response) => {
             let (mut parts, incoming) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            stamp(&mut parts.headers, &shared.version, &interaction);
+            stamp(&mut parts.headers, &version, &interaction);
             let status = parts.status.as_u16();
             let streaming = parts
                 .headers
@@ -270,6 +304,7 @@ async fn proxy(State(shared): State<Shared>, request: Request) -> Response {
                 started,
                 status,
                 guard: Some(guard),
+                _arm: arm,
             };
             Response::from_parts(parts, Body::new(tee))
         }
@@ -280,7 +315,7 @@ async fn proxy(State(shared): State<Shared>, request: Request) -> Response {
                 axum::Json(serde_json::json!({"error": {"code": "UpstreamUnavailable", "message": format!("the model runtime did not answer: {e}")}})),
             )
                 .into_response();
-            stamp(r.headers_mut(), &shared.version, &interaction);
+            stamp(r.headers_mut(), &version, &interaction);
             shared.metrics.upstream_errors.inc();
             shared.metrics.finish("502", started.elapsed());
             r
@@ -299,6 +334,9 @@ struct TeeBody {
     started: Instant,
     status: u16,
     guard: Option<InFlightGuard>,
+    /// Counts the request on its adapter until the answer ends (an adapter is unloaded only
+    /// once drained).
+    _arm: Option<adapters::ArmGuard>,
 }
 
 impl TeeBody {
@@ -378,4 +416,15 @@ async fn metrics_text(State(shared): State<Shared>) -> Result<Response, Infallib
         shared.metrics.render(),
     )
         .into_response())
+}
+
+async fn adapter_report(State(shared): State<Shared>) -> Response {
+    match &shared.adapters {
+        Some((_, managed)) => axum::Json(managed.report()).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({"error": {"code": "AdaptersDisabled", "message": "this agent does not manage adapters (the ModelDeployment's spec.rollout.mode is not Adapter)"}})),
+        )
+            .into_response(),
+    }
 }

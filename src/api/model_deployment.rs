@@ -71,6 +71,14 @@ pub struct ModelDeploymentSpec {
     pub agent: Option<AgentSpec>,
 }
 
+impl ModelDeploymentSpec {
+    /// New versions are LoRA adapters canaried inside the stable pods (`spec.rollout.mode:
+    /// Adapter`).
+    pub fn adapter_mode(&self) -> bool {
+        self.rollout.as_ref().is_some_and(|r| r.mode == RolloutMode::Adapter)
+    }
+}
+
 /// The model a ModelDeployment serves.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -301,6 +309,25 @@ pub struct RolloutSpec {
     #[serde(default = "default_progress_deadline")]
     #[schemars(range(min = 10, max = 86400))]
     pub progress_deadline_seconds: i64,
+    /// Where a new version is canaried: `Deployment` (a canary track of its own pods, for whole
+    /// models) or `Adapter` (a LoRA adapter from a RetrainJob, loaded at run time into the
+    /// stable pods' runtime next to the base model `spec.model`; the agent splits requests
+    /// between the stable and the canary adapter; no new pods, no new GPUs).
+    #[serde(default)]
+    pub mode: RolloutMode,
+}
+
+/// Where a new version is canaried.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum RolloutMode {
+    /// A canary Deployment of its own serves the new version (whole models).
+    #[default]
+    Deployment,
+    /// The new version is a LoRA adapter canaried inside the stable pods: the runtime loads it
+    /// next to the base model (vLLM with `--enable-lora` and
+    /// `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`), and the agent sends the canary's share of
+    /// requests to it, sticky per subject.
+    Adapter,
 }
 
 fn default_history_limit() -> i32 {
@@ -331,6 +358,7 @@ impl Default for RolloutSpec {
             approval: Approval::default(),
             history_limit: default_history_limit(),
             progress_deadline_seconds: default_progress_deadline(),
+            mode: RolloutMode::default(),
         }
     }
 }
@@ -593,6 +621,10 @@ pub struct TrackStatus {
     /// When this version became stable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<Time>,
+    /// The version is a LoRA adapter served on top of the base model `spec.model` (`Adapter`
+    /// rollout mode).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adapter: bool,
     /// Where the version came from, when a RetrainJob produced it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lineage: Option<Lineage>,
@@ -647,6 +679,16 @@ pub struct CanaryStatus {
     /// The evidence of the last analysis of the current step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evidence: Option<Evidence>,
+    /// The version is a LoRA adapter served on top of the base model `spec.model` (`Adapter`
+    /// rollout mode).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adapter: bool,
+    /// In `Adapter` mode, the ready pods whose runtime could not load the canary adapter, by
+    /// name, with the reason; the step's clock waits for every ready pod, and the progress
+    /// deadline aborts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub adapter_failures: Vec<PodAdapterFailure>,
     /// Where the version came from, when a RetrainJob produced it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lineage: Option<Lineage>,
@@ -665,6 +707,10 @@ pub struct Candidate {
     /// When it was handed over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handed_over_at: Option<Time>,
+    /// The version is a LoRA adapter served on top of the base model `spec.model` (`Adapter`
+    /// rollout mode).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adapter: bool,
     /// Where it came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lineage: Option<Lineage>,
@@ -826,4 +872,16 @@ pub enum HistoryType {
     /// A candidate handed over by a RetrainJob could not be served (an unreadable URI, a missing
     /// claim) and was refused before any traffic reached it.
     Rejected,
+}
+
+/// A pod whose runtime could not load an adapter.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodAdapterFailure {
+    /// The pod.
+    #[schemars(length(max = 253))]
+    pub pod: String,
+    /// Why, as the pod's agent reports it (the runtime's answer, a fetch error, a timeout).
+    #[schemars(length(max = 512))]
+    pub message: String,
 }

@@ -51,6 +51,16 @@ pub struct AgentArgs {
     /// Interactions waiting for the collector at most; more are dropped and counted.
     #[arg(long, default_value_t = 512)]
     pub capture_queue: usize,
+    /// The wanted adapters (`adapters.json` of the ModelDeployment's mounted ConfigMap); enables
+    /// adapter canaries inside the pod (`spec.rollout.mode: Adapter`).
+    #[arg(long)]
+    pub adapters_file: Option<PathBuf>,
+    /// Directory shared with the runtime where adapters are fetched, one per version.
+    #[arg(long, default_value = "/var/lib/flywheel/adapters")]
+    pub adapters_dir: PathBuf,
+    /// Longest fetch and load of one adapter, in seconds.
+    #[arg(long, default_value_t = 120)]
+    pub adapter_load_timeout: u64,
 }
 
 pub async fn run(args: AgentArgs) -> ExitCode {
@@ -76,6 +86,13 @@ pub async fn run(args: AgentArgs) -> ExitCode {
         redact_headers: args.redact_headers,
         redact_fields: args.redact_fields,
     };
+    if let Some(file) = args.adapters_file {
+        use crate::agent::adapters::{AdapterSettings, Vllm};
+        let runtime = std::sync::Arc::new(Vllm::new(&args.upstream));
+        let mut settings = AdapterSettings::new(file, args.adapters_dir, runtime);
+        settings.load_timeout = std::time::Duration::from_secs(args.adapter_load_timeout.max(1));
+        config.adapters = Some(settings);
+    }
     let agent = match Agent::start(config).await {
         Ok(a) => a,
         Err(e) => {

@@ -30,6 +30,9 @@ pub struct OperatorConfig {
     pub analysis: Arc<dyn AnalysisSource>,
     /// Where the autoscaler reads the load of pods (their `/metrics` by default).
     pub load_source: Arc<dyn crate::autoscale::scrape::LoadSource>,
+    /// Where the operator reads what each pod's agent holds in `Adapter` rollout mode (their
+    /// `/v1/adapters` by default).
+    pub adapter_source: Arc<dyn super::model_deployment::adapters::AdapterSource>,
     /// How often a ModelDeployment with `spec.scaling` is re-evaluated.
     pub scale_interval: Duration,
     /// Least time between two status writes of a FeedbackPolicy whose statistics alone changed.
@@ -56,6 +59,7 @@ impl Default for OperatorConfig {
             operator_image: default_image(),
             analysis: Arc::new(NoAnalysis),
             load_source: Arc::new(crate::autoscale::scrape::HttpScraper::default()),
+            adapter_source: Arc::new(super::model_deployment::adapters::HttpAdapterSource::default()),
             scale_interval: Duration::from_secs(2),
             stats_write_interval: Duration::from_secs(10),
             collector_token_secret: "flywheel-collector-token".to_string(),

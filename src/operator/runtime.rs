@@ -250,6 +250,7 @@ impl Contexts {
                 settings,
                 config.analysis.clone(),
                 config.load_source.clone(),
+                config.adapter_source.clone(),
             )),
             policies: Arc::new(FeedbackPolicies {
                 shared: shared.clone(),

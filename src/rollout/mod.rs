@@ -144,7 +144,41 @@ pub fn plan(
 
     // A change of spec.model starts (or supersedes) a canary of it.
     let spec_changed = status.observed_model.as_ref() != Some(&wanted);
-    if spec_changed {
+    if spec_changed && spec.adapter_mode() {
+        // In Adapter mode spec.model is the base every adapter was trained on: a new base rolls
+        // out through the pods' Deployment and takes the place of the stable adapter, and an
+        // adapter canary of the old base is superseded.
+        status.observed_model = Some(wanted.clone());
+        if stable.version != wanted.version || stable.uri != wanted.uri || stable.adapter {
+            if let Some(canary) = status.canary.take() {
+                record(
+                    &mut status,
+                    &rollout,
+                    HistoryType::Aborted,
+                    &canary.version,
+                    &stable.version,
+                    "Superseded",
+                    "spec.model (the base model) changed during the rollout",
+                    None,
+                    canary.lineage.clone(),
+                    now,
+                );
+                transitions.push(Transition::Aborted {
+                    version: canary.version.clone(),
+                    reason: "Superseded".into(),
+                    message: format!("superseded by the base model {}", wanted.version),
+                    rolled_back: false,
+                });
+            }
+            status.stable = Some(TrackStatus {
+                version: wanted.version.clone(),
+                uri: wanted.uri.clone(),
+                since: Some(time(now)),
+                ..TrackStatus::default()
+            });
+            transitions.push(Transition::Deployed { version: wanted.version.clone() });
+        }
+    } else if spec_changed {
         status.observed_model = Some(wanted.clone());
         if let Some(canary) = status.canary.take() {
             if canary.version != wanted.version {
@@ -212,6 +246,9 @@ pub fn plan(
     {
         let model = ModelRef { version: candidate.version.clone(), uri: candidate.uri.clone() };
         start_canary(&mut status, &rollout, &model, candidate.lineage.clone(), now, &mut transitions);
+        if let Some(c) = status.canary.as_mut() {
+            c.adapter = candidate.adapter;
+        }
     }
 
     let Some(mut canary) = status.canary.clone() else {
@@ -439,6 +476,7 @@ fn promote(
         uri: canary.uri.clone(),
         since: Some(time(now)),
         lineage: canary.lineage.clone(),
+        adapter: canary.adapter,
         ..TrackStatus::default()
     });
     status.canary = None;

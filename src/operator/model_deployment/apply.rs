@@ -27,6 +27,7 @@ pub async fn apply(
         let api = match kind {
             "Deployment" => dynamic_api::<k8s_openapi::api::apps::v1::Deployment>(client, ns),
             "Service" => dynamic_api::<k8s_openapi::api::core::v1::Service>(client, ns),
+            "ConfigMap" => dynamic_api::<k8s_openapi::api::core::v1::ConfigMap>(client, ns),
             _ => dynamic_api::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(client, ns),
         };
         api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(desired))

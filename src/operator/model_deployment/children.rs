@@ -138,6 +138,26 @@ pub const AGENT_PORT: i32 = 8080;
 pub const AGENT_ADMIN_PORT: i32 = 9091;
 /// Where the agent's collector token is mounted.
 pub const AGENT_TOKEN_DIR: &str = "/var/run/flywheel/collector";
+/// Where the wanted adapters (the `<name>-adapters` ConfigMap) are mounted into the agent.
+pub const ADAPTERS_WANTED_DIR: &str = "/etc/flywheel/adapters";
+/// The directory the agent fetches adapters into and the runtime loads them from.
+pub const ADAPTERS_DIR: &str = "/var/lib/flywheel/adapters";
+
+/// The ConfigMap telling the pods of an `Adapter`-mode ModelDeployment which adapters to hold.
+pub fn adapters_config_map_name(owner: &Owner) -> String {
+    format!("{}-adapters", owner.name)
+}
+
+/// The ConfigMap with the wanted adapters (`adapters.json`).
+pub fn adapters_config_map(owner: &Owner, wanted: &crate::agent::adapters::Wanted) -> Value {
+    let text = serde_json::to_string(wanted).unwrap_or_else(|_| "{}".to_string());
+    json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(owner, &adapters_config_map_name(owner), &BTreeMap::new()),
+        "data": {crate::agent::adapters::WANTED_KEY: text}
+    })
+}
 
 fn restricted_security_context() -> Value {
     json!({
@@ -202,11 +222,20 @@ fn agent_container(owner: &Owner, spec: &ModelDeploymentSpec, plan: &TrackPlan, 
         })),
         "securityContext": restricted_security_context(),
     });
+    let mut mounts = Vec::new();
     if let Some(url) = &settings.collector_url {
         env.push(json!({"name": "FLYWHEEL_COLLECTOR_URL", "value": url}));
         env.push(json!({"name": "FLYWHEEL_COLLECTOR_TOKEN_FILE", "value": format!("{AGENT_TOKEN_DIR}/token")}));
-        container["volumeMounts"] =
-            json!([{"name": "collector-token", "mountPath": AGENT_TOKEN_DIR, "readOnly": true}]);
+        mounts.push(json!({"name": "collector-token", "mountPath": AGENT_TOKEN_DIR, "readOnly": true}));
+    }
+    if spec.adapter_mode() {
+        let file = format!("{ADAPTERS_WANTED_DIR}/{}", crate::agent::adapters::WANTED_KEY);
+        container["args"] = json!([args, vec!["--adapters-file".to_string(), file, "--adapters-dir".into(), ADAPTERS_DIR.into()]].concat());
+        mounts.push(json!({"name": "adapters-wanted", "mountPath": ADAPTERS_WANTED_DIR, "readOnly": true}));
+        mounts.push(json!({"name": "adapters", "mountPath": ADAPTERS_DIR}));
+    }
+    if !mounts.is_empty() {
+        container["volumeMounts"] = Value::Array(mounts);
     }
     container["env"] = json!(env);
     container
@@ -366,6 +395,25 @@ pub fn deployment(
             }]);
         }
         ModelSource::File { .. } => {}
+    }
+    if agent_enabled(spec) && spec.adapter_mode() {
+        // The runtime loads adapters the agent fetched into a directory they share, told so
+        // through its adapter API; the agent reads the wanted ones from the mounted ConfigMap
+        // (optional: a pod starts on the base model before the operator wrote it).
+        let mut mounts = container.get("volumeMounts").and_then(Value::as_array).cloned().unwrap_or_default();
+        mounts.push(json!({"name": "adapters", "mountPath": ADAPTERS_DIR, "readOnly": true}));
+        container["volumeMounts"] = Value::Array(mounts);
+        if !runtime.env.iter().any(|e| e.name == "VLLM_ALLOW_RUNTIME_LORA_UPDATING")
+            && let Some(env) = container.get_mut("env").and_then(Value::as_array_mut)
+        {
+            env.push(json!({"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"}));
+        }
+        let mut volumes = pod.get("volumes").and_then(Value::as_array).cloned().unwrap_or_default();
+        volumes.push(json!({"name": "adapters", "emptyDir": {}}));
+        volumes.push(json!({"name": "adapters-wanted", "configMap": {
+            "name": adapters_config_map_name(owner), "optional": true
+        }}));
+        pod["volumes"] = Value::Array(volumes);
     }
     if agent_enabled(spec) {
         pod["containers"] = json!([container, agent_container(owner, spec, plan, settings)]);

@@ -75,6 +75,8 @@ pub struct ModelDeployments {
     pub analysis: Arc<dyn AnalysisSource>,
     /// Load of pods, for the autoscaler.
     pub load_source: Arc<dyn LoadSource>,
+    /// What each pod's agent holds, in `Adapter` rollout mode.
+    pub adapter_source: Arc<dyn super::adapters::AdapterSource>,
     /// The autoscaler's memory per ModelDeployment track (`namespace/name/track`).
     scalers: Mutex<HashMap<String, TrackState>>,
 }
@@ -86,8 +88,9 @@ impl ModelDeployments {
         settings: Settings,
         analysis: Arc<dyn AnalysisSource>,
         load_source: Arc<dyn LoadSource>,
+        adapter_source: Arc<dyn super::adapters::AdapterSource>,
     ) -> Self {
-        Self { shared, settings, analysis, load_source, scalers: Mutex::new(HashMap::new()) }
+        Self { shared, settings, analysis, load_source, adapter_source, scalers: Mutex::new(HashMap::new()) }
     }
 
     /// The autoscaler's memory of a track.

@@ -9,6 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 
+use super::adapters;
 use super::children::{self, TrackPlan};
 use super::context::{ModelDeploymentError, Settings};
 use super::observed::{Missing, Observed};
@@ -134,7 +135,15 @@ pub fn decide(
     // The children.
     let stable = next.stable.clone().ok_or(ModelDeploymentError::Malformed("a stable version after planning"))?;
     let source_of = |uri: &str| valid.sources.get(uri).ok_or(ModelDeploymentError::Malformed("a parsed model source"));
-    let canary_weight = next.canary.as_ref().map(|c| c.weight);
+    // In Adapter mode the canary runs inside the stable pods: no track of its own, and the
+    // pods serve the base model whatever adapter is stable.
+    let adapter_mode = md.spec.adapter_mode();
+    let canary_weight = next.canary.as_ref().filter(|c| !c.adapter).map(|c| c.weight);
+    let (pod_version, pod_uri) = if adapter_mode {
+        (md.spec.model.version.clone(), md.spec.model.uri.clone())
+    } else {
+        (stable.version.clone(), stable.uri.clone())
+    };
     let (stable_replicas, canary_replicas) = replicas_for(md, valid, &scaled, canary_weight);
     let mut out = Children::default();
     let mut want = |desired: Value, live: Option<&Value>| {
@@ -142,24 +151,24 @@ pub fn decide(
             out.apply.push(desired);
         }
     };
-    let stable_plan = TrackPlan {
-        track: Track::Stable,
-        version: stable.version.clone(),
-        uri: stable.uri.clone(),
-        replicas: stable_replicas,
-    };
+    let stable_plan =
+        TrackPlan { track: Track::Stable, version: pod_version.clone(), uri: pod_uri.clone(), replicas: stable_replicas };
     let stable_live = observed.stable.as_ref().and_then(|d| serde_json::to_value(d).ok());
     want(
-        children::deployment(owner, &md.spec, &stable_plan, source_of(&stable.uri)?, &settings.children),
+        children::deployment(owner, &md.spec, &stable_plan, source_of(&pod_uri)?, &settings.children),
         stable_live.as_ref(),
     );
+    if adapter_mode {
+        let name = children::adapters_config_map_name(owner);
+        want(children::adapters_config_map(owner, &adapters::wanted(&next)), observed.live.get(&format!("cm/{name}")));
+    }
     let all = children::service(owner, None);
     want(all, observed.live.get(&owner.name));
     let stable_svc = children::service(owner, Some(Track::Stable));
     want(stable_svc, observed.live.get(&children::track_name(owner, Track::Stable)));
     want(children::disruption_budget(owner), observed.live.get(&format!("pdb/{}", owner.name)));
     let canary_name = children::track_name(owner, Track::Canary);
-    match &next.canary {
+    match next.canary.as_ref().filter(|c| !c.adapter) {
         Some(c) => {
             let plan = TrackPlan {
                 track: Track::Canary,
@@ -189,21 +198,30 @@ pub fn decide(
 
     // Status: replicas, selector, conditions.
     let stable_ready = ready_replicas(observed.stable.as_ref());
-    let canary_ready_count = if next.canary.is_some() { ready_replicas(observed.canary.as_ref()) } else { 0 };
+    let canary_ready_count =
+        if canary_weight.is_some() { ready_replicas(observed.canary.as_ref()) } else { 0 };
     if let Some(s) = next.stable.as_mut() {
         s.replicas = stable_replicas;
         s.ready_replicas = stable_ready;
     }
     if let Some(c) = next.canary.as_mut() {
-        c.replicas = canary_replicas;
-        c.ready_replicas = canary_ready_count;
+        if c.adapter {
+            // The pods holding it, of the ready ones; and those that could not load it.
+            c.replicas = i32::try_from(observed.adapters.len()).unwrap_or(i32::MAX);
+            c.ready_replicas = adapters::serving(&observed.adapters, &c.version);
+            c.adapter_failures = adapters::failures(&observed.adapters, &c.version);
+        } else {
+            c.replicas = canary_replicas;
+            c.ready_replicas = canary_ready_count;
+        }
     }
     next.replicas = stable_replicas + canary_replicas;
     next.ready_replicas = stable_ready + canary_ready_count;
     next.selector = Some(children::serving_selector_string(owner));
     next.observed_generation = generation;
     let stable_is_ready = track_ready(observed.stable.as_ref(), stable_replicas)
-        && version_of(observed.stable.as_ref()) == Some(&stable.version);
+        && version_of(observed.stable.as_ref()) == Some(&pod_version)
+        && (!stable.adapter || adapters::all_serve(&observed.adapters, &stable.version, None));
     // Ready only when nothing is left to write: what is live is what is wanted.
     let writes = !out.apply.is_empty() || out.route.is_some();
     let health = if let Some(c) = &next.canary {

@@ -5,6 +5,7 @@
 //! apply (writes, `apply`). The children are built by `children` (pure); the canary's evidence
 //! comes from `feedback_analysis`; the autoscaler's I/O-free parts are in `scaling`.
 
+pub mod adapters;
 pub mod apply;
 pub mod children;
 pub mod context;

@@ -4,14 +4,14 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::{Resource, ResourceExt};
 
 use super::children::{self, AGENT_ADMIN_PORT, ModelSource};
 use super::context::{ModelDeploymentError, ModelDeployments, reading};
-use super::observed::{Missing, Observed, TrackLoad};
+use super::observed::{Missing, Observed, PodAdapters, TrackLoad};
 use super::replicas::{canary_ready, total_replicas};
 use super::validate::ValidModelDeployment;
 use crate::api::FeedbackPolicy;
@@ -51,11 +51,16 @@ pub async fn observe(
         return Ok(observed);
     }
     let status = md.status.clone().unwrap_or_default();
+    let adapter_mode = md.spec.adapter_mode();
     observed.candidate_unservable = match &status.candidate {
-        Some(c) => unservable(client, ns, valid, &c.uri).await?,
+        Some(c) => match kind_mismatch(adapter_mode, c.adapter, valid, &c.uri) {
+            Some(problem) => Some(problem),
+            None => unservable(client, ns, valid, &c.uri).await?,
+        },
         None => None,
     };
     observed.canary_unservable = match &status.canary {
+        Some(c) if c.adapter => None,
         Some(c) => unservable(client, ns, valid, &c.uri).await?,
         None => None,
     };
@@ -70,8 +75,9 @@ pub async fn observe(
         (dynamic_api::<Service>(client, ns), read(Track::Stable)),
         (dynamic_api::<Service>(client, ns), read(Track::Canary)),
         (dynamic_api::<PodDisruptionBudget>(client, ns), format!("pdb/{}", valid.owner.name)),
+        (dynamic_api::<ConfigMap>(client, ns), format!("cm/{}", children::adapters_config_map_name(&valid.owner))),
     ] {
-        let object_name = name.trim_start_matches("pdb/");
+        let object_name = name.trim_start_matches("pdb/").trim_start_matches("cm/");
         let found = api.get_opt(object_name).await.map_err(reading(format!("reading {object_name}")))?;
         if let Some(o) = found.and_then(|o| serde_json::to_value(o).ok()) {
             observed.live.insert(name, o);
@@ -83,6 +89,9 @@ pub async fn observe(
         observed.route = found.and_then(|r| serde_json::to_value(r).ok());
     }
     observed.load = load(ctx, md, valid, &observed, now).await?;
+    if adapter_mode {
+        observed.adapters = adapters(ctx, valid).await?;
+    }
     observed.analysis = analysis(ctx, md, valid, &observed, now).await?;
     Ok(observed)
 }
@@ -137,6 +146,43 @@ async fn unservable(
         reason: "MissingPersistentVolumeClaim".into(),
         message: format!("PersistentVolumeClaim {ns}/{claim} named by {uri} does not exist"),
     }))
+}
+
+/// A candidate of the wrong kind for the rollout mode: a whole model cannot be canaried inside
+/// the pods, an adapter cannot be served alone, and an adapter is fetched by the agent at run
+/// time (a claim would need a new volume, so new pods).
+fn kind_mismatch(adapter_mode: bool, adapter: bool, valid: &ValidModelDeployment, uri: &str) -> Option<Unservable> {
+    let message = match (adapter_mode, adapter) {
+        (true, false) => "spec.rollout.mode is Adapter, but the candidate is a whole model (\"artifact\":\"model\"); have the trainer write the LoRA adapter alone (the reference trainer's default, without mergeAdapter)",
+        (false, true) => "the candidate is a LoRA adapter, which cannot be served alone; set spec.rollout.mode: Adapter to canary adapters inside the pods, or have the trainer merge it (mergeAdapter)",
+        (true, true) if matches!(valid.sources.get(uri), Some(ModelSource::Pvc { .. })) => "in Adapter mode the agent fetches each adapter at run time, which it cannot do from a pvc:// URI (mounting the claim would replace every pod); store adapters at an s3://, gs://, https:// or hf:// URI",
+        _ => return None,
+    };
+    Some(Unservable { reason: "CandidateKindMismatch".into(), message: message.into() })
+}
+
+/// What each ready stable pod's agent holds (`Adapter` rollout mode).
+async fn adapters(ctx: &ModelDeployments, valid: &ValidModelDeployment) -> Result<Vec<PodAdapters>, ModelDeploymentError> {
+    let pods: Api<Pod> = Api::namespaced(ctx.shared.client.clone(), &valid.owner.namespace);
+    let selector = children::track_selector(&valid.owner, Track::Stable)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let listed = pods.list(&ListParams::default().labels(&selector)).await.map_err(reading("listing pods"))?;
+    let targets: Vec<PodTarget> = listed
+        .items
+        .iter()
+        .filter(|p| pod_ready(p))
+        .map(|p| PodTarget {
+            name: p.name_any(),
+            ip: p.status.as_ref().and_then(|s| s.pod_ip.clone()),
+            port: u16::try_from(AGENT_ADMIN_PORT).unwrap_or(0),
+        })
+        .collect();
+    let source = ctx.adapter_source.clone();
+    let reports = futures::future::join_all(targets.iter().map(|t| source.report(t))).await;
+    Ok(targets.into_iter().zip(reports).map(|(t, report)| PodAdapters { pod: t.name, report }).collect())
 }
 
 fn pod_ready(pod: &Pod) -> bool {

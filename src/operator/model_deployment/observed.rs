@@ -31,6 +31,15 @@ pub struct TrackLoad {
     pub state: TrackState,
 }
 
+/// What one ready pod's agent holds (`Adapter` rollout mode).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodAdapters {
+    /// The pod.
+    pub pod: String,
+    /// Its agent's report, or why it could not be read.
+    pub report: Result<crate::agent::adapters::Report, String>,
+}
+
 /// Everything one reconcile read.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Observed {
@@ -52,4 +61,6 @@ pub struct Observed {
     pub analysis: Option<Evidence>,
     /// The autoscaler's view of each track it scales.
     pub load: BTreeMap<Track, TrackLoad>,
+    /// In `Adapter` rollout mode, what each ready stable pod holds.
+    pub adapters: Vec<PodAdapters>,
 }

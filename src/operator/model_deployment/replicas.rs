@@ -94,6 +94,10 @@ pub fn replicas_for(
 /// Whether the canary in status runs its version on all its wanted, ready replicas.
 pub fn canary_ready(md: &ModelDeployment, valid: &ValidModelDeployment, observed: &Observed, now: Timestamp) -> bool {
     let Some(canary) = md.status.as_ref().and_then(|s| s.canary.as_ref()) else { return false };
+    if canary.adapter {
+        // Inside the stable pods: every ready pod holds it at the step's weight.
+        return super::adapters::canary_held(md.status.as_ref(), observed);
+    }
     let scaled = scale(md, observed, now);
     let wanted = replicas_for(md, valid, &scaled, Some(canary.weight)).1;
     version_of(observed.canary.as_ref()) == Some(&canary.version) && track_ready(observed.canary.as_ref(), wanted)

@@ -100,7 +100,9 @@ fn run_attempts(
     adopt(next, observed);
     let expected = result::Expected {
         version: rtj.spec.version.as_deref(),
-        whole_model: rtj.spec.promotion == Promotion::Canary,
+        // A ModelDeployment in Adapter rollout mode takes adapters; every other serves whole models.
+        whole_model: rtj.spec.promotion == Promotion::Canary
+            && !observed.target.as_ref().is_some_and(|md| md.spec.adapter_mode()),
         output_uri: Some(rtj.spec.output_uri.as_str()),
     };
     if let Some(i) = next.attempts.iter().position(|a| a.outcome.is_none()) {
@@ -355,6 +357,7 @@ fn hand_over(
     target: Option<&ModelDeployment>,
     version: &str,
     uri: &str,
+    adapter: bool,
     evaluation: &[RuleResult],
     now: &Time,
 ) -> Result<Option<HandOver>, String> {
@@ -382,6 +385,7 @@ fn hand_over(
         candidate: Candidate {
             version: version.to_string(),
             uri: uri.to_string(),
+            adapter,
             handed_over_at: Some(now.clone()),
             lineage: Some(Lineage { evaluation: evaluation.to_vec(), ..lineage(rtj) }),
         },
@@ -503,7 +507,8 @@ pub fn decide(
         && let Some(res) = next.result.clone()
     {
         let rules = next.evaluation.as_ref().map(|e| e.rules.clone()).unwrap_or_default();
-        match hand_over(rtj, observed.target.as_ref(), &res.version, &res.uri, &rules, &now) {
+        let adapter = res.artifact == crate::api::retrain_job::Artifact::Adapter;
+        match hand_over(rtj, observed.target.as_ref(), &res.version, &res.uri, adapter, &rules, &now) {
             Ok(Some(h)) => out.hand_over = Some(h),
             Ok(None) => {
                 next.handed_over_at = Some(now.clone());
