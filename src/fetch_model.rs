@@ -330,10 +330,8 @@ pub async fn fetch(uri: &str, dir: &Path, options: &FetchOptions) -> Result<Fetc
     // The futures are built first (none runs until polled): a stream over a closure that
     // borrows each item is not `Send` for every lifetime, and the agent runs this in a task.
     let downloads: Vec<_> = items.iter().map(|item| download(&http, options, item, &staging)).collect();
-    let sizes: Vec<u64> = futures::stream::iter(downloads)
-        .buffer_unordered(options.concurrency.max(1))
-        .try_collect()
-        .await?;
+    let sizes: Vec<u64> =
+        futures::stream::iter(downloads).buffer_unordered(options.concurrency.max(1)).try_collect().await?;
     let bytes = sizes.iter().sum();
 
     if let Source::Https { .. } = source

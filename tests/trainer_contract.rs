@@ -324,6 +324,7 @@ async fn the_reference_trainer_runs_in_the_jobs_environment_and_serving_mounts_i
     let candidate = Candidate {
         version: trained.version.clone(),
         uri: trained.uri.clone(),
+        adapter: false,
         handed_over_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now())),
         lineage: Some(operator::retrain_job::lineage(&rtj)),
     };

@@ -1,5 +1,5 @@
 use super::*;
-use crate::api::model_deployment::{AnalysisSpec, Candidate, ModelSpec, RequestedAction, RuntimeSpec};
+use crate::api::model_deployment::{AnalysisSpec, Candidate, ModelSpec, RequestedAction, RolloutMode, RuntimeSpec};
 use crate::api::{Lineage, TriggerReason};
 
 fn at(s: i64) -> Timestamp {
@@ -34,6 +34,7 @@ fn spec(version: &str, steps: Vec<CanaryStep>, approval: Approval) -> ModelDeplo
             approval,
             history_limit: 3,
             progress_deadline_seconds: 600,
+            mode: RolloutMode::Deployment,
         }),
         traffic: None,
         agent: None,
@@ -192,6 +193,7 @@ fn a_retrained_candidate_canaries_and_stays_stable_after_promotion() {
     status.candidate = Some(Candidate {
         version: "v1-ft1".into(),
         uri: "s3://m/ft1".into(),
+        adapter: false,
         handed_over_at: None,
         lineage: Some(lineage.clone()),
     });
@@ -304,6 +306,7 @@ fn an_unservable_candidate_is_rejected_and_stable_keeps_serving() {
     status.candidate = Some(Candidate {
         version: "v2".into(),
         uri: "/var/run/flywheel/output-claim/v2".into(),
+        adapter: false,
         handed_over_at: Some(Time(at(5))),
         lineage: None,
     });
@@ -332,4 +335,62 @@ fn a_canary_that_became_unservable_is_aborted() {
     assert!(decided.status.canary.is_none());
     let entry = decided.status.history.last().cloned().unwrap_or_else(|| panic!("a history entry"));
     assert_eq!((entry.type_, entry.reason.as_str()), (HistoryType::Aborted, "MissingPersistentVolumeClaim"));
+}
+
+fn adapter_spec(version: &str) -> ModelDeploymentSpec {
+    let mut s = spec(version, vec![pause(20, 30)], Approval::Auto);
+    if let Some(r) = s.rollout.as_mut() {
+        r.mode = RolloutMode::Adapter;
+    }
+    s
+}
+
+fn adapter_candidate(version: &str) -> Candidate {
+    Candidate {
+        version: version.into(),
+        uri: format!("s3://adapters/{version}"),
+        adapter: true,
+        handed_over_at: Some(Time(at(1))),
+        lineage: None,
+    }
+}
+
+#[test]
+fn an_adapter_canary_is_promoted_as_the_stable_adapter_on_the_same_base() {
+    let s = adapter_spec("v1");
+    let mut status = plan(&s, &ModelDeploymentStatus::default(), &Observations::default(), at(0)).status;
+    status.candidate = Some(adapter_candidate("a1"));
+    let started = plan(&s, &status, &Observations::default(), at(1));
+    let canary = started.status.canary.clone().unwrap_or_default();
+    assert!(canary.adapter && canary.version == "a1" && canary.weight == 20);
+    // The step's clock waits for every pod to hold it (the driver's `canary_ready`).
+    let waiting = plan(&s, &started.status, &Observations::default(), at(5));
+    assert!(waiting.status.canary.as_ref().is_some_and(|c| c.step_started_at.is_none()));
+    let held = plan(&s, &waiting.status, &ready(), at(6));
+    let done = plan(&s, &held.status, &ready(), at(40));
+    let stable = done.status.stable.clone().unwrap_or_default();
+    assert_eq!((stable.version.as_str(), stable.adapter), ("a1", true));
+    assert_eq!(done.status.observed_model.map(|m| m.version).as_deref(), Some("v1"), "the base is unchanged");
+}
+
+#[test]
+fn a_new_base_in_adapter_mode_supersedes_the_adapters_without_a_canary() {
+    let s = adapter_spec("v1");
+    let mut status = plan(&s, &ModelDeploymentStatus::default(), &Observations::default(), at(0)).status;
+    status.stable = Some(TrackStatus {
+        version: "a1".into(),
+        uri: "s3://adapters/a1".into(),
+        adapter: true,
+        ..TrackStatus::default()
+    });
+    status.candidate = Some(adapter_candidate("a2"));
+    let running = plan(&s, &status, &Observations::default(), at(1)).status;
+    assert!(running.canary.is_some());
+    let next = plan(&adapter_spec("v2"), &running, &ready(), at(2));
+    assert!(next.status.canary.is_none(), "the adapter canary of the old base is gone");
+    let stable = next.status.stable.clone().unwrap_or_default();
+    assert_eq!((stable.version.as_str(), stable.adapter), ("v2", false), "the new base serves alone");
+    let superseded = next.status.history.last().cloned().unwrap_or_else(|| panic!("history"));
+    assert_eq!((superseded.version.as_str(), superseded.reason.as_str()), ("a2", "Superseded"));
+    assert!(next.transitions.contains(&Transition::Deployed { version: "v2".into() }));
 }

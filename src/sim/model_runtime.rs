@@ -81,7 +81,8 @@ impl SimRuntime {
         let stop = CancellationToken::new();
         let until = stop.clone();
         tokio::spawn(async move {
-            let _served = axum::serve(listener, app).with_graceful_shutdown(async move { until.cancelled().await }).await;
+            let _served =
+                axum::serve(listener, app).with_graceful_shutdown(async move { until.cancelled().await }).await;
         });
         Ok(Self { addr, base: base.to_string(), inner, stop })
     }
@@ -144,7 +145,11 @@ async fn models(State(s): State<Shared>) -> Response {
 async fn load(State(s): State<Shared>, body: axum::body::Bytes) -> Response {
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let (Some(name), Some(path)) = (request["lora_name"].as_str(), request["lora_path"].as_str()) else {
-        return error(StatusCode::BAD_REQUEST, "BadRequestError", "Both 'lora_name' and 'lora_path' must be provided.".into());
+        return error(
+            StatusCode::BAD_REQUEST,
+            "BadRequestError",
+            "Both 'lora_name' and 'lora_path' must be provided.".into(),
+        );
     };
     let behaviour = s.lock().behaviour;
     match behaviour {

@@ -125,8 +125,7 @@ pub struct Report {
 impl Report {
     /// The pod serves `version` (as stable or canary) from a loaded adapter.
     pub fn serves(&self, version: &str) -> bool {
-        self.loaded.iter().any(|l| l == version)
-            && (self.stable == version || self.canary.as_deref() == Some(version))
+        self.loaded.iter().any(|l| l == version) && (self.stable == version || self.canary.as_deref() == Some(version))
     }
 }
 

@@ -24,7 +24,12 @@ impl Arm {
     /// An arm stamping `version`, rewriting `model` to `model` when given.
     pub fn new(version: &str, model: Option<&str>) -> Result<Self, String> {
         let header = HeaderValue::from_str(version).map_err(|_| format!("{version:?} is not a header value"))?;
-        Ok(Self { version: version.to_string(), header, model: model.map(str::to_string), in_flight: AtomicI64::new(0) })
+        Ok(Self {
+            version: version.to_string(),
+            header,
+            model: model.map(str::to_string),
+            in_flight: AtomicI64::new(0),
+        })
     }
 
     /// The version stamped on its answers.

@@ -97,7 +97,11 @@ impl AdapterRuntime for Vllm {
             let status = response.status();
             if !status.is_success() {
                 let text = response.text().await.unwrap_or_default();
-                return Err(RuntimeError::Refused { what, status: status.as_u16(), body: text.chars().take(300).collect() });
+                return Err(RuntimeError::Refused {
+                    what,
+                    status: status.as_u16(),
+                    body: text.chars().take(300).collect(),
+                });
             }
             let v: Value = response
                 .json()

@@ -167,7 +167,11 @@ mod tests {
     fn failures_name_the_pods() {
         let mut refused = holding("base", None, &[]);
         refused.failures.insert("a2".into(), "loading a2: the runtime answered 500".into());
-        let pods = [pod("p1", Ok(refused)), pod("p2", Err("timeout".into())), pod("p3", Ok(holding("base", Some(("a2", 10)), &["a2"])))];
+        let pods = [
+            pod("p1", Ok(refused)),
+            pod("p2", Err("timeout".into())),
+            pod("p3", Ok(holding("base", Some(("a2", 10)), &["a2"]))),
+        ];
         let f = failures(&pods, "a2");
         assert_eq!(f.iter().map(|f| f.pod.as_str()).collect::<Vec<_>>(), ["p1", "p2"]);
         assert!(f[0].message.contains("500"), "{}", f[0].message);

@@ -230,7 +230,9 @@ fn agent_container(owner: &Owner, spec: &ModelDeploymentSpec, plan: &TrackPlan, 
     }
     if spec.adapter_mode() {
         let file = format!("{ADAPTERS_WANTED_DIR}/{}", crate::agent::adapters::WANTED_KEY);
-        container["args"] = json!([args, vec!["--adapters-file".to_string(), file, "--adapters-dir".into(), ADAPTERS_DIR.into()]].concat());
+        container["args"] = json!(
+            [args, vec!["--adapters-file".to_string(), file, "--adapters-dir".into(), ADAPTERS_DIR.into()]].concat()
+        );
         mounts.push(json!({"name": "adapters-wanted", "mountPath": ADAPTERS_WANTED_DIR, "readOnly": true}));
         mounts.push(json!({"name": "adapters", "mountPath": ADAPTERS_DIR}));
     }

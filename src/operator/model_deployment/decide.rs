@@ -151,8 +151,12 @@ pub fn decide(
             out.apply.push(desired);
         }
     };
-    let stable_plan =
-        TrackPlan { track: Track::Stable, version: pod_version.clone(), uri: pod_uri.clone(), replicas: stable_replicas };
+    let stable_plan = TrackPlan {
+        track: Track::Stable,
+        version: pod_version.clone(),
+        uri: pod_uri.clone(),
+        replicas: stable_replicas,
+    };
     let stable_live = observed.stable.as_ref().and_then(|d| serde_json::to_value(d).ok());
     want(
         children::deployment(owner, &md.spec, &stable_plan, source_of(&pod_uri)?, &settings.children),
@@ -198,8 +202,7 @@ pub fn decide(
 
     // Status: replicas, selector, conditions.
     let stable_ready = ready_replicas(observed.stable.as_ref());
-    let canary_ready_count =
-        if canary_weight.is_some() { ready_replicas(observed.canary.as_ref()) } else { 0 };
+    let canary_ready_count = if canary_weight.is_some() { ready_replicas(observed.canary.as_ref()) } else { 0 };
     if let Some(s) = next.stable.as_mut() {
         s.replicas = stable_replicas;
         s.ready_replicas = stable_ready;

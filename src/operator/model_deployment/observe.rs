@@ -153,16 +153,25 @@ async fn unservable(
 /// time (a claim would need a new volume, so new pods).
 fn kind_mismatch(adapter_mode: bool, adapter: bool, valid: &ValidModelDeployment, uri: &str) -> Option<Unservable> {
     let message = match (adapter_mode, adapter) {
-        (true, false) => "spec.rollout.mode is Adapter, but the candidate is a whole model (\"artifact\":\"model\"); have the trainer write the LoRA adapter alone (the reference trainer's default, without mergeAdapter)",
-        (false, true) => "the candidate is a LoRA adapter, which cannot be served alone; set spec.rollout.mode: Adapter to canary adapters inside the pods, or have the trainer merge it (mergeAdapter)",
-        (true, true) if matches!(valid.sources.get(uri), Some(ModelSource::Pvc { .. })) => "in Adapter mode the agent fetches each adapter at run time, which it cannot do from a pvc:// URI (mounting the claim would replace every pod); store adapters at an s3://, gs://, https:// or hf:// URI",
+        (true, false) => {
+            "spec.rollout.mode is Adapter, but the candidate is a whole model (\"artifact\":\"model\"); have the trainer write the LoRA adapter alone (the reference trainer's default, without mergeAdapter)"
+        }
+        (false, true) => {
+            "the candidate is a LoRA adapter, which cannot be served alone; set spec.rollout.mode: Adapter to canary adapters inside the pods, or have the trainer merge it (mergeAdapter)"
+        }
+        (true, true) if matches!(valid.sources.get(uri), Some(ModelSource::Pvc { .. })) => {
+            "in Adapter mode the agent fetches each adapter at run time, which it cannot do from a pvc:// URI (mounting the claim would replace every pod); store adapters at an s3://, gs://, https:// or hf:// URI"
+        }
         _ => return None,
     };
     Some(Unservable { reason: "CandidateKindMismatch".into(), message: message.into() })
 }
 
 /// What each ready stable pod's agent holds (`Adapter` rollout mode).
-async fn adapters(ctx: &ModelDeployments, valid: &ValidModelDeployment) -> Result<Vec<PodAdapters>, ModelDeploymentError> {
+async fn adapters(
+    ctx: &ModelDeployments,
+    valid: &ValidModelDeployment,
+) -> Result<Vec<PodAdapters>, ModelDeploymentError> {
     let pods: Api<Pod> = Api::namespaced(ctx.shared.client.clone(), &valid.owner.namespace);
     let selector = children::track_selector(&valid.owner, Track::Stable)
         .iter()

@@ -171,3 +171,44 @@ fn the_agent_is_injected_in_front_of_the_runtime() {
     assert_eq!(containers.len(), 1, "no agent when disabled");
     assert_eq!(containers[0]["ports"][0]["name"], "http", "the runtime serves the Services itself");
 }
+
+#[test]
+fn an_adapter_mode_pod_shares_an_adapter_directory_and_mounts_the_wanted_adapters() {
+    let mut spec = sample();
+    if let Some(r) = spec.rollout.as_mut() {
+        r.mode = crate::api::model_deployment::RolloutMode::Adapter;
+    }
+    let plan = TrackPlan { track: Track::Stable, version: "v1".into(), uri: spec.model.uri.clone(), replicas: 2 };
+    let source = ModelSource::parse(&spec.model.uri).unwrap_or_else(|e| panic!("{e}"));
+    let d = deployment(&owner(), &spec, &plan, &source, &settings());
+    let pod = &d["spec"]["template"]["spec"];
+    let volumes = pod["volumes"].as_array().cloned().unwrap_or_default();
+    assert!(volumes.iter().any(|v| v["name"] == "adapters" && v["emptyDir"].is_object()));
+    let wanted = volumes.iter().find(|v| v["name"] == "adapters-wanted").unwrap_or_else(|| panic!("{volumes:?}"));
+    assert_eq!(wanted["configMap"], json!({"name": "support-chat-adapters", "optional": true}));
+    let runtime = &pod["containers"][0];
+    assert!(
+        runtime["volumeMounts"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["mountPath"] == ADAPTERS_DIR && m["readOnly"] == true))
+    );
+    assert!(
+        runtime["env"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["name"] == "VLLM_ALLOW_RUNTIME_LORA_UPDATING" && e["value"] == "True"))
+    );
+    let agent = &pod["containers"][1];
+    let args: Vec<&str> =
+        agent["args"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let file = format!("{ADAPTERS_WANTED_DIR}/adapters.json");
+    assert!(args.windows(2).any(|w| w == ["--adapters-file", file.as_str()]), "{args:?}");
+    assert!(args.windows(2).any(|w| w == ["--adapters-dir", ADAPTERS_DIR]), "{args:?}");
+    let mounts = agent["volumeMounts"].as_array().cloned().unwrap_or_default();
+    assert!(mounts.iter().any(|m| m["name"] == "adapters-wanted" && m["readOnly"] == true));
+    assert!(mounts.iter().any(|m| m["name"] == "collector-token"), "the collector token stays mounted");
+    // The default mode leaves the pod as it was.
+    let plain = deployment(&owner(), &sample(), &plan, &source, &settings());
+    assert!(!plain.to_string().contains("adapters"));
+    let cm = adapters_config_map(&owner(), &crate::agent::adapters::Wanted::default());
+    assert_eq!((cm["kind"].as_str(), cm["data"]["adapters.json"].as_str()), (Some("ConfigMap"), Some("{}")));
+}

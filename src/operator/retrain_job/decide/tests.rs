@@ -343,3 +343,25 @@ fn a_queued_attempt_waits_for_admission_and_a_preemption_costs_no_retry() {
     assert_eq!((d3.status.phase, d3.status.attempt_count), (RetrainPhase::Queued, 1));
     assert!(d3.children.create.is_none());
 }
+
+#[test]
+fn an_adapter_goes_to_a_model_deployment_in_adapter_mode_and_is_refused_by_any_other() {
+    let r = rtj(running(), "Canary");
+    let adapter_line = r#"{"version":"a2","uri":"pvc://models/chat-1","artifact":"adapter"}"#;
+    let mut target = md(json!({"stable": {"version": "v1", "uri": "pvc://models/v1"}}));
+    target.spec.rollout = Some(serde_json::from_value(json!({"mode": "Adapter"})).unwrap_or_else(|e| panic!("{e}")));
+    let observed = |target: ModelDeployment| Observed {
+        jobs: [(1, job(1, Some(("Complete", "CompletionsReached"))))].into(),
+        pods: vec![pod(0, "Succeeded", adapter_line)],
+        target: Some(target),
+        evaluation_job: None,
+    };
+    let d = decide(&r, &observed(target), &settings(), at(0)).unwrap_or_else(|e| panic!("{e}"));
+    let h = d.children.hand_over.unwrap_or_else(|| panic!("a hand-over"));
+    assert_eq!((h.candidate.version.as_str(), h.candidate.adapter), ("a2", true));
+    // A ModelDeployment that serves whole models cannot take it: the result is malformed.
+    let whole = md(json!({"stable": {"version": "v1", "uri": "pvc://models/v1"}}));
+    let d = decide(&r, &observed(whole), &settings(), at(0)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(d.children.hand_over.is_none());
+    assert_eq!(d.status.phase, RetrainPhase::Failed, "{:?}", d.status);
+}
