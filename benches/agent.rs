@@ -1,7 +1,9 @@
 //! What the agent sidecar costs: latency (p50, p99) and throughput of chat-completion requests
 //! against the same upstream reached directly, through nginx (Debian's, as a reverse proxy
-//! with upstream keep-alive), through the agent, and through the agent capturing every
-//! interaction to a collector — in one run, on loopback.
+//! with upstream keep-alive), through the agent, through the agent splitting requests between
+//! a stable and a canary LoRA adapter (`Adapter` rollout mode: each request's subject hashed,
+//! its JSON body's `model` rewritten), and through the agent capturing every interaction to a
+//! collector — in one run, on loopback.
 //!
 //! `cargo bench --bench agent` (add `-- --seconds S --clients C`). nginx is skipped when it is
 //! not installed.
@@ -17,8 +19,10 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::post;
+use flywheel::agent::adapters::{AdapterRuntime, AdapterSettings, RuntimeError};
 use flywheel::agent::{Agent, AgentConfig};
 use flywheel::collector::{Collector, CollectorConfig};
+use futures::future::BoxFuture;
 use serde_json::json;
 
 async fn upstream() -> SocketAddr {
@@ -93,6 +97,30 @@ http {{
     None
 }
 
+/// A runtime whose adapter API only remembers what it loaded (the upstream ignores `model`),
+/// so the adapter row differs from the plain agent's by the split and the rewrite alone.
+#[derive(Default)]
+struct Remembers(std::sync::Mutex<Vec<String>>);
+
+impl AdapterRuntime for Remembers {
+    fn list(&self) -> BoxFuture<'_, Result<Vec<String>, RuntimeError>> {
+        let listed = self.0.lock().map(|l| l.clone()).unwrap_or_default();
+        Box::pin(async move { Ok(listed) })
+    }
+    fn load<'a>(&'a self, name: &'a str, _dir: &'a std::path::Path) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        if let Ok(mut l) = self.0.lock() {
+            l.push(name.to_string());
+        }
+        Box::pin(async { Ok(()) })
+    }
+    fn unload<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        if let Ok(mut l) = self.0.lock() {
+            l.retain(|n| n != name);
+        }
+        Box::pin(async { Ok(()) })
+    }
+}
+
 struct Row {
     rps: f64,
     p50: f64,
@@ -109,13 +137,20 @@ async fn load(addr: SocketAddr, clients: usize, secs: f64) -> Row {
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let tasks: Vec<_> = (0..clients)
-        .map(|_| {
+        .map(|c| {
             let (http, stop, body) = (http.clone(), stop.clone(), body.clone());
             tokio::spawn(async move {
                 let mut latencies = Vec::new();
+                let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let sent = Instant::now();
-                    let ok = match http.post(format!("http://{addr}/v1/chat/completions")).json(&body).send().await {
+                    // A subject per client and request, as users of a shared service.
+                    n += 1;
+                    let request = http
+                        .post(format!("http://{addr}/v1/chat/completions"))
+                        .header("x-flywheel-subject", format!("user-{c}-{n}"))
+                        .json(&body);
+                    let ok = match request.send().await {
                         Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
                         _ => false,
                     };
@@ -138,11 +173,43 @@ async fn load(addr: SocketAddr, clients: usize, secs: f64) -> Row {
     Row { rps: all.len() as f64 / elapsed, p50: percentile(&all, 0.5), p99: percentile(&all, 0.99) }
 }
 
+/// The split and rewrite alone, on one thread: hash the subject, choose the arm, parse the
+/// body, set `model`, serialize. Returns the median of `rounds` rounds, in µs per request.
+fn rewrite_alone(rounds: usize, per_round: usize) -> f64 {
+    use flywheel::agent::adapters::{Arm, Routing};
+    let base = Arc::new(Arm::new("v1", None).unwrap_or_else(|e| panic!("{e}")));
+    let stable = Arc::new(Arm::new("a1", Some("a1")).unwrap_or_else(|e| panic!("{e}")));
+    let canary = Arc::new(Arm::new("a2", Some("a2")).unwrap_or_else(|e| panic!("{e}")));
+    let routing = Routing::new(stable, Some((canary, 2_000)));
+    let body = bytes::Bytes::from(
+        json!({"model": "m", "messages": [{"role": "user", "content": "What is the capital of France?"}]}).to_string(),
+    );
+    let mut per_request: Vec<f64> = (0..rounds)
+        .map(|_| {
+            let started = Instant::now();
+            for i in 0..per_round {
+                let mut headers = axum::http::HeaderMap::new();
+                if let Ok(v) = axum::http::HeaderValue::from_str(&format!("user-{i}")) {
+                    headers.insert("x-flywheel-subject", v);
+                }
+                let (guard, rewritten) = routing.route(&headers, &body, &base);
+                std::hint::black_box((guard, rewritten));
+            }
+            started.elapsed().as_secs_f64() * 1e6 / per_round as f64
+        })
+        .collect();
+    per_request.sort_by(|a, b| a.total_cmp(b));
+    percentile(&per_request, 0.5)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let benching = std::env::args().any(|a| a == "--bench");
     let secs = arg("--seconds", if benching { 10 } else { 1 }) as f64;
     let clients = arg("--clients", 16);
+    let rounds = if benching { 15 } else { 2 };
+    let alone = rewrite_alone(rounds, if benching { 100_000 } else { 1_000 });
+    println!("split and rewrite alone (one thread, median of {rounds} rounds): {alone:.2} µs per request");
     let up = upstream().await;
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}"));
     let upstream_uri = format!("http://{up}").parse().unwrap_or_else(|e| panic!("{e}"));
@@ -152,6 +219,29 @@ async fn main() {
     let agent = Agent::start(plain.clone()).await.unwrap_or_else(|e| panic!("{e}"));
 
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    // A stable adapter and a canary at 20 %: every request is hashed, rewritten, stamped.
+    let wanted = dir.path().join("adapters.json");
+    let wanted_json = json!({"stable": {"version": "a1", "uri": format!("file://{}", dir.path().display())},
+        "canary": {"version": "a2", "uri": format!("file://{}", dir.path().display()), "weight": 20}});
+    std::fs::write(&wanted, wanted_json.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    let mut splitting = plain.clone();
+    splitting.adapters = Some(AdapterSettings::new(wanted, dir.path().join("fetched"), Arc::new(Remembers::default())));
+    let adapter_agent = Agent::start(splitting).await.unwrap_or_else(|e| panic!("{e}"));
+    let admin = format!("http://{}/v1/adapters", adapter_agent.admin_addr());
+    let mut routed = false;
+    for _ in 0..100 {
+        let report: serde_json::Value = match reqwest::get(&admin).await {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => serde_json::Value::Null,
+        };
+        if report["canary"] == "a2" && report["stable"] == "a1" {
+            routed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(routed, "the adapter agent never routed to its adapters");
+
     let tokens = dir.path().join("tokens");
     std::fs::write(&tokens, "bench-agent-token-0123456789\n").unwrap_or_else(|e| panic!("{e}"));
     let mut cc = CollectorConfig::new(any, dir.path().join("data"));
@@ -171,6 +261,7 @@ async fn main() {
         println!("(nginx not installed: its row is skipped)");
     }
     targets.push(("agent, no capture", agent.addr()));
+    targets.push(("agent, adapter split 80/20", adapter_agent.addr()));
     targets.push(("agent, capturing all to collector", capturing_agent.addr()));
     let mut direct = None;
     for (label, addr) in targets {
@@ -188,6 +279,7 @@ async fn main() {
         "({clients} concurrent clients with keep-alive on loopback, {secs:.0} s per row, client, proxies and upstream sharing the machine's cores)"
     );
     capturing_agent.shutdown().await;
+    adapter_agent.shutdown().await;
     agent.shutdown().await;
     collector.shutdown().await;
 }
