@@ -14,134 +14,31 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Cluster, TestNamespace, eventually};
-use flywheel::agent::adapters::{AdapterSettings, Report, Vllm, WANTED_KEY};
-use flywheel::agent::{Agent, AgentConfig, INTERACTION_HEADER, VERSION_HEADER};
 use flywheel::api::ModelDeployment;
 use flywheel::api::model_deployment::HistoryType;
-use flywheel::autoscale::scrape::PodTarget;
 use flywheel::collector::{Collector, CollectorConfig};
-use flywheel::operator::model_deployment::adapters::{AdapterSource, HttpAdapterSource};
 use flywheel::operator::model_deployment::feedback_analysis::CollectorAnalysis;
 use flywheel::operator::{self, Operator, OperatorConfig};
-use flywheel::sim::model_runtime::{LoadBehaviour, SimRuntime};
-use futures::StreamExt;
-use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use flywheel::sim::inference::{Answer, InferencePods, PodsConfig, split, thumbs};
+use flywheel::sim::model_runtime::LoadBehaviour;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
 
 const TOKEN: &str = "adapter-test-token-0123456789abcdef";
 const MD: &str = "chat";
 const BASE: &str = "qwen-base";
-
-/// One inference pod's processes.
-struct Rig {
-    runtime: SimRuntime,
-    agent: Agent,
-    wanted_file: PathBuf,
-}
-
-/// The inference pods' agents and runtimes, by pod name.
-#[derive(Clone)]
-struct Pods {
-    rigs: Arc<Mutex<BTreeMap<String, Arc<Rig>>>>,
-    /// How the runtime of each next pod loads (the default once empty).
-    behaviours: Arc<Mutex<Vec<LoadBehaviour>>>,
-    collector: String,
-    namespace: String,
-    dir: PathBuf,
-    http: Arc<HttpAdapterSource>,
-}
-
-impl Pods {
-    async fn rig(&self, pod: &str) -> Result<Arc<Rig>, String> {
-        let mut rigs = self.rigs.lock().await;
-        if let Some(r) = rigs.get(pod) {
-            return Ok(r.clone());
-        }
-        let behaviour = {
-            let mut b = self.behaviours.lock().await;
-            if b.is_empty() { LoadBehaviour::Load } else { b.remove(0) }
-        };
-        let runtime = SimRuntime::start(BASE).await.map_err(|e| e.to_string())?;
-        runtime.set_load_behaviour(behaviour);
-        let pod_dir = self.dir.join(pod);
-        std::fs::create_dir_all(&pod_dir).map_err(|e| e.to_string())?;
-        std::fs::write(pod_dir.join("token"), TOKEN).map_err(|e| e.to_string())?;
-        let any = "127.0.0.1:0".parse().map_err(|e: std::net::AddrParseError| e.to_string())?;
-        let upstream = runtime.url().parse().map_err(|e: axum::http::uri::InvalidUri| e.to_string())?;
-        let mut config = AgentConfig::new(any, upstream, "v1");
-        config.admin_listen = any;
-        config.namespace = self.namespace.clone();
-        config.deployment = MD.into();
-        config.collector_url = Some(self.collector.clone());
-        config.collector_token_file = Some(pod_dir.join("token"));
-        config.flush_interval = Duration::from_millis(100);
-        config.queue_capacity = 20_000;
-        config.batch_size = 500;
-        let wanted_file = pod_dir.join(WANTED_KEY);
-        let mut settings =
-            AdapterSettings::new(wanted_file.clone(), pod_dir.join("adapters"), Arc::new(Vllm::new(&runtime.url())));
-        settings.resync = Duration::from_millis(200);
-        settings.load_timeout = Duration::from_secs(2);
-        settings.retry_after = Duration::from_secs(1);
-        settings.drain_timeout = Duration::from_secs(5);
-        config.adapters = Some(settings);
-        let agent = Agent::start(config).await.map_err(|e| e.to_string())?;
-        let rig = Arc::new(Rig { runtime, agent, wanted_file });
-        rigs.insert(pod.to_string(), rig.clone());
-        Ok(rig)
-    }
-
-    async fn all(&self) -> Vec<(String, Arc<Rig>)> {
-        self.rigs.lock().await.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-    }
-}
-
-impl AdapterSource for Pods {
-    fn report<'a>(&'a self, pod: &'a PodTarget) -> BoxFuture<'a, Result<Report, String>> {
-        Box::pin(async move {
-            let rig = self.rig(&pod.name).await?;
-            self.http.report_at(&format!("http://{}", rig.agent.admin_addr())).await
-        })
-    }
-}
-
-/// The kubelet's part: the ConfigMap's `adapters.json` written into every pod's file (written
-/// aside and renamed, as the kubelet swaps a ConfigMap volume's files).
-fn project(cms: Api<ConfigMap>, pods: Pods) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            if let Ok(Some(cm)) = cms.get_opt(&format!("{MD}-adapters")).await
-                && let Some(text) = cm.data.as_ref().and_then(|d| d.get(WANTED_KEY))
-            {
-                for (_, rig) in pods.all().await {
-                    let current = std::fs::read_to_string(&rig.wanted_file).unwrap_or_default();
-                    if &current != text {
-                        let aside = rig.wanted_file.with_extension("tmp");
-                        if std::fs::write(&aside, text).is_ok() {
-                            let _swapped = std::fs::rename(&aside, &rig.wanted_file);
-                        }
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-}
 
 struct Setup {
     cluster: Cluster,
     ns: TestNamespace,
     collector: Collector,
     base: String,
-    pods: Pods,
+    pods: InferencePods,
     op: Option<Operator>,
     projector: tokio::task::JoinHandle<()>,
     http: reqwest::Client,
@@ -164,14 +61,18 @@ impl Setup {
         cc.token_file = Some(dir.path().join("tokens"));
         let collector = Collector::start(cc).await.unwrap_or_else(|e| panic!("{e}"));
         let base = format!("http://{}", collector.addr());
-        let pods = Pods {
-            rigs: Arc::default(),
-            behaviours: Arc::new(Mutex::new(behaviours)),
-            collector: base.clone(),
-            namespace: ns.name.clone(),
-            dir: dir.path().join("pods"),
-            http: Arc::new(HttpAdapterSource::default()),
-        };
+        let pods = InferencePods::new(
+            PodsConfig {
+                namespace: ns.name.clone(),
+                deployment: MD.into(),
+                base_model: BASE.into(),
+                base_version: "v1".into(),
+                collector: Some((base.clone(), TOKEN.into())),
+                dir: dir.path().join("pods"),
+                store: None,
+            },
+            behaviours,
+        );
         let config = OperatorConfig {
             collector_url: Some(base.clone()),
             collector_token: Some(TOKEN.to_string()),
@@ -180,7 +81,7 @@ impl Setup {
             ..OperatorConfig::local().scoped_to(&ns.name)
         };
         let op = operator::start(cluster.client.clone(), config).await.unwrap_or_else(|e| panic!("{e}"));
-        let projector = project(Api::namespaced(cluster.client.clone(), &ns.name), pods.clone());
+        let projector = pods.project(Api::namespaced(cluster.client.clone(), &ns.name));
         Some(Self { cluster, ns, collector, base, pods, op: Some(op), projector, http: reqwest::Client::new(), dir })
     }
 
@@ -220,36 +121,12 @@ impl Setup {
             .collect()
     }
 
-    /// `n` requests spread over the pods' agents (as the Service spreads them), from `subjects`
-    /// users in turn. Returns (subject, version, interaction id) per answer.
-    async fn ask(&self, n: usize, subjects: usize) -> Vec<(String, String, String)> {
-        let rigs = self.pods.all().await;
-        assert!(!rigs.is_empty());
-        let asks = (0..n).map(|i| {
-            let (_, rig) = &rigs[i % rigs.len()];
-            let url = format!("http://{}/v1/chat/completions", rig.agent.addr());
-            let subject = format!("user-{}", i % subjects);
-            let http = self.http.clone();
-            async move {
-                let body = json!({"model": BASE, "messages": [{"role": "user", "content": format!("question {i}")}]});
-                let r = http
-                    .post(&url)
-                    .header("x-flywheel-subject", &subject)
-                    .json(&body)
-                    .send()
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"));
-                assert_eq!(r.status().as_u16(), 200, "request {i}");
-                let header = |n: &str| r.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-                let (version, interaction) = (header(VERSION_HEADER), header(INTERACTION_HEADER));
-                let answer: Value = r.json().await.unwrap_or_default();
-                let content = answer["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_string();
-                let answered_by = if version == "v1" { BASE.to_string() } else { version.clone() };
-                assert!(content.starts_with(&format!("[{answered_by}]")), "{version} stamped on {content}");
-                (subject, version, interaction)
-            }
-        });
-        futures::stream::iter(asks).buffer_unordered(32).collect().await
+    /// `n` requests spread over the pods' agents (as the Service spreads them), from
+    /// `subjects` users in turn; every one answered.
+    async fn ask(&self, n: usize, subjects: usize) -> Vec<Answer> {
+        let answers = self.pods.ask(&self.http, n, subjects, 32).await;
+        assert_eq!(answers.len(), n, "every request is answered");
+        answers
     }
 
     /// Waits until the collector holds `n` interactions of the ModelDeployment.
@@ -267,17 +144,9 @@ impl Setup {
         assert!(got.is_some(), "the collector never held {n} captured interactions");
     }
 
-    /// Users react: positive with probability `rate[version]` (deterministic by index).
-    async fn feedback(&self, answers: &[(String, String, String)], rate: &HashMap<&str, u32>) {
-        let items: Vec<Value> = answers
-            .iter()
-            .enumerate()
-            .map(|(i, (_, version, id))| {
-                let up = (i as u32 * 37) % 100 < rate.get(version.as_str()).copied().unwrap_or(50);
-                json!({"id": format!("f-{id}"), "interactionId": id, "kind": "thumbs", "value": up})
-            })
-            .collect();
-        for chunk in items.chunks(500) {
+    /// Users react: positive with `rate[version]` percent.
+    async fn feedback(&self, answers: &[Answer], rate: &HashMap<&str, u32>) {
+        for chunk in thumbs(answers, rate).chunks(500) {
             let r = self
                 .http
                 .post(format!("{}/v1/feedback", self.base))
@@ -295,9 +164,7 @@ impl Setup {
         if let Some(op) = self.op.take() {
             op.shutdown().await;
         }
-        for (_, rig) in self.pods.all().await {
-            rig.runtime.stop();
-        }
+        self.pods.stop().await;
         self.collector.shutdown().await;
         self.ns.cleanup().await;
         self.cluster.stop().await;
@@ -351,16 +218,6 @@ fn canary_step_started(m: &ModelDeployment, version: &str) -> bool {
         .is_some_and(|c| c.version == version && c.step_started_at.is_some())
 }
 
-/// The share of answers from `version`, in percent, and whether every subject saw one version.
-fn split(answers: &[(String, String, String)], version: &str) -> (f64, bool) {
-    let on = answers.iter().filter(|(_, v, _)| v == version).count();
-    let mut seen: HashMap<&str, BTreeSet<&str>> = HashMap::new();
-    for (s, v, _) in answers {
-        seen.entry(s.as_str()).or_default().insert(v.as_str());
-    }
-    (on as f64 * 100.0 / answers.len() as f64, seen.values().all(|v| v.len() == 1))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_better_adapter_is_promoted_and_a_worse_one_rolled_back_in_the_same_pods() {
     let Some(s) = Setup::start("adapters", Vec::new()).await else { return };
@@ -411,7 +268,7 @@ async fn a_better_adapter_is_promoted_and_a_worse_one_rolled_back_in_the_same_po
     // Every pod now answers as a1-good for everyone.
     let every = eventually(Duration::from_secs(20), || async {
         let a = s.ask(40, 40).await;
-        a.iter().all(|(_, v, _)| v == "a1-good").then_some(())
+        a.iter().all(|a| a.version == "a1-good").then_some(())
     })
     .await;
     assert!(every.is_some(), "the promoted adapter does not answer every request");
@@ -440,7 +297,7 @@ async fn a_better_adapter_is_promoted_and_a_worse_one_rolled_back_in_the_same_po
     .await;
     assert!(unloaded.is_some(), "a2-worse is unloaded from every runtime");
     let after = s.ask(40, 40).await;
-    assert!(after.iter().all(|(_, v, _)| v == "a1-good"));
+    assert!(after.iter().all(|a| a.version == "a1-good"));
 
     // No pod was replaced at any point: the same uids, no new pods.
     assert_eq!(s.pod_uids().await, uids);
@@ -482,7 +339,7 @@ async fn a_runtime_that_refuses_or_hangs_never_breaks_serving_and_is_named_in_st
     assert_eq!(canary.ready_replicas, 0);
     // Serving goes on, on the base model.
     let answers = s.ask(200, 50).await;
-    assert!(answers.iter().all(|(_, v, _)| v == "v1"));
+    assert!(answers.iter().all(|a| a.version == "v1"));
     // The progress deadline aborts the rollout.
     let aborted = until(&mds, "the progress deadline aborts", 40, |m| {
         m.status.as_ref().is_some_and(|st| st.history.iter().any(|h| h.version == "a1") && st.canary.is_none())

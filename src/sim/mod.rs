@@ -8,6 +8,7 @@ pub mod core;
 pub mod error;
 pub mod faults;
 pub mod http;
+pub mod inference;
 pub mod model_runtime;
 pub mod patch;
 mod proto_layout;

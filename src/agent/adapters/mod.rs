@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::routing::{Arm, ArmGuard, Routing, subject_key};
 pub use self::runtime::{AdapterRuntime, RuntimeError, Vllm};
+
 use crate::fetch_model::{self, FetchOptions};
 
 /// The file name of the wanted state in the mounted ConfigMap.
@@ -129,6 +130,13 @@ impl Report {
     }
 }
 
+/// Where adapters come from, when not from `fetch-model`'s fetcher (the demo's simulated
+/// object store).
+pub trait AdapterStore: Send + Sync {
+    /// Puts the adapter at `uri` into `dir`.
+    fn fetch<'a>(&'a self, uri: &'a str, dir: &'a Path) -> futures::future::BoxFuture<'a, Result<(), String>>;
+}
+
 /// How the agent manages adapters.
 #[derive(Clone)]
 pub struct AdapterSettings {
@@ -140,6 +148,8 @@ pub struct AdapterSettings {
     pub runtime: Arc<dyn AdapterRuntime>,
     /// How adapters are fetched.
     pub fetch: FetchOptions,
+    /// Another store to fetch from (none: `fetch-model`'s fetcher with `fetch`).
+    pub store: Option<Arc<dyn AdapterStore>>,
     /// How often the file and the runtime are looked at.
     pub resync: Duration,
     /// Longest fetch and load of one adapter.
@@ -168,6 +178,7 @@ impl AdapterSettings {
             dir,
             runtime,
             fetch: FetchOptions::from_env(),
+            store: None,
             resync: Duration::from_secs(1),
             load_timeout: Duration::from_secs(120),
             retry_after: Duration::from_secs(10),
@@ -323,9 +334,14 @@ impl Adapters {
                 Some(path) => PathBuf::from(format!("/{}", path.trim_start_matches('/'))),
                 None => {
                     let dir = self.settings.dir.join(&adapter.version);
-                    fetch_model::fetch(&adapter.uri, &dir, &self.settings.fetch)
-                        .await
-                        .map_err(|e| format!("fetching {}: {e}", adapter.uri))?;
+                    match &self.settings.store {
+                        Some(store) => store.fetch(&adapter.uri, &dir).await,
+                        None => fetch_model::fetch(&adapter.uri, &dir, &self.settings.fetch)
+                            .await
+                            .map(drop)
+                            .map_err(|e| e.to_string()),
+                    }
+                    .map_err(|e| format!("fetching {}: {e}", adapter.uri))?;
                     dir
                 }
             };
