@@ -146,7 +146,7 @@ impl Setup {
 
     /// Users react: positive with `rate[version]` percent.
     async fn feedback(&self, answers: &[Answer], rate: &HashMap<&str, u32>) {
-        for chunk in thumbs(answers, rate).chunks(500) {
+        for chunk in thumbs(answers, rate, &self.ns.name, MD).chunks(500) {
             let r = self
                 .http
                 .post(format!("{}/v1/feedback", self.base))

@@ -209,3 +209,28 @@ fn demo_real_says_what_to_install() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bash trainer/ci.sh"), "{stderr}");
 }
+
+/// `flywheel demo --adapters`: LoRA adapters canaried inside the running pods; the better one
+/// promoted, the worse one rolled back, the same pods throughout.
+#[test]
+fn adapters_are_canaried_inside_the_pods_that_already_run() {
+    let out = Command::new(env!("CARGO_BIN_EXE_flywheel"))
+        .args(["demo", "--adapters", "--json"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    let summary: serde_json::Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {last}"));
+    let outcomes: Vec<&str> = summary["adapters"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x["outcome"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(outcomes, ["Promoted", "RolledBack"], "{summary}");
+    assert_eq!(summary["stableVersion"], "v1-lora-1");
+    assert_eq!(summary["podsBefore"], summary["podsAfter"], "no pod replaced");
+    assert_eq!(summary["podsBefore"].as_object().map(|p| p.len()), Some(2));
+    assert!(summary["adapters"].as_array().is_some_and(|a| a.iter().all(|x| x["sticky"] == true)));
+    assert!(stderr.contains("every pod holds v1-lora-1"), "progress goes to stderr with --json: {stderr}");
+}

@@ -30,6 +30,11 @@ pub struct DemoArgs {
     /// RetrainJob's Job. Needs the trainer's environment (`bash trainer/ci.sh`).
     #[arg(long)]
     pub real: bool,
+    /// Play the adapter story instead: LoRA adapters from RetrainJobs canaried inside the pods
+    /// that already run (`spec.rollout.mode: Adapter`), one promoted and one rolled back, with
+    /// no pod restarted.
+    #[arg(long, conflicts_with = "real")]
+    pub adapters: bool,
     /// The reference trainer's directory, holding its `.venv` (with --real).
     #[arg(long, default_value = "trainer", requires = "real")]
     pub trainer_dir: PathBuf,
@@ -50,6 +55,9 @@ pub async fn run(args: DemoArgs) -> ExitCode {
         real: args.real.then(|| args.trainer_dir.clone()),
         ..DemoOptions::new(args.scenario)
     };
+    if args.adapters {
+        return adapters(options, args.json).await;
+    }
     let result = tokio::select! {
         result = crate::demo::run(options) => result,
         () = super::process::shutdown_signal() => {
@@ -67,6 +75,39 @@ pub async fn run(args: DemoArgs) -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("flywheel demo: {e}");
+            ExitCode::from(if matches!(e, crate::demo::DemoError::Options(_)) { 2 } else { 1 })
+        }
+    }
+}
+
+async fn adapters(options: crate::demo::DemoOptions, json: bool) -> ExitCode {
+    let result = tokio::select! {
+        result = crate::demo::run_adapters(options) => result,
+        () = super::process::shutdown_signal() => {
+            eprintln!("flywheel demo: interrupted");
+            return ExitCode::from(130);
+        }
+    };
+    match result {
+        Ok(summary) => {
+            let replaced = summary.pods_before != summary.pods_after;
+            if json {
+                match serde_json::to_string(&summary) {
+                    Ok(line) => println!("{line}"),
+                    Err(e) => {
+                        eprintln!("flywheel demo: encoding the summary: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            if replaced {
+                eprintln!("flywheel demo: inference pods were replaced during the adapter canaries");
+                return ExitCode::FAILURE;
             }
             ExitCode::SUCCESS
         }

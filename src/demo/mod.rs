@@ -7,6 +7,7 @@
 //! judged on live feedback, and promoted or rolled back. The summary is read from what the
 //! cluster and the collector did.
 
+pub mod adapters;
 mod drive;
 pub mod error;
 pub mod observe;
@@ -51,6 +52,34 @@ pub async fn run(options: DemoOptions) -> Result<Summary, DemoError> {
     let summary = result?;
     view.text(&summary::render(&summary));
     Ok(summary)
+}
+
+/// Play the adapter story (`flywheel demo --adapters`) and return what happened; progress
+/// lines go where the options say (none when quiet).
+pub async fn run_adapters(mut options: DemoOptions) -> Result<adapters::AdapterSummary, DemoError> {
+    options.adapters = true;
+    options.validate()?;
+    let started = Instant::now();
+    let pace = Pace::new(options.speed);
+    let world = Arc::new(Mutex::new(World::new(options.scenario, FIRST_VERSION)));
+    let dir = ScratchDir::new()?;
+    let stack = Stack::start(&options, pace, world, &dir.0).await?;
+    let quiet = options.view == ViewMode::Quiet;
+    let to_stderr = options.view_to_stderr;
+    let mut say = move |line: String| {
+        if quiet {
+            return;
+        }
+        let line = format!("[{:>6.1}s] {line}", started.elapsed().as_secs_f64());
+        if to_stderr { eprintln!("{line}") } else { println!("{line}") }
+    };
+    let result = match &stack.pods {
+        Some((pods, _)) => adapters::drive(&stack, pods, &mut say).await,
+        None => Err(DemoError::Options("the adapter pods did not start".into())),
+    };
+    stack.shutdown().await;
+    drop(dir);
+    result
 }
 
 /// Logs for the demo: quiet unless `RUST_LOG` asks (the live view is the output), to stderr.

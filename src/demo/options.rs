@@ -26,6 +26,8 @@ pub struct DemoOptions {
     pub stall_timeout: Duration,
     /// Run the real parts (`--real`): the reference trainer's directory with its virtualenv.
     pub real: Option<PathBuf>,
+    /// Play the adapter story (`--adapters`): LoRA adapters canaried inside the running pods.
+    pub adapters: bool,
 }
 
 impl DemoOptions {
@@ -40,6 +42,7 @@ impl DemoOptions {
             view_to_stderr: false,
             stall_timeout: Duration::from_secs(120),
             real: None,
+            adapters: false,
         }
     }
 
@@ -49,6 +52,11 @@ impl DemoOptions {
         }
         if !self.speed.is_finite() || self.speed < 0.1 || self.speed > 100.0 {
             return Err(DemoError::Options(format!("--speed must be between 0.1 and 100, not {}", self.speed)));
+        }
+        if self.real.is_some() && self.adapters {
+            return Err(DemoError::Options(
+                "--adapters runs simulated runtimes; it does not combine with --real".into(),
+            ));
         }
         if self.real.is_some() && self.scenario == Scenario::Rejected {
             return Err(DemoError::Options(

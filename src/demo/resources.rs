@@ -114,6 +114,35 @@ pub fn feedback_policy() -> Result<FeedbackPolicy, serde_json::Error> {
     }))
 }
 
+// `flywheel demo --adapters`.
+
+/// The ModelDeployment of the adapter demo.
+pub const ADAPTER_DEPLOYMENT: &str = "support-chat-lora";
+/// Its base model's name and version.
+pub const ADAPTER_BASE_MODEL: &str = "qwen2.5-0.5b-instruct";
+/// The base model's version.
+pub const ADAPTER_BASE_VERSION: &str = "v1";
+
+/// The simulated object store the demo's trainer "uploads" to: an adapter directory with its
+/// config, as the reference trainer writes one.
+pub struct DemoStore;
+
+impl crate::agent::adapters::AdapterStore for DemoStore {
+    fn fetch<'a>(
+        &'a self,
+        uri: &'a str,
+        dir: &'a std::path::Path,
+    ) -> futures::future::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            tokio::fs::create_dir_all(dir).await.map_err(|e| format!("{}: {e}", dir.display()))?;
+            let config = json!({"peft_type": "LORA", "r": 16, "target_modules": "all-linear", "source": uri});
+            tokio::fs::write(dir.join("adapter_config.json"), config.to_string())
+                .await
+                .map_err(|e| format!("{}: {e}", dir.display()))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,7 @@ use super::{real, trainer};
 use crate::collector::{Collector, CollectorConfig};
 use crate::operator::model_deployment::feedback_analysis::CollectorAnalysis;
 use crate::operator::{Operator, OperatorConfig};
+use crate::sim::inference::{InferencePods, PodsConfig};
 use crate::sim::{Sim, SimConfig, WorkloadConfig};
 
 fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> DemoError {
@@ -56,6 +57,9 @@ pub(super) struct Stack {
     pub(super) token: String,
     /// Whether pods run as real processes (`--real`).
     pub(super) real: bool,
+    /// With `--adapters`: the inference pods' in-process agents and runtimes, and the task
+    /// projecting the adapters ConfigMap into them.
+    pub(super) pods: Option<(InferencePods, tokio::task::JoinHandle<()>)>,
 }
 
 impl Stack {
@@ -66,6 +70,10 @@ impl Stack {
         dir: &Path,
     ) -> Result<Self, DemoError> {
         let workloads = match &options.real {
+            // The RetrainJobs' annotations script the trainer pods.
+            None if options.adapters => {
+                WorkloadConfig { pod_ready_delay: pace.pod_ready(), ..WorkloadConfig::default() }
+            }
             None => WorkloadConfig {
                 pod_ready_delay: pace.pod_ready(),
                 script: Some(trainer::script(world, pace)),
@@ -91,7 +99,8 @@ impl Stack {
             }
         };
         let token = uuid::Uuid::new_v4().simple().to_string();
-        let mut stack = Self { sim, collector: None, operator: None, client, base: String::new(), token, real };
+        let mut stack =
+            Self { sim, collector: None, operator: None, client, base: String::new(), token, real, pods: None };
         if let Err(e) = stack.start_rest(options, dir, collector_ip).await {
             stack.shutdown().await;
             return Err(e);
@@ -125,12 +134,29 @@ impl Stack {
             "stringData": {"token": self.token},
         }))?;
         apply(&Api::<Secret>::namespaced(self.client.clone(), NAMESPACE), &secret).await?;
-        let config = OperatorConfig {
+        let mut config = OperatorConfig {
             collector_url: Some(self.base.clone()),
             collector_token: Some(self.token.clone()),
             analysis: Arc::new(CollectorAnalysis::new(&self.base, Some(self.token.clone()))),
             ..OperatorConfig::local().scoped_to(NAMESPACE)
         };
+        if options.adapters {
+            let pods = InferencePods::new(
+                PodsConfig {
+                    namespace: NAMESPACE.into(),
+                    deployment: super::resources::ADAPTER_DEPLOYMENT.into(),
+                    base_model: super::resources::ADAPTER_BASE_MODEL.into(),
+                    base_version: super::resources::ADAPTER_BASE_VERSION.into(),
+                    collector: Some((self.base.clone(), self.token.clone())),
+                    dir: dir.join("pods"),
+                    store: Some(Arc::new(super::resources::DemoStore)),
+                },
+                Vec::new(),
+            );
+            config.adapter_source = Arc::new(pods.clone());
+            let projector = pods.project(Api::namespaced(self.client.clone(), NAMESPACE));
+            self.pods = Some((pods, projector));
+        }
         self.operator = Some(crate::operator::start(self.client.clone(), config).await?);
         Ok(())
     }
@@ -138,6 +164,10 @@ impl Stack {
     pub(super) async fn shutdown(self) {
         if let Some(o) = self.operator {
             o.shutdown().await;
+        }
+        if let Some((pods, projector)) = self.pods {
+            projector.abort();
+            pods.stop().await;
         }
         if let Some(c) = self.collector {
             c.shutdown().await;

@@ -228,14 +228,15 @@ pub fn split(answers: &[Answer], version: &str) -> (f64, bool) {
 }
 
 /// Users' thumbs on `answers`: up with `rate[version]` percent (deterministic by position),
-/// as feedback events naming the interaction only (the collector takes the version from it).
-pub fn thumbs(answers: &[Answer], rate: &HashMap<&str, u32>) -> Vec<Value> {
+/// naming the interaction and the version its answer was stamped with.
+pub fn thumbs(answers: &[Answer], rate: &HashMap<&str, u32>, namespace: &str, deployment: &str) -> Vec<Value> {
     answers
         .iter()
         .enumerate()
         .map(|(i, a)| {
             let up = (i as u64 * 37) % 100 < u64::from(rate.get(a.version.as_str()).copied().unwrap_or(50));
-            json!({"id": format!("f-{}", a.interaction), "interactionId": a.interaction, "kind": "thumbs", "value": up})
+            json!({"id": format!("f-{}", a.interaction), "interactionId": a.interaction, "kind": "thumbs", "value": up,
+                   "namespace": namespace, "deployment": deployment, "version": a.version})
         })
         .collect()
 }
