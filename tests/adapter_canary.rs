@@ -124,7 +124,7 @@ impl Setup {
     /// `n` requests spread over the pods' agents (as the Service spreads them), from
     /// `subjects` users in turn; every one answered.
     async fn ask(&self, n: usize, subjects: usize) -> Vec<Answer> {
-        let answers = self.pods.ask(&self.http, n, subjects, 32).await;
+        let answers = self.pods.ask(&self.http, n, (0, subjects), 32).await;
         assert_eq!(answers.len(), n, "every request is answered");
         answers
     }

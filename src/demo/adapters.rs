@@ -211,7 +211,9 @@ pub(super) async fn drive(
                 ));
             }
             // Users ask through the agents, then react to what they got.
-            let answers = pods.ask(&http, 400, 400, 16).await;
+            // 400 requests a batch from 4,000 users in turn: each user asks again every tenth
+            // batch, and must get the same version within the step.
+            let answers = pods.ask(&http, 400, (requests, 4_000), 16).await;
             requests += answers.len();
             // A batch that straddled a step change measures neither step.
             let after = mds.get(DEPLOYMENT).await.map_err(kube("reading the ModelDeployment"))?;

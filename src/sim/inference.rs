@@ -155,9 +155,15 @@ impl InferencePods {
     }
 
     /// `n` chat requests spread over the pods' agents in turn (as a Service spreads them),
-    /// from `subjects` users in turn, `concurrency` at a time. Requests that fail are left
-    /// out (and logged).
-    pub async fn ask(&self, http: &reqwest::Client, n: usize, subjects: usize, concurrency: usize) -> Vec<Answer> {
+    /// request `i` from user `(from + i) % subjects`, `concurrency` at a time. Requests that fail
+    /// are left out (and logged).
+    pub async fn ask(
+        &self,
+        http: &reqwest::Client,
+        n: usize,
+        (from, subjects): (usize, usize),
+        concurrency: usize,
+    ) -> Vec<Answer> {
         let rigs = self.all().await;
         if rigs.is_empty() {
             return Vec::new();
@@ -165,7 +171,7 @@ impl InferencePods {
         let base = self.config.base_model.clone();
         let asks = (0..n).map(|i| {
             let url = format!("http://{}/v1/chat/completions", rigs[i % rigs.len()].1.agent.addr());
-            let subject = format!("user-{}", i % subjects.max(1));
+            let subject = format!("user-{}", (from + i) % subjects.max(1));
             let (http, base) = (http.clone(), base.clone());
             async move {
                 let body = json!({"model": base, "messages": [{"role": "user", "content": format!("question {i}")}]});
