@@ -323,6 +323,7 @@ async fn summarize(
             requests: traffic.requests(),
             feedback: traffic.feedback(),
             failed_posts: traffic.failed_posts,
+            last_error: traffic.last_error.clone(),
         },
         speed: pace.speed,
         wall,

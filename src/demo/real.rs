@@ -166,16 +166,31 @@ async fn endpoints(client: &kube::Client, target: &Target) -> Vec<String> {
         .collect()
 }
 
-/// One user's request through the agent at `ip`: the version and interaction id the agent
-/// stamped on the answer.
-async fn ask(http: &reqwest::Client, ip: &str, messages: &Value, subject: &str) -> Result<(String, String), String> {
-    let answer = http
-        .post(format!("http://{ip}:{}/v1/chat/completions", crate::operator::model_deployment::children::AGENT_PORT))
-        .header("x-flywheel-subject", subject)
-        .json(&json!({"model": "tiny", "max_tokens": 4, "messages": messages}))
-        .send()
-        .await
-        .map_err(|e| format!("{ip}: {e}"))?;
+/// One user's request through the agent of one of `ips` (the `first`, or the next one when the
+/// first refuses the connection: a pod deleted between the endpoint list and the request, as a
+/// client behind a Service sees during a rollout and retries): the version and interaction id
+/// the agent stamped on the answer.
+async fn ask(
+    http: &reqwest::Client,
+    ips: &[String],
+    first: usize,
+    messages: &Value,
+    subject: &str,
+) -> Result<(String, String), String> {
+    if ips.is_empty() {
+        return Err("no ready pod".into());
+    }
+    let send = |ip: String| async move {
+        let url =
+            format!("http://{ip}:{}/v1/chat/completions", crate::operator::model_deployment::children::AGENT_PORT);
+        let body = json!({"model": "tiny", "max_tokens": 4, "messages": messages});
+        (http.post(url).header("x-flywheel-subject", subject).json(&body).send().await, ip)
+    };
+    let (mut sent, mut ip) = send(ips[first % ips.len()].clone()).await;
+    if sent.as_ref().is_err_and(reqwest::Error::is_connect) && ips.len() > 1 {
+        (sent, ip) = send(ips[(first + 1) % ips.len()].clone()).await;
+    }
+    let answer = sent.map_err(|e| format!("{ip}: {e}"))?;
     if !answer.status().is_success() {
         return Err(format!("{ip}: HTTP {}", answer.status()));
     }
@@ -221,12 +236,12 @@ pub async fn users(
         }
         let asks = (0..n).map(|_| {
             seq += 1;
-            let ip = pods[(seq as usize) % pods.len()].clone();
+            let pods = pods.clone();
             let ex = exchange(&mut rng, &target, seq, "?", 0.5);
             let subject = ex.interaction["subject"].as_str().unwrap_or_default().to_string();
             let messages = ex.interaction["prompt"].clone();
             let http = http.clone();
-            async move { (seq, ask(&http, &ip, &messages, &subject).await) }
+            async move { (seq, ask(&http, &pods, seq as usize, &messages, &subject).await) }
         });
         let answers = futures::future::join_all(asks.collect::<Vec<_>>()).await;
         let mut feedback = Vec::new();

@@ -168,6 +168,9 @@ pub struct TrafficSummary {
     pub feedback: u64,
     /// Posts the collector refused or did not answer.
     pub failed_posts: u64,
+    /// The last such failure, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// Everything the demo did.
@@ -461,7 +464,7 @@ mod tests {
             collector,
             initial: Some(Quality { positive_rate: Some(0.86), ..Quality::default() }),
             truth,
-            traffic: TrafficSummary { requests: 100, feedback: 80, failed_posts: 0 },
+            traffic: TrafficSummary { requests: 100, feedback: 80, failed_posts: 0, last_error: None },
             speed: 1.0,
             wall: Duration::from_secs(61),
         }

@@ -389,7 +389,9 @@ pub fn plan(
                 Some(next_step) => {
                     canary.step = i32::try_from(next).unwrap_or(i32::MAX);
                     canary.weight = next_step.weight;
-                    canary.step_started_at = Some(time(now));
+                    // An adapter's new weight reaches the pods through their agents: its step's
+                    // clock starts once every pod routes at it (the next ready look).
+                    canary.step_started_at = if canary.adapter { None } else { Some(time(now)) };
                     canary.evidence = None;
                     transitions.push(Transition::StepAdvanced {
                         version: canary.version.clone(),

@@ -367,6 +367,7 @@ fn an_adapter_canary_is_promoted_as_the_stable_adapter_on_the_same_base() {
     let waiting = plan(&s, &started.status, &Observations::default(), at(5));
     assert!(waiting.status.canary.as_ref().is_some_and(|c| c.step_started_at.is_none()));
     let held = plan(&s, &waiting.status, &ready(), at(6));
+    assert_eq!(held.status.canary.as_ref().and_then(|c| c.step_started_at.clone()), Some(Time(at(6))));
     let done = plan(&s, &held.status, &ready(), at(40));
     let stable = done.status.stable.clone().unwrap_or_default();
     assert_eq!((stable.version.as_str(), stable.adapter), ("a1", true));
@@ -393,4 +394,24 @@ fn a_new_base_in_adapter_mode_supersedes_the_adapters_without_a_canary() {
     let superseded = next.status.history.last().cloned().unwrap_or_else(|| panic!("history"));
     assert_eq!((superseded.version.as_str(), superseded.reason.as_str()), ("a2", "Superseded"));
     assert!(next.transitions.contains(&Transition::Deployed { version: "v2".into() }));
+}
+
+#[test]
+fn an_adapter_steps_clock_starts_when_the_pods_route_at_its_new_weight() {
+    let mut s = adapter_spec("v1");
+    if let Some(r) = s.rollout.as_mut() {
+        r.steps = vec![pause(20, 10), pause(50, 10)];
+    }
+    let mut status = plan(&s, &ModelDeploymentStatus::default(), &Observations::default(), at(0)).status;
+    status.candidate = Some(adapter_candidate("a1"));
+    let started = plan(&s, &status, &ready(), at(1)).status;
+    let held = plan(&s, &started, &ready(), at(2)).status;
+    let advanced = plan(&s, &held, &ready(), at(20));
+    let canary = advanced.status.canary.clone().unwrap_or_default();
+    assert_eq!((canary.step, canary.weight, canary.step_started_at), (1, 50, None), "not before the pods hold 50 %");
+    // The pods still route at 20 %: the step waits.
+    let waiting = plan(&s, &advanced.status, &Observations::default(), at(25));
+    assert!(waiting.status.canary.as_ref().is_some_and(|c| c.step_started_at.is_none()));
+    let at_50 = plan(&s, &waiting.status, &ready(), at(30));
+    assert_eq!(at_50.status.canary.and_then(|c| c.step_started_at), Some(Time(at(30))));
 }

@@ -90,3 +90,84 @@ fn the_wanted_state_is_checked() {
     assert!(ok.check().is_ok());
     assert_eq!(ok.adapters().len(), 2);
 }
+
+fn tar_gz(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut builder = tar::Builder::new(gz);
+    for (name, data) in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(&mut header, name, *data).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let gz = builder.into_inner().unwrap_or_else(|e| panic!("{e}"));
+    gz.finish().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Adapters as archives over HTTP, as an object store's pre-signed URL serves them.
+async fn adapter_server() -> std::net::SocketAddr {
+    use axum::extract::Path;
+    let app = axum::Router::new().route(
+        "/adapters/{file}",
+        axum::routing::get(|Path(file): Path<String>| async move {
+            let name = file.trim_end_matches(".tar.gz").to_string();
+            let config = json!({"peft_type": "LORA", "r": 8, "name": name}).to_string();
+            tar_gz(&[("adapter_config.json", config.as_bytes()), ("adapter_model.safetensors", b"weights")])
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_stable_adapter_is_fetched_and_loaded_and_the_old_one_unloaded_once_drained() {
+    use super::{AdapterSettings, Adapters, Vllm};
+    use crate::sim::model_runtime::{LoadBehaviour, SimRuntime};
+    let store = adapter_server().await;
+    let runtime = SimRuntime::start("base").await.unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let wanted = dir.path().join("adapters.json");
+    let mut settings =
+        AdapterSettings::new(wanted.clone(), dir.path().join("fetched"), Arc::new(Vllm::new(&runtime.url())));
+    settings.fetch.allow_http = true;
+    settings.retry_after = std::time::Duration::ZERO;
+    let adapters = Adapters::new(settings, "v1").unwrap_or_else(|e| panic!("{e}"));
+    let want = |version: &str| {
+        let w = json!({"stable": {"version": version, "uri": format!("http://{store}/adapters/{version}.tar.gz")}});
+        std::fs::write(&wanted, w.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    };
+    let base = Arc::new(Arm::new("v1", None).unwrap_or_else(|e| panic!("{e}")));
+    let body = Bytes::from_static(b"{\"model\":\"base\"}");
+
+    want("a1");
+    adapters.sync_once().await;
+    assert_eq!(runtime.adapters(), ["a1"]);
+    assert!(dir.path().join("fetched/a1/adapter_config.json").is_file(), "fetched and unpacked");
+    let report = adapters.report();
+    assert_eq!((report.stable.as_str(), report.serves("a1")), ("a1", true));
+    // A request still answering on a1 when a2 becomes stable.
+    let (open, _) = adapters.routing().route(&headers("u"), &body, &base);
+    assert_eq!(open.arm().version(), "a1");
+
+    want("a2");
+    adapters.sync_once().await;
+    assert_eq!(adapters.report().stable, "a2", "new requests go to a2");
+    assert_eq!(runtime.adapters(), ["a1", "a2"], "a1 stays loaded while a request uses it");
+    drop(open);
+    adapters.sync_once().await;
+    assert_eq!(runtime.adapters(), ["a2"], "a1 unloaded once drained");
+    assert!(!dir.path().join("fetched/a1").exists(), "and its files removed");
+
+    // A stable adapter the runtime refuses leaves the previous one serving.
+    runtime.set_load_behaviour(LoadBehaviour::Refuse(500));
+    want("a3");
+    adapters.sync_once().await;
+    let report = adapters.report();
+    assert_eq!(report.stable, "a2");
+    assert!(report.failures.get("a3").is_some_and(|m| m.contains("500")), "{report:?}");
+    let (still, _) = adapters.routing().route(&headers("u"), &body, &base);
+    assert_eq!(still.arm().version(), "a2");
+}
