@@ -38,6 +38,8 @@ pub struct AppState {
     pub bookmark_interval: Duration,
     /// Write requests received, by field manager (or user agent).
     pub requests: Arc<std::sync::Mutex<HashMap<String, u64>>>,
+    /// Write requests received, by resource (`pods`, `modeldeployments/status`, `leases`).
+    pub writes_by_resource: Arc<std::sync::Mutex<HashMap<String, u64>>>,
     /// Where pods run as processes keep their output (the `log` subresource reads it).
     pub processes: Option<Arc<crate::sim::controllers::process::ProcessMode>>,
 }
@@ -84,6 +86,12 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
     if method != Method::GET {
         let manager = field_manager(&query_map(&request), request.headers()).unwrap_or_default();
         *state.requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(manager).or_default() += 1;
+        *state
+            .writes_by_resource
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(resource_of(&path))
+            .or_default() += 1;
         if let Some(e) = state.faults.write_error() {
             return error_response(&e);
         }
@@ -91,6 +99,27 @@ async fn handle(State(state): State<AppState>, request: Request) -> Response {
     match route(&state, request).await {
         Ok(resp) => resp,
         Err(e) => error_response(&e),
+    }
+}
+
+/// The resource (and subresource) a request path names: `/api/v1/namespaces/ns/pods/p/status`
+/// is `pods/status`, `/apis/coordination.k8s.io/v1/namespaces/ns/leases/l` is `leases`.
+fn resource_of(path: &str) -> String {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let rest = match segments.first() {
+        Some(&"api") => segments.get(2..),
+        Some(&"apis") => segments.get(3..),
+        _ => None,
+    }
+    .unwrap_or_default();
+    let rest = match rest {
+        ["namespaces", _, tail @ ..] if !tail.is_empty() => tail,
+        other => other,
+    };
+    match rest {
+        [resource, _, sub, ..] => format!("{resource}/{sub}"),
+        [resource, ..] => (*resource).to_string(),
+        [] => "unknown".to_string(),
     }
 }
 

@@ -147,6 +147,7 @@ pub struct Sim {
     core: Arc<Core>,
     faults: Arc<Faults>,
     requests: Arc<Mutex<HashMap<String, u64>>>,
+    writes_by_resource: Arc<Mutex<HashMap<String, u64>>>,
     ca_pem: String,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -162,6 +163,7 @@ impl Sim {
         let core = Arc::new(Core::new(config.history));
         let faults = Arc::new(Faults::default());
         let requests = Arc::new(Mutex::new(HashMap::new()));
+        let writes_by_resource = Arc::new(Mutex::new(HashMap::new()));
         let stop = CancellationToken::new();
         let state = http::AppState {
             core: core.clone(),
@@ -169,6 +171,7 @@ impl Sim {
             faults: faults.clone(),
             bookmark_interval: config.bookmark_interval,
             requests: requests.clone(),
+            writes_by_resource: writes_by_resource.clone(),
             processes: config.workloads.processes.clone(),
         };
         let app = http::router(state);
@@ -179,7 +182,17 @@ impl Sim {
             controllers::ControlPlane { root_ca: tls.ca_pem.clone(), crd_establish_delay: config.crd_establish_delay };
         let controllers = tokio::spawn(controllers::run(core.clone(), config.workloads.clone(), plane, stop.clone()));
         tracing::info!(%addr, "simulated API server listening");
-        Ok(Self { addr, token, core, faults, requests, ca_pem: tls.ca_pem, stop, tasks: vec![server, controllers] })
+        Ok(Self {
+            addr,
+            token,
+            core,
+            faults,
+            requests,
+            writes_by_resource,
+            ca_pem: tls.ca_pem,
+            stop,
+            tasks: vec![server, controllers],
+        })
     }
 
     /// The server's address.
@@ -216,6 +229,12 @@ impl Sim {
     /// Write requests (POST, PUT, PATCH, DELETE) received, by field manager (or user agent).
     pub fn write_requests(&self) -> HashMap<String, u64> {
         self.requests.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Write requests received, by resource and subresource (`modeldeployments/status`,
+    /// `leases`, `deployments`).
+    pub fn writes_by_resource(&self) -> HashMap<String, u64> {
+        self.writes_by_resource.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// A kubeconfig for the simulated cluster (bearer-token auth).
