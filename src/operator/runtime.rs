@@ -18,8 +18,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, reflector};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -321,6 +321,21 @@ fn log_outcome<T, E: std::fmt::Display>(result: Result<T, E>) -> futures::future
     futures::future::ready(())
 }
 
+/// A controller over `api` whose cache keeps each object without its `managedFields`: nothing
+/// the operator decides reads them, and at 10,000 ModelDeployments they were a large share of
+/// the cache (a field-manager entry per writer, the status one listing every status field). The
+/// field is dropped (`None`, never `[]`), so a write built from a cached object cannot reset the
+/// server's managed fields.
+fn lean_controller<K>(api: Api<K>, config: watcher::Config) -> Controller<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let objects = reflector(writer, watcher(api, config).modify(|o: &mut K| o.meta_mut().managed_fields = None))
+        .applied_objects();
+    Controller::for_stream(objects, reader)
+}
+
 /// The controllers of one scope: their run, and a future that tells whether their caches synced.
 fn scope_controllers(
     client: &Client,
@@ -332,14 +347,14 @@ fn scope_controllers(
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=flywheel");
     let config = ControllerConfig::default().concurrency(concurrency);
 
-    let mds = Controller::new(scope.api::<ModelDeployment>(client), watcher::Config::default())
+    let mds = lean_controller(scope.api::<ModelDeployment>(client), watcher::Config::default())
         .owns(scope.api::<Deployment>(client), managed.clone())
         .owns(scope.api::<Service>(client), managed.clone())
         .with_config(config.clone());
 
     // FeedbackPolicies: woken by their RetrainJobs, by their target ModelDeployment, and by the
     // collector's change feed.
-    let policies = Controller::new(scope.api::<FeedbackPolicy>(client), watcher::Config::default());
+    let policies = lean_controller(scope.api::<FeedbackPolicy>(client), watcher::Config::default());
     let policy_store = policies.store();
     let (wake_tx, wake_rx) = futures::channel::mpsc::unbounded();
     ctx.policies.feeds.attach(scope.clone(), wake_tx, policy_store.clone());
@@ -359,14 +374,14 @@ fn scope_controllers(
         .reconcile_on(wake_rx)
         .with_config(config.clone());
 
-    let rtjs = Controller::new(scope.api::<RetrainJob>(client), watcher::Config::default())
+    let rtjs = lean_controller(scope.api::<RetrainJob>(client), watcher::Config::default())
         .owns(scope.api::<Job>(client), managed)
         .with_config(config.clone());
 
     // Trainer pods keep their result (a finalizer) until their RetrainJob recorded it: woken by
     // the pod and by its RetrainJob's changes.
     let trainer_pods =
-        Controller::new(scope.api::<Pod>(client), watcher::Config::default().labels(retrain_job::pods::SELECTOR));
+        lean_controller(scope.api::<Pod>(client), watcher::Config::default().labels(retrain_job::pods::SELECTOR));
     let pod_store = trainer_pods.store();
     let by_rtj = pod_store.clone();
     let trainer_pods = trainer_pods

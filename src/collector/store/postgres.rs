@@ -35,6 +35,26 @@ async fn pg_connect(url: &str) -> Result<tokio_postgres::Client, StoreError> {
             tracing::warn!(error = %e, "postgres connection ended");
         }
     });
+    // The collector answers an event as stored only once it is: a server (or database, or role)
+    // set to `synchronous_commit = off` would have it answer before the WAL is on disk. Its own
+    // sessions ask for `on` then; any other level (`local`, `remote_write`, `on`,
+    // `remote_apply`) waits for the local flush and is kept.
+    let level: String =
+        client
+        .query_one("SHOW synchronous_commit", &[])
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(pg("reading synchronous_commit"))?;
+    if level == "off" {
+        client.batch_execute("SET synchronous_commit = on").await.map_err(pg("setting synchronous_commit"))?;
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!(
+                server = %level,
+                "the server's synchronous_commit is off: the collector's sessions set it on, so an acknowledged event is on disk"
+            );
+        });
+    }
     Ok(client)
 }
 
