@@ -561,8 +561,7 @@ mod pg_lossy {
                 .output()
                 .unwrap_or_else(|e| panic!("initdb: {e}"));
             assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
-            let mut server =
-                Server { bin: bin.to_path_buf(), data, port: free_port(), child: None, journal: None };
+            let mut server = Server { bin: bin.to_path_buf(), data, port: free_port(), child: None, journal: None };
             server.start(&[], None);
             server.wait_ready();
             server.psql("postgres", "CREATE DATABASE flywheel");
@@ -583,9 +582,14 @@ mod pg_lossy {
             } else {
                 self.journal = None;
             }
-            cmd.arg("-D")
-                .arg(&self.data)
-                .args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories="]);
+            cmd.arg("-D").arg(&self.data).args([
+                "-p",
+                &self.port.to_string(),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "unix_socket_directories=",
+            ]);
             for s in settings {
                 cmd.args(["-c", s]);
             }
@@ -622,7 +626,20 @@ mod pg_lossy {
 
         pub fn psql(&self, db: &str, sql: &str) {
             let out = Command::new(self.bin.join("psql"))
-                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "flywheel", "-d", db, "-v", "ON_ERROR_STOP=1", "-c", sql])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "flywheel",
+                    "-d",
+                    db,
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-c",
+                    sql,
+                ])
                 .output()
                 .unwrap_or_else(|e| panic!("psql: {e}"));
             assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
@@ -664,7 +681,8 @@ mod pg_lossy {
             // Wait until each is stopped, so no write is half done when it dies.
             let deadline = Instant::now() + Duration::from_secs(10);
             for &pid in &stopped {
-                while process_state(pid).is_some_and(|s| s != 'T' && s != 't' && s != 'Z') && Instant::now() < deadline {
+                while process_state(pid).is_some_and(|s| s != 'T' && s != 't' && s != 'Z') && Instant::now() < deadline
+                {
                     std::thread::sleep(Duration::from_millis(5));
                 }
             }
@@ -847,8 +865,9 @@ fn postgres_binaries() -> Option<std::path::PathBuf> {
 }
 
 async fn pg_client(url: &str) -> tokio_postgres::Client {
-    let (client, connection) =
-        tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
     tokio::spawn(connection);
     client
 }
@@ -887,9 +906,14 @@ async fn the_layer_tells_a_sync_from_none_on_postgres() {
             .await
             .map(|r| r.get(0))
             .unwrap_or_else(|e| panic!("after recovery: {e}\n{}", server.log()));
-        eprintln!("synchronous_commit={mode}: {rows} of 200 committed rows after the cut, {undone} unsynced bytes undone");
+        eprintln!(
+            "synchronous_commit={mode}: {rows} of 200 committed rows after the cut, {undone} unsynced bytes undone"
+        );
         if must_lose {
-            assert!(rows < 200 && undone > 0, "synchronous_commit={mode}: {rows} of 200 rows survived, {undone} bytes undone");
+            assert!(
+                rows < 200 && undone > 0,
+                "synchronous_commit={mode}: {rows} of 200 rows survived, {undone} bytes undone"
+            );
         } else {
             assert_eq!(rows, 200, "synchronous_commit={mode}: every committed row survives ({undone} bytes undone)");
         }

@@ -39,8 +39,7 @@ async fn pg_connect(url: &str) -> Result<tokio_postgres::Client, StoreError> {
     // set to `synchronous_commit = off` would have it answer before the WAL is on disk. Its own
     // sessions ask for `on` then; any other level (`local`, `remote_write`, `on`,
     // `remote_apply`) waits for the local flush and is kept.
-    let level: String =
-        client
+    let level: String = client
         .query_one("SHOW synchronous_commit", &[])
         .await
         .and_then(|row| row.try_get(0))
