@@ -18,7 +18,7 @@ mod ttl_after_finished;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
@@ -55,12 +55,6 @@ pub async fn run(core: Arc<Core>, config: WorkloadConfig, plane: ControlPlane, s
     let mut events = core.subscribe();
     let mut started = Started { pods: HashSet::new(), crds: HashSet::new() };
     let mut tick = tokio::time::interval(Duration::from_millis(200));
-    // A pass lists every Deployment and pod under the store's lock, which holds every request
-    // meanwhile: after a pass, the next waits twice as long as it took, so that with tens of
-    // thousands of objects and events arriving all the time, passes take at most a third of the
-    // time and the server keeps answering. With a few objects a pass takes microseconds, so the
-    // control plane still reacts to each burst at once.
-    let mut next_pass = Instant::now();
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -83,11 +77,7 @@ pub async fn run(core: Arc<Core>, config: WorkloadConfig, plane: ControlPlane, s
         while let Ok(event) = events.try_recv() {
             on_event(&core, &config, &plane, &event, &mut started, &stop);
         }
-        if Instant::now() >= next_pass {
-            let began = Instant::now();
-            reconcile_all(&core, &plane.root_ca);
-            next_pass = Instant::now() + began.elapsed() * 2;
-        }
+        reconcile_all(&core, &plane.root_ca);
     }
 }
 
