@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::common::{
     MANAGER, PodsByOwner, gvr_jobs, gvr_pods, is_deleting, is_ready, new_pod, opts, pods_owned_by, s, set_status,
 };
-use crate::sim::core::{Core, DeleteOptions, now_rfc3339, random_suffix};
+use crate::sim::core::{Core, DeleteOptions, Sub, now_rfc3339, random_suffix};
 
 /// The Job's pods by how they stand.
 struct JobPods<'a> {
@@ -84,15 +84,23 @@ pub(super) fn job(core: &Core, j: &Value, pods: &PodsByOwner) {
 /// counts from the next resumption; the condition `Suspended` says so.
 fn suspend(core: &Core, j: &Value, ns: Option<&str>, pods: &JobPods<'_>, mut status: Value) {
     for p in &pods.active {
-        let mut marked = (*p).clone();
+        // Marked from the pod as it is now (the kubelet may have written its status since this
+        // pass listed it), and deleted only once marked: a write lost to a conflict is retried on
+        // the next pass, as the real controller retries before it deletes.
+        let name = s(p, "/metadata/name").unwrap_or_default();
+        let Ok(mut marked) = core.get(&gvr_pods(), ns, name) else { continue };
+        if s(&marked, "/metadata/uid") != s(p, "/metadata/uid") {
+            continue;
+        }
         let conditions = marked.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
         let mut conditions: Vec<Value> =
             conditions.into_iter().filter(|c| c.get("type") != Some(&json!("DisruptionTarget"))).collect();
         conditions.push(json!({"type": "DisruptionTarget", "status": "True", "reason": "JobSuspended",
             "message": "the Job was suspended", "lastTransitionTime": now_rfc3339()}));
         marked["status"]["conditions"] = json!(conditions);
-        set_status(core, &gvr_pods(), p, marked["status"].clone());
-        let _gone = core.delete(&gvr_pods(), ns, s(p, "/metadata/name").unwrap_or_default(), &DeleteOptions::default());
+        if core.update(&gvr_pods(), ns, name, marked, Some(Sub::Status), &opts(MANAGER)).is_ok() {
+            let _gone = core.delete(&gvr_pods(), ns, name, &DeleteOptions::default());
+        }
     }
     status["active"] = json!(0);
     status["ready"] = json!(0);
