@@ -162,15 +162,25 @@ impl PodRun {
         self.write(self.terminated(&started_at, &ip, &outcome, &message));
     }
 
-    /// Write the pod's status through `/status`, as the kubelet.
+    /// Write the pod's status through `/status`, as the kubelet: read again and retried when
+    /// another writer changed the pod in between (a conflict), as the real kubelet retries; with
+    /// 10,000 pods, one write in a few hundred met one, and its pod stayed Pending for good.
     fn write(&self, status: Value) -> bool {
-        let Ok(mut body) = self.core.get(&gvr_pods(), self.ns.as_deref(), &self.name) else { return false };
-        // A pod being deleted is not started (its containers would only be stopped again).
-        if body.pointer("/metadata/deletionTimestamp").is_some() && status.get("phase") == Some(&json!("Running")) {
-            return false;
+        for _ in 0..10 {
+            let Ok(mut body) = self.core.get(&gvr_pods(), self.ns.as_deref(), &self.name) else { return false };
+            // A pod being deleted is not started (its containers would only be stopped again).
+            if body.pointer("/metadata/deletionTimestamp").is_some() && status.get("phase") == Some(&json!("Running")) {
+                return false;
+            }
+            body["status"] = keep_others_conditions(&body, status.clone());
+            match self.core.update(&gvr_pods(), self.ns.as_deref(), &self.name, body, Some(Sub::Status), &opts(KUBELET))
+            {
+                Ok(_) => return true,
+                Err(e) if e.code == 409 => continue,
+                Err(_) => return false,
+            }
         }
-        body["status"] = keep_others_conditions(&body, status);
-        self.core.update(&gvr_pods(), self.ns.as_deref(), &self.name, body, Some(Sub::Status), &opts(KUBELET)).is_ok()
+        false
     }
 
     /// The status of the running pod.
