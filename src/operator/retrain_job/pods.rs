@@ -71,6 +71,10 @@ pub struct TrainerPods {
     pub shared: Arc<Shared>,
 }
 
+/// How long a pod whose result is still needed waits before it looks at its RetrainJob again,
+/// when no change of the RetrainJob woke it first.
+const HELD_RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Reconciler for TrainerPods {
     type Object = Pod;
     type Error = RetrainError;
@@ -94,11 +98,17 @@ impl Reconciler for TrainerPods {
             // Not a RetrainJob's pod after all: nothing waits for its result.
             None => None,
         };
-        if releasable(pod, rtj.as_ref()) && release(&pods, pod).await? {
-            tracing::debug!(pod = %pod.name_any(), "released the attempt's result");
+        if releasable(pod, rtj.as_ref()) {
+            if release(&pods, pod).await? {
+                tracing::debug!(pod = %pod.name_any(), "released the attempt's result");
+            }
+            return Ok(Action::await_change());
         }
-        // The RetrainJob's changes wake this pod (see the operator's wiring).
-        Ok(Action::await_change())
+        // Still needed. The RetrainJob's changes wake this pod (see the operator's wiring), but
+        // a change that arrives before this pod is in the cache (the operator starting, both
+        // watches listing at once) finds no pod to wake: look again in a while, so a recorded
+        // result never holds its pods for good.
+        Ok(Action::requeue(HELD_RECHECK))
     }
 
     async fn record_failure(&self, _pod: &Pod, _error: &RetrainError) {
