@@ -367,28 +367,41 @@ fn the_layer_tells_a_sync_from_none(dir: &Path) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_acknowledged_event_survives_a_power_loss_on_sqlite() {
-    lossy::install();
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    the_layer_tells_a_sync_from_none(dir.path());
-    lossy::restore();
-    let syncs_before = lossy::syncs();
+/// Four clients posting batches of 20 interactions to a collector, as agents send them, until
+/// the power is cut under them. An answer read before [`Load::stop_claiming`] was sent after its
+/// batch's commit, so that commit came before the cut: those events must survive. Answers read
+/// after it make no claim.
+struct Load {
+    was_cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    posts: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
 
-    let data = dir.path().join("collector");
-    std::fs::create_dir_all(&data).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(dir.path().join("tokens"), "durability-token-0123456789abcdef write\n")
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut config = CollectorConfig::new("127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")), data.clone());
-    config.token_file = Some(dir.path().join("tokens"));
+impl Load {
+    fn stop_claiming(&self) {
+        self.was_cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The events acknowledged before the cut.
+    async fn acknowledged(self) -> BTreeSet<String> {
+        let mut acknowledged = BTreeSet::new();
+        for post in self.posts {
+            acknowledged.extend(post.await.unwrap_or_default());
+        }
+        acknowledged
+    }
+}
+
+/// A collector on `data` (on PostgreSQL at `database_url` if given), and the [`Load`] on it.
+async fn collector_under_load(dir: &Path, data: &Path, database_url: Option<String>) -> (Collector, Load) {
+    std::fs::create_dir_all(data).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.join("tokens"), "durability-token-0123456789abcdef write\n").unwrap_or_else(|e| panic!("{e}"));
+    let mut config = CollectorConfig::new("127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")), data.to_path_buf());
+    config.token_file = Some(dir.join("tokens"));
+    config.database_url = database_url;
     let collector = Collector::start(config).await.unwrap_or_else(|e| panic!("{e}"));
     let client =
         CollectorClient::new(&format!("http://{}", collector.addr()), Some("durability-token-0123456789abcdef".into()));
-    // Batches from four concurrent clients, as agents send them; the cut comes while they post.
-    // An answer read before the cut was sent after its batch's commit, so that commit came before
-    // the cut: those must be on disk. Answers read after it make no claim.
     let was_cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut acknowledged = BTreeSet::new();
     let mut posts = Vec::new();
     for worker in 0..4 {
         let client = client.clone();
@@ -417,14 +430,25 @@ async fn every_acknowledged_event_survives_a_power_loss_on_sqlite() {
             acked
         }));
     }
+    (collector, Load { was_cut, posts })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_event_survives_a_power_loss_on_sqlite() {
+    lossy::install();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    the_layer_tells_a_sync_from_none(dir.path());
+    lossy::restore();
+    let syncs_before = lossy::syncs();
+
+    let data = dir.path().join("collector");
+    let (collector, load) = collector_under_load(dir.path(), &data, None).await;
     // Let batches through for a while, then cut the power under those in flight.
     tokio::time::sleep(std::time::Duration::from_millis(700)).await;
     let dropped = lossy::cut();
-    was_cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    load.stop_claiming();
     assert!(lossy::syncs() > syncs_before, "the collector's store wrote through the lossy layer");
-    for post in posts {
-        acknowledged.extend(post.await.unwrap_or_default());
-    }
+    let acknowledged = load.acknowledged().await;
     // Every event acknowledged before the cut must be on disk.
     let after = reopen_from_disk(&data.join("collector.db"), &dir.path().join("after"));
     let mut stmt = after.prepare("SELECT id FROM interactions").unwrap_or_else(|e| panic!("{e}"));
@@ -935,53 +959,13 @@ async fn every_acknowledged_event_survives_a_power_loss_on_postgres() {
     server.wait_ready();
 
     let data = dir.path().join("collector");
-    std::fs::create_dir_all(&data).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(dir.path().join("tokens"), "durability-token-0123456789abcdef write\n")
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut config = CollectorConfig::new("127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")), data.clone());
-    config.token_file = Some(dir.path().join("tokens"));
-    config.database_url = Some(server.url());
-    let collector = Collector::start(config).await.unwrap_or_else(|e| panic!("{e}"));
-    let client =
-        CollectorClient::new(&format!("http://{}", collector.addr()), Some("durability-token-0123456789abcdef".into()));
-    let was_cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut posts = Vec::new();
-    for worker in 0..4 {
-        let client = client.clone();
-        let was_cut = was_cut.clone();
-        posts.push(tokio::spawn(async move {
-            let mut acked = Vec::new();
-            for batch in 0.. {
-                let items: Vec<_> = (0..20)
-                    .map(|i| {
-                        json!({"id": format!("i-{worker}-{batch}-{i}"), "namespace": "ns", "deployment": "md",
-                               "version": "v1", "prompt": "a question", "answer": "an answer"})
-                    })
-                    .collect();
-                let answered = client.ingest(Ingest::Interactions, &items).await;
-                if was_cut.load(std::sync::atomic::Ordering::SeqCst) {
-                    break;
-                }
-                if let Ok(answer) = answered {
-                    for (item, result) in items.iter().zip(&answer.results) {
-                        if result.outcome == Some(ItemOutcome::Created) {
-                            acked.push(item["id"].as_str().unwrap_or_default().to_string());
-                        }
-                    }
-                }
-            }
-            acked
-        }));
-    }
+    let (collector, load) = collector_under_load(dir.path(), &data, Some(server.url())).await;
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     // Answers read from here on make no claim; one read before was sent after its commit, and
     // so after the sync that commit waited for.
-    was_cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    load.stop_claiming();
     let undone = tokio::task::block_in_place(|| server.power_loss());
-    let mut acknowledged = BTreeSet::new();
-    for post in posts {
-        acknowledged.extend(post.await.unwrap_or_default());
-    }
+    let acknowledged = load.acknowledged().await;
     collector.shutdown().await;
 
     server.start(&[], None);

@@ -128,6 +128,34 @@ pub(super) fn set_status(core: &Core, gvr: &Gvr, obj: &Value, status: Value) {
     );
 }
 
+/// Write a pod's status through `/status` as `manager`, made by `status` from the pod as it is
+/// now (`None`: leave it): read again and retried when another writer changed the pod in between
+/// (a conflict), as the kubelet and the controllers retry. False when the pod is gone, is another
+/// pod of that name than `uid`, `status` left it, or the write failed otherwise.
+pub(super) fn write_pod_status(
+    core: &Core,
+    ns: Option<&str>,
+    name: &str,
+    uid: Option<&str>,
+    manager: &str,
+    status: impl Fn(&Value) -> Option<Value>,
+) -> bool {
+    for _ in 0..10 {
+        let Ok(mut pod) = core.get(&gvr_pods(), ns, name) else { return false };
+        if uid.is_some_and(|u| s(&pod, "/metadata/uid") != Some(u)) {
+            return false;
+        }
+        let Some(new) = status(&pod) else { return false };
+        pod["status"] = new;
+        match core.update(&gvr_pods(), ns, name, pod, Some(Sub::Status), &opts(manager)) {
+            Ok(_) => return true,
+            Err(e) if e.code == 409 => {}
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
 /// The pod conditions a kubelet writes; others (a controller's `DisruptionTarget`) are kept when
 /// it writes a pod's status.
 const KUBELET_CONDITIONS: [&str; 4] = ["PodScheduled", "Initialized", "ContainersReady", "Ready"];

@@ -8,8 +8,9 @@ use serde_json::{Value, json};
 
 use super::common::{
     MANAGER, PodsByOwner, gvr_jobs, gvr_pods, is_deleting, is_ready, new_pod, opts, pods_owned_by, s, set_status,
+    write_pod_status,
 };
-use crate::sim::core::{Core, DeleteOptions, Sub, now_rfc3339, random_suffix};
+use crate::sim::core::{Core, DeleteOptions, now_rfc3339, random_suffix};
 
 /// The Job's pods by how they stand.
 struct JobPods<'a> {
@@ -84,21 +85,20 @@ pub(super) fn job(core: &Core, j: &Value, pods: &PodsByOwner) {
 /// counts from the next resumption; the condition `Suspended` says so.
 fn suspend(core: &Core, j: &Value, ns: Option<&str>, pods: &JobPods<'_>, mut status: Value) {
     for p in &pods.active {
-        // Marked from the pod as it is now (the kubelet may have written its status since this
-        // pass listed it), and deleted only once marked: a write lost to a conflict is retried on
-        // the next pass, as the real controller retries before it deletes.
+        // Marked from the pod as it is now and deleted only once marked, as the real controller
+        // does: a pod deleted unmarked would read as a failure to a failure policy.
         let name = s(p, "/metadata/name").unwrap_or_default();
-        let Ok(mut marked) = core.get(&gvr_pods(), ns, name) else { continue };
-        if s(&marked, "/metadata/uid") != s(p, "/metadata/uid") {
-            continue;
-        }
-        let conditions = marked.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
-        let mut conditions: Vec<Value> =
-            conditions.into_iter().filter(|c| c.get("type") != Some(&json!("DisruptionTarget"))).collect();
-        conditions.push(json!({"type": "DisruptionTarget", "status": "True", "reason": "JobSuspended",
-            "message": "the Job was suspended", "lastTransitionTime": now_rfc3339()}));
-        marked["status"]["conditions"] = json!(conditions);
-        if core.update(&gvr_pods(), ns, name, marked, Some(Sub::Status), &opts(MANAGER)).is_ok() {
+        let marked = write_pod_status(core, ns, name, s(p, "/metadata/uid"), MANAGER, |pod| {
+            let mut status = pod.get("status").cloned().unwrap_or_else(|| json!({}));
+            let conditions = status.pointer("/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+            let mut conditions: Vec<Value> =
+                conditions.into_iter().filter(|c| c.get("type") != Some(&json!("DisruptionTarget"))).collect();
+            conditions.push(json!({"type": "DisruptionTarget", "status": "True", "reason": "JobSuspended",
+                "message": "the Job was suspended", "lastTransitionTime": now_rfc3339()}));
+            status["conditions"] = json!(conditions);
+            Some(status)
+        });
+        if marked {
             let _gone = core.delete(&gvr_pods(), ns, name, &DeleteOptions::default());
         }
     }

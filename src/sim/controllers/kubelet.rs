@@ -9,9 +9,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::common::{gvr_pods, keep_others_conditions, opts, s};
+use super::common::{keep_others_conditions, s, write_pod_status};
 use super::process::{self, ProcessMode};
-use crate::sim::core::{Core, Sub, now_rfc3339};
+use crate::sim::core::{Core, now_rfc3339};
 
 /// Annotation: `succeed` (default) or `fail`.
 pub const OUTCOME_ANNOTATION: &str = "sim.flywheel.dev/outcome";
@@ -162,25 +162,15 @@ impl PodRun {
         self.write(self.terminated(&started_at, &ip, &outcome, &message));
     }
 
-    /// Write the pod's status through `/status`, as the kubelet: read again and retried when
-    /// another writer changed the pod in between (a conflict), as the real kubelet retries; with
-    /// 10,000 pods, one write in a few hundred met one, and its pod stayed Pending for good.
+    /// Write the pod's status through `/status`, as the kubelet (retried on a conflict: with
+    /// 10,000 pods, a write given up on left its pod Pending for good).
     fn write(&self, status: Value) -> bool {
-        for _ in 0..10 {
-            let Ok(mut body) = self.core.get(&gvr_pods(), self.ns.as_deref(), &self.name) else { return false };
+        write_pod_status(&self.core, self.ns.as_deref(), &self.name, None, KUBELET, |pod| {
             // A pod being deleted is not started (its containers would only be stopped again).
-            if body.pointer("/metadata/deletionTimestamp").is_some() && status.get("phase") == Some(&json!("Running")) {
-                return false;
-            }
-            body["status"] = keep_others_conditions(&body, status.clone());
-            match self.core.update(&gvr_pods(), self.ns.as_deref(), &self.name, body, Some(Sub::Status), &opts(KUBELET))
-            {
-                Ok(_) => return true,
-                Err(e) if e.code == 409 => continue,
-                Err(_) => return false,
-            }
-        }
-        false
+            let starting = status.get("phase") == Some(&json!("Running"));
+            (!(starting && pod.pointer("/metadata/deletionTimestamp").is_some()))
+                .then(|| keep_others_conditions(pod, status.clone()))
+        })
     }
 
     /// The status of the running pod.

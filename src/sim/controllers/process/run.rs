@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use super::mode::ProcessMode;
 use super::network::PodNetwork;
 use super::spec::{self, PathMap, References, SpecError};
-use crate::sim::controllers::common::{gvr_pods, keep_others_conditions, opts, s};
-use crate::sim::core::{Core, Gvr, Sub, now_rfc3339};
+use crate::sim::controllers::common::{gvr_pods, keep_others_conditions, s, write_pod_status};
+use crate::sim::core::{Core, Gvr, now_rfc3339};
 
 /// The field manager of the kubelet's writes.
 const KUBELET: &str = "kubelet";
@@ -663,16 +663,13 @@ impl PodProcesses {
     /// Write the pod's status through `/status`, as the kubelet.
     fn write(&mut self, init: &[Slot], main: &[Slot]) {
         let status = self.status(init, main);
-        let Ok(mut pod) = self.core.get(&gvr_pods(), Some(&self.namespace), &self.name) else { return };
-        if s(&pod, "/metadata/uid") != Some(self.uid.as_str()) {
-            return;
-        }
         // Conditions other writers own (a controller's `DisruptionTarget`) stay.
-        pod["status"] = keep_others_conditions(&pod, status);
-        if let Err(e) =
-            self.core.update(&gvr_pods(), Some(&self.namespace), &self.name, pod, Some(Sub::Status), &opts(KUBELET))
-        {
-            tracing::debug!(pod = %self.name, error = %e, "writing a process pod's status");
+        let written =
+            write_pod_status(&self.core, Some(&self.namespace), &self.name, Some(&self.uid), KUBELET, |pod| {
+                Some(keep_others_conditions(pod, status.clone()))
+            });
+        if !written {
+            tracing::debug!(pod = %self.name, "a process pod's status was not written (gone, or the write failed)");
         }
     }
 
