@@ -128,7 +128,8 @@ struct Row {
 }
 
 async fn load(addr: SocketAddr, clients: usize, secs: f64) -> Row {
-    let http = reqwest::Client::builder().pool_max_idle_per_host(clients).build().unwrap_or_else(|e| panic!("{e}"));
+    let http =
+        flywheel::http_client::builder().pool_max_idle_per_host(clients).build().unwrap_or_else(|e| panic!("{e}"));
     let body = json!({"model": "m", "messages": [{"role": "user", "content": "What is the capital of France?"}]});
     // Warm up connections.
     for _ in 0..clients {
@@ -230,7 +231,7 @@ async fn main() {
     let admin = format!("http://{}/v1/adapters", adapter_agent.admin_addr());
     let mut routed = false;
     for _ in 0..100 {
-        let report: serde_json::Value = match reqwest::get(&admin).await {
+        let report: serde_json::Value = match flywheel::http_client::client().get(&admin).send().await {
             Ok(r) => r.json().await.unwrap_or_default(),
             Err(_) => serde_json::Value::Null,
         };

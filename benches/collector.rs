@@ -54,7 +54,7 @@ fn metric(text: &str, name: &str) -> f64 {
 }
 
 async fn load(base: &str, clients: usize, batch: usize, secs: f64, tag: &str) -> Result {
-    let http = reqwest::Client::new();
+    let http = flywheel::http_client::client();
     let metrics_before = http.get(format!("{base}/metrics")).send().await.ok();
     let before = match metrics_before {
         Some(r) => r.text().await.unwrap_or_default(),

@@ -134,7 +134,11 @@ async fn main() {
     tokio::time::sleep(quiet / 2).await;
     let after = sim.writes_by_resource();
     let alive = operator.try_wait().ok().flatten().is_none()
-        && reqwest::get(format!("http://{listen}/healthz")).await.is_ok_and(|r| r.status().is_success());
+        && flywheel::http_client::client()
+            .get(format!("http://{listen}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
     let peak = peak_rss_kib(pid);
     let _killed = operator.kill();
     let _waited = operator.wait();

@@ -379,7 +379,7 @@ async fn already_fetched(uri: &str, dir: &Path) -> Option<FetchReport> {
 }
 
 fn http_client(options: &FetchOptions) -> Result<reqwest::Client, FetchError> {
-    let mut builder = reqwest::Client::builder()
+    let mut builder = crate::http_client::builder()
         .connect_timeout(Duration::from_secs(30))
         .read_timeout(Duration::from_secs(120))
         .user_agent(concat!("flywheel-fetch-model/", env!("CARGO_PKG_VERSION")));
@@ -402,6 +402,8 @@ fn http_client(options: &FetchOptions) -> Result<reqwest::Client, FetchError> {
 
 fn store_for(source: &Source, bucket: &str, options: &FetchOptions) -> Result<Arc<dyn ObjectStore>, FetchError> {
     let bad = |k: &str, e: &dyn std::fmt::Display| FetchError::Config(format!("object store option {k}: {e}"));
+    // object_store builds its own reqwest client, which takes the process's rustls provider.
+    crate::http_client::install_crypto_provider();
     let retry =
         object_store::RetryConfig { max_retries: options.attempts.saturating_sub(1) as usize, ..Default::default() };
     match source {

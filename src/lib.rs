@@ -9,6 +9,7 @@ pub mod cmd;
 pub mod collector;
 pub mod demo;
 pub mod fetch_model;
+pub mod http_client;
 pub mod operator;
 pub mod rollout;
 pub mod rollout_cli;

@@ -82,7 +82,17 @@ impl Setup {
         };
         let op = operator::start(cluster.client.clone(), config).await.unwrap_or_else(|e| panic!("{e}"));
         let projector = pods.project(Api::namespaced(cluster.client.clone(), &ns.name));
-        Some(Self { cluster, ns, collector, base, pods, op: Some(op), projector, http: reqwest::Client::new(), dir })
+        Some(Self {
+            cluster,
+            ns,
+            collector,
+            base,
+            pods,
+            op: Some(op),
+            projector,
+            http: flywheel::http_client::client(),
+            dir,
+        })
     }
 
     fn mds(&self) -> Api<ModelDeployment> {

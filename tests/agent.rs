@@ -127,7 +127,7 @@ fn metric(text: &str, line_start: &str) -> f64 {
 async fn answers_are_stamped_and_streams_pass_through_as_they_come() {
     let (up, u) = upstream().await;
     let agent = Agent::start(config(up, "v7")).await.unwrap_or_else(|e| panic!("{e}"));
-    let client = reqwest::Client::new();
+    let client = flywheel::http_client::client();
 
     let response = ask(&client, &agent, "2+2").await;
     assert_eq!(response.status(), 200);
@@ -204,7 +204,7 @@ async fn captures_reach_the_collector_and_feedback_joins_them() {
     c.collector_token_file = Some(tokens);
     c.capture = Capture { redact_fields: vec!["password".into()], ..Capture::default() };
     let agent = Agent::start(c).await.unwrap_or_else(|e| panic!("{e}"));
-    let client = reqwest::Client::new();
+    let client = flywheel::http_client::client();
 
     let response = ask(&client, &agent, "capital of France?").await;
     let id = response.headers().get(INTERACTION_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
@@ -308,7 +308,7 @@ async fn a_dead_collector_costs_no_failed_request_and_no_memory() {
     c.queue_capacity = 64;
     c.capture.max_bytes = 16 * 1024;
     let agent = Agent::start(c).await.unwrap_or_else(|e| panic!("{e}"));
-    let client = reqwest::Client::new();
+    let client = flywheel::http_client::client();
     let big = "x".repeat(8 * 1024);
     let mut before = 0;
     for round in 0..5 {

@@ -114,7 +114,7 @@ impl Running {
         Running {
             collector: Some(collector),
             base,
-            http: reqwest::Client::new(),
+            http: flywheel::http_client::client(),
             _dir: dir,
             data,
             database_url,
@@ -918,7 +918,8 @@ async fn acknowledged_events_survive_sigkill() {
         let base = format!("http://127.0.0.1:{port}");
         let acked: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_else(|e| panic!("{e}"));
+        let http =
+            flywheel::http_client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_else(|e| panic!("{e}"));
         let mut writers = Vec::new();
         for w in 0..6 {
             let (acked, stop, http, base) = (acked.clone(), stop.clone(), http.clone(), base.clone());

@@ -303,7 +303,7 @@ async fn start_moto() -> Option<Moto> {
         .spawn()
         .unwrap_or_else(|e| panic!("{}: {e}", binary.display()));
     let moto = Moto { child, endpoint: format!("http://127.0.0.1:{port}") };
-    let client = reqwest::Client::new();
+    let client = flywheel::http_client::client();
     for _ in 0..300 {
         if client.get(format!("{}/", moto.endpoint)).send().await.is_ok() {
             return Some(moto);
@@ -329,8 +329,11 @@ fn s3_options(endpoint: &str) -> Vec<(String, String)> {
 #[tokio::test]
 async fn an_s3_prefix_is_fetched_from_a_local_object_store() {
     let Some(moto) = start_moto().await else { return };
-    let created =
-        reqwest::Client::new().put(format!("{}/models", moto.endpoint)).send().await.unwrap_or_else(|e| panic!("{e}"));
+    let created = flywheel::http_client::client()
+        .put(format!("{}/models", moto.endpoint))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(created.status().is_success(), "create bucket: {}", created.status());
 
     let mut builder = object_store::aws::AmazonS3Builder::new().with_bucket_name("models").with_allow_http(true);

@@ -1092,7 +1092,7 @@ async fn the_chart_and_the_manifest_install_and_reconcile_the_samples() {
     collector_config.queue = collector_args.queue;
     let collector = Collector::start(collector_config).await.unwrap_or_else(|e| panic!("starting the collector: {e}"));
     let collector_url = format!("http://{}", collector.addr());
-    let http = reqwest::Client::new();
+    let http = flywheel::http_client::client();
     let stats = format!("{collector_url}/v1/stats?namespace=my-team&deployment=support-chat");
     let answer = http.get(&stats).bearer_auth(&token).send().await.unwrap_or_else(|e| panic!("{e}"));
     assert!(answer.status().is_success(), "the documented token Secret works: {}", answer.status());

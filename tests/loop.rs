@@ -69,7 +69,7 @@ impl Loop {
             ns,
             collector,
             base,
-            http: reqwest::Client::new(),
+            http: flywheel::http_client::client(),
             op: None,
             _dir: dir,
             seq: std::sync::atomic::AtomicUsize::new(0),

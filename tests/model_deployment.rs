@@ -655,7 +655,9 @@ async fn load_on_the_pods_moves_the_replicas() {
         m.status.as_ref().is_some_and(|s| s.replicas == 1 && s.ready_replicas == 1)
     })
     .await;
-    let text = reqwest::get(format!("http://{}/metrics", op.metrics_addr))
+    let text = flywheel::http_client::client()
+        .get(format!("http://{}/metrics", op.metrics_addr))
+        .send()
         .await
         .unwrap_or_else(|e| panic!("{e}"))
         .text()
@@ -723,7 +725,7 @@ async fn the_canary_is_judged_on_live_feedback() {
     });
     api.create(&PostParams::default(), &md).await.unwrap_or_else(|e| panic!("{e}"));
     until(&api, "support-chat", "Ready", 60, is_ready).await;
-    let http = reqwest::Client::new();
+    let http = flywheel::http_client::client();
 
     for (version, canary_up, expect) in [("v2", 1700, HistoryType::Promoted), ("v3", 1000, HistoryType::RolledBack)] {
         api.patch(
@@ -979,7 +981,7 @@ async fn the_canary_is_judged_with_the_targeting_policys_signal_mapping() {
         m.status.as_ref().and_then(|s| s.canary.as_ref()).is_some_and(|c| c.step_started_at.is_some())
     })
     .await;
-    let http = reqwest::Client::new();
+    let http = flywheel::http_client::client();
     labels(&http, &base, token, &ns.name, "v1", 2000, 1600).await;
     labels(&http, &base, token, &ns.name, "v2", 2000, 1700).await;
     let done = until(&api, "support-chat", "a verdict", 60, |m| {

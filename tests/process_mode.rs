@@ -375,7 +375,7 @@ async fn pods_with_their_own_network_listen_on_the_same_port() {
         .unwrap_or_else(|e| panic!("{e}"));
         api.create(&PostParams::default(), &pod).await.unwrap_or_else(|e| panic!("{e}"));
     }
-    let http = reqwest::Client::new();
+    let http = flywheel::http_client::client();
     let mut ips = Vec::new();
     for name in ["web-a", "web-b"] {
         let mut ready = None;

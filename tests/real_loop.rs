@@ -90,7 +90,7 @@ struct Seen {
 /// agent stamped: the base version disappoints (3 in 10 liked, the rest corrected or disliked),
 /// a retrained one pleases (9 in 10).
 async fn users(client: kube::Client, ns: String, collector: String, seen: Arc<Seen>, stop: CancellationToken) {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap_or_default();
+    let http = flywheel::http_client::builder().timeout(Duration::from_secs(30)).build().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let services: Api<Service> = Api::namespaced(client, &ns);
     let mut n = 0usize;

@@ -221,7 +221,7 @@ async fn the_reference_trainer_runs_in_the_jobs_environment_and_serving_mounts_i
     cc.token_file = Some(dir.path().join("tokens"));
     let collector = Collector::start(cc).await.unwrap_or_else(|e| panic!("{e}"));
     let base = format!("http://{}", collector.addr());
-    let http = reqwest::Client::new();
+    let http = flywheel::http_client::client();
     feedback(&http, &base, &ns.name).await;
     let client = CollectorClient::new(&base, Some(TOKEN.to_string()));
     let dataset = DatasetRecipe {
@@ -438,7 +438,7 @@ async fn the_operator_runs_the_reference_trainer_through_the_simulated_kubelet()
     cc.token_file = Some(dir.path().join("tokens"));
     let collector = Collector::start(cc).await.unwrap_or_else(|e| panic!("{e}"));
     let base = format!("http://{}", collector.addr());
-    feedback(&reqwest::Client::new(), &base, &ns.name).await;
+    feedback(&flywheel::http_client::client(), &base, &ns.name).await;
     let client = CollectorClient::new(&base, Some(TOKEN.to_string()));
     let dataset = DatasetRecipe {
         formats: vec![DatasetFormat::Sft, DatasetFormat::Dpo],

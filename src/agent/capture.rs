@@ -262,8 +262,10 @@ pub fn start_sender(
 ) -> (Sender, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<Value>(capacity.max(1));
     let sender = Sender { tx, metrics: metrics.clone() };
-    let client =
-        reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_else(|_| reqwest::Client::new());
+    let client = crate::http_client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_else(|_| crate::http_client::client());
     let url = format!("{collector}/v1/interactions");
     let task = tokio::spawn(async move {
         let mut stopping = false;

@@ -60,10 +60,10 @@ pub struct HttpScraper {
 
 impl Default for HttpScraper {
     fn default() -> Self {
-        let client = reqwest::Client::builder()
+        let client = crate::http_client::builder()
             .timeout(Duration::from_secs(2))
             .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+            .unwrap_or_else(|_| crate::http_client::client());
         Self { client }
     }
 }

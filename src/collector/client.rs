@@ -174,10 +174,10 @@ pub fn recipe(dataset: &DatasetRecipe, mapping: &SignalMapping) -> Value {
 impl CollectorClient {
     /// A client of the collector at `base` (`http://flywheel-collector.flywheel-system:8080`).
     pub fn new(base: &str, token: Option<String>) -> Self {
-        let client = reqwest::Client::builder()
+        let client = crate::http_client::builder()
             .connect_timeout(Duration::from_secs(5))
             .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+            .unwrap_or_else(|_| crate::http_client::client());
         Self { base: base.trim_end_matches('/').to_string(), token, client }
     }
 

@@ -170,7 +170,7 @@ pub(super) async fn drive(
     let pods_before = pod_uids(stack).await?;
     say(format!("serving the base model on pods {}", pods_before.keys().cloned().collect::<Vec<_>>().join(", ")));
     let collector = CollectorClient::new(&stack.base, Some(stack.token.clone()));
-    let http = reqwest::Client::new();
+    let http = crate::http_client::client();
     let mut quality: HashMap<&str, u32> = HashMap::from([(BASE_VERSION, BASE_QUALITY)]);
     let mut outcomes = Vec::new();
     let mut requests = 0;

@@ -212,7 +212,7 @@ pub async fn users(
     stats: Arc<Mutex<TrafficStats>>,
     stop: CancellationToken,
 ) {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap_or_default();
+    let http = crate::http_client::builder().timeout(Duration::from_secs(30)).build().unwrap_or_default();
     let mut rng = rand::rngs::StdRng::from_os_rng();
     let mut interval = tokio::time::interval(Duration::from_millis(250));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -60,10 +60,10 @@ pub struct Vllm {
 impl Vllm {
     /// The runtime at `base`, for example `http://127.0.0.1:8000`.
     pub fn new(base: &str) -> Self {
-        let client = reqwest::Client::builder()
+        let client = crate::http_client::builder()
             .timeout(Duration::from_secs(300))
             .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+            .unwrap_or_else(|_| crate::http_client::client());
         Self { base: base.trim_end_matches('/').to_string(), client }
     }
 

@@ -321,7 +321,7 @@ impl PodProcesses {
             self.start(slot, &paths);
         }
         self.write(&init, &main);
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().ok();
+        let http = crate::http_client::builder().timeout(Duration::from_secs(5)).build().ok();
         loop {
             if let Some(end) = self.pause(TICK, &stop).await {
                 self.terminate(&mut main, end).await;
