@@ -12,12 +12,8 @@ use std::sync::Once;
 /// earlier (by the embedding program) is kept.
 pub fn install_crypto_provider() {
     static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        if rustls::crypto::CryptoProvider::get_default().is_none() {
-            // Fails only if another thread installed one in between, which is as good.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
-    });
+    // Fails only when a provider is installed already, which is then kept.
+    INSTALL.call_once(|| drop(rustls::crypto::ring::default_provider().install_default()));
 }
 
 /// A `reqwest` client builder, with the crypto provider in place.
@@ -33,10 +29,8 @@ pub fn builder() -> reqwest::ClientBuilder {
 ///
 /// When the TLS backend cannot be initialised, as `reqwest::Client::new` does; no input from
 /// outside the process reaches it.
-#[allow(clippy::disallowed_methods)] // the one place allowed to: it installs the provider first
 pub fn client() -> reqwest::Client {
-    install_crypto_provider();
-    reqwest::Client::new()
+    builder().build().unwrap_or_else(|e| panic!("initialising the HTTP client's TLS backend: {e}"))
 }
 
 #[cfg(test)]
