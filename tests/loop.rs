@@ -726,11 +726,30 @@ async fn a_job_removed_after_it_finished_is_recorded_not_run_again() {
     let rtjs: Api<RetrainJob> = l.api();
     let jobs: Api<Job> = l.api();
     let pods: Api<k8s_openapi::api::core::v1::Pod> = l.api();
-    for (name, propagation) in [("ttl-fg", PropagationPolicy::Foreground), ("ttl-bg", PropagationPolicy::Background)] {
+    // The third: the operator made the Job and went down before it recorded the attempt (the
+    // Job is made here with the operator's own builder, the operator down from the start).
+    for (name, propagation, unrecorded) in [
+        ("ttl-fg", PropagationPolicy::Foreground, false),
+        ("ttl-bg", PropagationPolicy::Background, false),
+        ("ttl-unrecorded", PropagationPolicy::Background, true),
+    ] {
         let mut rtj = manual(name, 2);
         rtj.spec.trainer.ttl_seconds_after_finished = 0;
-        rtjs.create(&PostParams::default(), &rtj).await.unwrap_or_else(|e| panic!("{e}"));
+        if unrecorded && let Some(op) = l.op.take() {
+            op.shutdown().await;
+        }
+        let made = rtjs.create(&PostParams::default(), &rtj).await.unwrap_or_else(|e| panic!("{e}"));
         let job = format!("{name}-1");
+        if unrecorded {
+            let settings = flywheel::operator::model_deployment::children::ChildSettings {
+                operator_image: "flywheel:test".into(),
+                collector_url: None,
+                collector_token_secret: "t".into(),
+            };
+            let built =
+                flywheel::operator::retrain_job::job::build(&made, 1, &settings).unwrap_or_else(|e| panic!("{e}"));
+            jobs.create(&PostParams::default(), &built).await.unwrap_or_else(|e| panic!("{e}"));
+        }
         let started = eventually(Duration::from_secs(30), || {
             let jobs = jobs.clone();
             let job = job.clone();
@@ -771,6 +790,15 @@ async fn a_job_removed_after_it_finished_is_recorded_not_run_again() {
         assert_eq!(done.phase, RetrainPhase::Succeeded, "{name}: {done:?}");
         let outcomes: Vec<_> = done.attempts.iter().map(|a| (a.job_name.clone(), a.outcome)).collect();
         assert_eq!(outcomes, vec![(job.clone(), Some(AttemptOutcome::Succeeded))], "{name}: recorded, not run again");
+        // Read from the kept pods: a Job of the same name made again would have run the
+        // attempt a second time and been recorded from its own end.
+        // (In the foreground the Job waits for its pods, so it may be read instead.)
+        let message = done.attempts.first().and_then(|a| a.message.clone()).unwrap_or_default();
+        if propagation == PropagationPolicy::Background {
+            assert!(message.contains("was removed after it finished"), "{name}: recorded from its pods: {message}");
+        }
+        let again = jobs.get_opt(&job).await.unwrap_or_else(|e| panic!("{e}")).and_then(|j| j.metadata.uid);
+        assert!(again.is_none_or(|uid| Some(uid) == started.metadata.uid), "{name}: {job} not made again");
         assert_eq!(done.result.map(|r| r.uri), Some(format!("pvc://models/{name}")));
         // Released: the pods and the Job go (60 s: eleven loops share two cores in CI).
         let gone = eventually(Duration::from_secs(60), || {

@@ -66,22 +66,32 @@ pub fn outcome_name(o: AttemptOutcome) -> &'static str {
     }
 }
 
-/// Adopt Jobs made before a crash kept their attempt out of status.
-fn adopt(next: &mut RetrainJobStatus, observed: &Observed) {
-    for (n, j) in &observed.jobs {
-        if *n > next.attempt_count {
+/// Adopt attempts a crash kept out of status: their Jobs, or, where a Job was removed before
+/// this look, the pods its result finalizer kept.
+fn adopt(rtj: &str, next: &mut RetrainJobStatus, observed: &Observed) {
+    let from_jobs = observed.jobs.iter().map(|(n, j)| (*n, j.name_any(), j.metadata.creation_timestamp.clone()));
+    // Pods of an attempt status has (or a newer Job's, adopted first) are not adopted again:
+    // their attempt is not after the count.
+    let from_pods = observed
+        .pods
+        .iter()
+        .filter_map(|p| Some((super::observe::pod_attempt(p)?, p.metadata.creation_timestamp.clone())))
+        .min_by_key(|(n, _)| *n)
+        .map(|(n, created)| (n, job::job_name(rtj, n), created));
+    for (n, job_name, created) in from_jobs.chain(from_pods) {
+        if n > next.attempt_count {
             next.attempts.push(Attempt {
-                index: *n,
-                job_name: j.name_any(),
-                start_time: j.metadata.creation_timestamp.clone(),
+                index: n,
+                job_name,
+                start_time: created.clone(),
                 completion_time: None,
                 outcome: None,
                 exit_code: None,
                 message: None,
             });
-            next.attempt_count = *n;
+            next.attempt_count = n;
             next.phase = RetrainPhase::Running;
-            next.start_time = next.start_time.clone().or_else(|| j.metadata.creation_timestamp.clone());
+            next.start_time = next.start_time.clone().or(created);
         }
     }
 }
@@ -97,7 +107,7 @@ fn run_attempts(
     out: &mut Children,
     events: &mut Vec<Note>,
 ) -> Result<(), RetrainError> {
-    adopt(next, observed);
+    adopt(&rtj.name_any(), next, observed);
     let expected = result::Expected {
         version: rtj.spec.version.as_deref(),
         // A ModelDeployment in Adapter rollout mode takes adapters; every other serves whole models.

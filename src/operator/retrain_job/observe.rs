@@ -62,6 +62,13 @@ pub async fn observe(ctx: &RetrainJobs, rtj: &RetrainJob, ns: &str, uid: &str) -
             if finished {
                 observed.pods = attempt_pods(ctx, rtj, ns, index).await?;
             }
+        } else {
+            // Before a new attempt starts: a crash between creating an attempt's Job and
+            // recording it, then the Job's removal (its TTL, a user), leaves only its pods, which
+            // the result finalizer keeps. They are that attempt (adopted in decide), not a
+            // reason to run it again.
+            let all = labelled_pods(ctx, rtj, ns, job::LABEL_ATTEMPT).await?;
+            observed.pods = unrecorded_attempt(all, status.attempt_count);
         }
     }
     if status.phase == RetrainPhase::Evaluating {
@@ -99,6 +106,18 @@ pub async fn observe(ctx: &RetrainJobs, rtj: &RetrainJob, ns: &str, uid: &str) -
 /// its pods), leaving out those of an earlier RetrainJob of the same name.
 async fn attempt_pods(ctx: &RetrainJobs, rtj: &RetrainJob, ns: &str, index: i32) -> Result<Vec<Pod>, RetrainError> {
     labelled_pods(ctx, rtj, ns, &format!("{}={index}", job::LABEL_ATTEMPT)).await
+}
+
+/// The pods of the earliest attempt after `recorded` (none when every attempt's pods are
+/// recorded).
+pub fn unrecorded_attempt(pods: Vec<Pod>, recorded: i32) -> Vec<Pod> {
+    let first = pods.iter().filter_map(pod_attempt).filter(|n| *n > recorded).min();
+    pods.into_iter().filter(|p| first.is_some() && pod_attempt(p) == first).collect()
+}
+
+/// The attempt a trainer pod belongs to, by its label.
+pub fn pod_attempt(pod: &Pod) -> Option<i32> {
+    pod.labels().get(job::LABEL_ATTEMPT)?.parse().ok()
 }
 
 /// The RetrainJob's pods with a label besides its own, leaving out those of an earlier

@@ -178,6 +178,48 @@ fn a_job_made_before_a_crash_is_adopted_not_made_again() {
     assert_eq!((d.status.attempt_count, d.status.attempts[0].job_name.as_str()), (1, "chat-1-1"));
 }
 
+#[test]
+fn an_attempt_whose_job_was_removed_before_it_was_recorded_is_adopted_from_its_pods() {
+    // The crash came between creating attempt 2's Job and recording it; the Job finished and
+    // was removed before this look. Its pod (kept by the result finalizer) is the attempt.
+    let first_failed = json!({"phase": "Running", "attemptCount": 1,
+        "attempts": [{"index": 1, "jobName": "chat-1-1", "outcome": "Failed"}]});
+    let mut kept = pod(0, "Succeeded", r#"{"version":"v2","uri":"pvc://models/chat-1"}"#);
+    kept.metadata.labels = Some([(job::LABEL_ATTEMPT.to_string(), "2".to_string())].into());
+    kept.metadata.creation_timestamp = Some(Time(at(-60)));
+    let observed = Observed { pods: vec![kept.clone()], ..Observed::default() };
+    let d = decide(&rtj(first_failed.clone(), "None"), &observed, &settings(), at(0)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(d.children.create.is_none(), "not run again");
+    let recorded: Vec<_> = d.status.attempts.iter().map(|a| (a.index, a.job_name.as_str(), a.outcome)).collect();
+    assert_eq!(
+        recorded,
+        vec![(1, "chat-1-1", Some(AttemptOutcome::Failed)), (2, "chat-1-2", Some(AttemptOutcome::Succeeded))]
+    );
+    assert_eq!(d.status.phase, RetrainPhase::Succeeded);
+    // A pod of an attempt status already has is not adopted twice.
+    let mut old = kept;
+    old.metadata.labels = Some([(job::LABEL_ATTEMPT.to_string(), "1".to_string())].into());
+    let d =
+        decide(&rtj(first_failed, "None"), &Observed { pods: vec![old], ..Observed::default() }, &settings(), at(0))
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(d.children.create.as_ref().and_then(|j| j.metadata.name.as_deref()), Some("chat-1-2"));
+    assert_eq!(d.status.attempts.len(), 2);
+}
+
+#[test]
+fn the_unrecorded_attempt_is_the_first_after_the_count() {
+    let labelled = |n: &str| {
+        let mut p = pod(0, "Succeeded", "");
+        p.metadata.name = Some(format!("chat-1-{n}-x"));
+        p.metadata.labels = Some([(job::LABEL_ATTEMPT.to_string(), n.to_string())].into());
+        p
+    };
+    let pods = vec![labelled("1"), labelled("3"), labelled("2"), labelled("x"), labelled("2")];
+    let names = |ps: Vec<Pod>| ps.into_iter().filter_map(|p| p.metadata.name).collect::<Vec<_>>();
+    assert_eq!(names(super::super::observe::unrecorded_attempt(pods.clone(), 1)), vec!["chat-1-2-x", "chat-1-2-x"]);
+    assert_eq!(names(super::super::observe::unrecorded_attempt(pods.clone(), 3)), Vec::<String>::new());
+}
+
 fn gated(status: serde_json::Value, job: bool) -> RetrainJob {
     let mut r = rtj(status, "Canary");
     let mut evaluation: crate::api::common::EvaluationSpec = serde_json::from_value(json!({
