@@ -47,10 +47,18 @@ pub(super) fn is_deleting(obj: &Value) -> bool {
 
 /// Every object of a type, in every namespace.
 pub(super) fn list(core: &Core, gvr: &Gvr) -> Vec<Value> {
-    core.list(gvr, None, &ListOptions::default())
-        .ok()
-        .and_then(|l| l.get("items").and_then(Value::as_array).cloned())
-        .unwrap_or_default()
+    list_at(core, gvr).0
+}
+
+/// Every object of a type, in every namespace, and the resourceVersion the list was read at.
+pub(super) fn list_at(core: &Core, gvr: &Gvr) -> (Vec<Value>, u64) {
+    let Ok(mut list) = core.list(gvr, None, &ListOptions::default()) else { return (Vec::new(), 0) };
+    let rv = s(&list, "/metadata/resourceVersion").and_then(|rv| rv.parse().ok()).unwrap_or(0);
+    let items = match list.get_mut("items").map(Value::take) {
+        Some(Value::Array(items)) => items,
+        _ => Vec::new(),
+    };
+    (items, rv)
 }
 
 /// The uids of the object's owners.
@@ -76,10 +84,10 @@ fn owner_ref(obj: &Value) -> Value {
 /// Pods by the uid of each owner, read once per pass (a pass over many Deployments stays linear).
 pub(super) type PodsByOwner = BTreeMap<String, Vec<Value>>;
 
-/// Every pod by the uid of each of its owners.
-pub(super) fn pods_by_owner(core: &Core) -> PodsByOwner {
+/// Every pod of `pods` by the uid of each of its owners.
+pub(super) fn pods_by_owner(pods: &[Value]) -> PodsByOwner {
     let mut by_owner: PodsByOwner = BTreeMap::new();
-    for pod in list(core, &gvr_pods()) {
+    for pod in pods {
         for uid in owner_uids(&pod) {
             by_owner.entry(uid).or_default().push(pod.clone());
         }
