@@ -88,7 +88,7 @@ pub(super) type PodsByOwner = BTreeMap<String, Vec<Value>>;
 pub(super) fn pods_by_owner(pods: &[Value]) -> PodsByOwner {
     let mut by_owner: PodsByOwner = BTreeMap::new();
     for pod in pods {
-        for uid in owner_uids(&pod) {
+        for uid in owner_uids(pod) {
             by_owner.entry(uid).or_default().push(pod.clone());
         }
     }
