@@ -121,9 +121,40 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(if n > 1000 { 5000 } else { 500 })).await;
     };
     let peak_to_ready = peak_rss_kib(pid);
+    eprintln!(
+        "{n} created in {:.1} s, all Ready after {:.1} s; operator peak RSS {} MiB",
+        created.as_secs_f64(),
+        all_ready.as_secs_f64(),
+        peak_to_ready / 1024
+    );
     let before = sim.writes_by_resource();
-    // Half the window quiet, then every object's reconcile once, then the other half.
-    tokio::time::sleep(quiet / 2).await;
+    let window = Instant::now();
+    // Half the window quiet, then every object's reconcile once, then the other half; a long
+    // window says how it stands every ten minutes (so a run cut short still tells).
+    let sim_ref = &sim;
+    let progress = || {
+        let now: std::collections::BTreeMap<String, u64> = sim_ref.writes_by_resource().into_iter().collect();
+        let added: Vec<String> = now
+            .iter()
+            .map(|(r, c)| (r, c - before.get(r).copied().unwrap_or(0)))
+            .filter(|(_, c)| *c > 0)
+            .map(|(r, c)| format!("{r} {c}"))
+            .collect();
+        eprintln!(
+            "quiet window at {:.0} s: writes {}; operator peak RSS {} MiB",
+            window.elapsed().as_secs_f64(),
+            if added.is_empty() { "none".to_string() } else { added.join(", ") },
+            peak_rss_kib(pid) / 1024
+        );
+    };
+    let wait = |d: Duration| async move {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            tokio::time::sleep((until - Instant::now()).min(Duration::from_secs(600))).await;
+            progress();
+        }
+    };
+    wait(quiet / 2).await;
     let resync_params = PatchParams { field_manager: Some("bench-resync".into()), ..PatchParams::default() };
     let resync = serde_json::json!({"metadata": {"annotations": {"bench.flywheel.dev/resync": "1"}}});
     for i in 0..n {
@@ -131,7 +162,7 @@ async fn main() {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
     }
-    tokio::time::sleep(quiet / 2).await;
+    wait(quiet / 2).await;
     let after = sim.writes_by_resource();
     let alive = operator.try_wait().ok().flatten().is_none()
         && flywheel::http_client::client()

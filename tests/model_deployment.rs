@@ -228,18 +228,25 @@ async fn a_version_change_canaries_to_promotion_and_an_abort_returns_to_stable()
         status.history.last().map(|h| (h.type_, h.reason.as_str())),
         Some((HistoryType::Aborted, "ManualAbort"))
     );
+    // An Event is written after the status it tells of (CI once listed them in between).
+    let wanted = ["Deployed", "CanaryStarted", "StepAdvanced", "Promoted", "Aborted"];
     let events: Api<Event> = Api::namespaced(cluster.client.clone(), &ns.name);
-    let reasons: Vec<String> = events
-        .list(&ListParams::default())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .items
-        .into_iter()
-        .filter_map(|e| e.reason)
-        .collect();
-    for r in ["Deployed", "CanaryStarted", "StepAdvanced", "Promoted", "Aborted"] {
-        assert!(reasons.iter().any(|x| x == r), "an Event {r}: {reasons:?}");
-    }
+    let reasons = || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.unwrap_or_else(|e| panic!("{e}"));
+            list.items.into_iter().filter_map(|e| e.reason).collect::<Vec<String>>()
+        }
+    };
+    let all = eventually(Duration::from_secs(10), || {
+        let listed = reasons();
+        async move {
+            let listed = listed.await;
+            wanted.iter().all(|r| listed.iter().any(|x| x == r)).then_some(())
+        }
+    })
+    .await;
+    assert!(all.is_some(), "an Event for each of {wanted:?}: {:?}", reasons().await);
     op.shutdown().await;
     ns.cleanup().await;
     cluster.stop().await;
