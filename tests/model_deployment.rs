@@ -1120,3 +1120,69 @@ async fn serving_selectors_never_take_in_trainer_pods() {
     ns.cleanup().await;
     cluster.stop().await;
 }
+
+/// The operator's Event recorder against the cluster: a repeat counts up one series (one Event,
+/// `series.count` 2), a different reason is its own Event, and a repeat whose Event is gone
+/// (expired on the server, or deleted) makes a new one rather than failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_event_counts_up_one_series_and_a_lost_one_is_made_again() {
+    use flywheel::operator::events::{Event as Note, EventType, Recorder, Reporter};
+    use k8s_openapi::api::core::v1::ObjectReference;
+    let cluster = Cluster::start().await;
+    let ns = cluster.namespace("events").await;
+    let recorder =
+        Recorder::new(cluster.client.clone(), Reporter { controller: "flywheel-test".into(), instance: None });
+    let regarding = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("ConfigMap".into()),
+        namespace: Some(ns.name.clone()),
+        name: Some("subject".into()),
+        uid: Some("00000000-0000-0000-0000-000000000001".into()),
+        ..ObjectReference::default()
+    };
+    let note = |type_, reason: &str| Note {
+        type_,
+        reason: reason.into(),
+        note: Some(format!("{reason} happened")),
+        action: format!("{reason}-1"),
+        secondary: None,
+    };
+    let events: Api<Event> = Api::namespaced(cluster.client.clone(), &ns.name);
+    // Only this test's Events (a real namespace may hold others).
+    let ours = || {
+        let events = events.clone();
+        async move {
+            let mut listed: Vec<Event> = events
+                .list(&ListParams::default())
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .items
+                .into_iter()
+                .filter(|e| e.reporting_controller.as_deref() == Some("flywheel-test"))
+                .collect();
+            listed.sort_by_key(|e| e.reason.clone());
+            listed
+                .into_iter()
+                .map(|e| (e.reason.unwrap_or_default(), e.series.map(|s| s.count), e.metadata.name.unwrap_or_default()))
+                .collect::<Vec<_>>()
+        }
+    };
+    for _ in 0..2 {
+        recorder.publish(&note(EventType::Normal, "Scaled"), &regarding).await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    recorder.publish(&note(EventType::Warning, "Failed"), &regarding).await.unwrap_or_else(|e| panic!("{e}"));
+    let listed = ours().await;
+    let summary: Vec<_> = listed.iter().map(|(r, c, _)| (r.as_str(), *c)).collect();
+    assert_eq!(summary, vec![("Failed", None), ("Scaled", Some(2))]);
+    assert_eq!(recorder.remembered(), 2);
+    // The series' Event goes; its next repeat is a new Event.
+    let scaled = listed.iter().find(|(r, _, _)| r == "Scaled").map(|(_, _, n)| n.clone()).unwrap_or_default();
+    events.delete(&scaled, &Default::default()).await.unwrap_or_else(|e| panic!("{e}"));
+    recorder.publish(&note(EventType::Normal, "Scaled"), &regarding).await.unwrap_or_else(|e| panic!("{e}"));
+    let again = ours().await;
+    let summary: Vec<_> = again.iter().map(|(r, c, _)| (r.as_str(), *c)).collect();
+    assert_eq!(summary, vec![("Failed", None), ("Scaled", None)]);
+    assert!(again.iter().all(|(_, _, n)| *n != scaled), "a new Event, not the deleted one");
+    ns.cleanup().await;
+    cluster.stop().await;
+}

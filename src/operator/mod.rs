@@ -7,9 +7,11 @@
 //! | `runtime` | leader election, the controllers per watched namespace, the endpoints, shutdown |
 //! | `skeleton` | the one wrapper of every controller (metrics, logs, Events, a failure in status, backoff) |
 //! | `model_deployment`, `feedback_policy`, `retrain_job` | one controller each: observe, validate, decide, apply |
+//! | `events` | Events (`events.k8s.io/v1`), a repeat counting up one series, with a bounded memory |
 //! | `leader`, `metrics` | the Lease election, Prometheus metrics (the collector's client is `crate::collector::client`) |
 
 pub mod config;
+pub mod events;
 pub mod feedback_policy;
 pub mod leader;
 pub mod metrics;

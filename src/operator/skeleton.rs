@@ -16,11 +16,11 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::object::HasStatus;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 use rand::Rng;
 use serde_json::Value;
 
+use super::events::{Event, EventType, Recorder};
 use super::metrics::Metrics;
 use crate::api::conditions::{self, Conditioned, Health};
 
