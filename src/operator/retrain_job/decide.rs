@@ -70,14 +70,12 @@ pub fn outcome_name(o: AttemptOutcome) -> &'static str {
 /// this look, the pods its result finalizer kept.
 fn adopt(rtj: &str, next: &mut RetrainJobStatus, observed: &Observed) {
     let from_jobs = observed.jobs.iter().map(|(n, j)| (*n, j.name_any(), j.metadata.creation_timestamp.clone()));
-    // Pods of an attempt status has (or a newer Job's, adopted first) are not adopted again:
-    // their attempt is not after the count.
-    let from_pods = observed
-        .pods
-        .iter()
-        .filter_map(|p| Some((super::observe::pod_attempt(p)?, p.metadata.creation_timestamp.clone())))
-        .min_by_key(|(n, _)| *n)
-        .map(|(n, created)| (n, job::job_name(rtj, n), created));
+    // The observed pods are of one attempt. Those of an attempt status has (or of a newer Job,
+    // adopted first) are not adopted again: their attempt is not after the count.
+    let from_pods = observed.pods.iter().find_map(|p| {
+        let n = super::observe::attempt_of(p)?;
+        Some((n, job::job_name(rtj, n), p.metadata.creation_timestamp.clone()))
+    });
     for (n, job_name, created) in from_jobs.chain(from_pods) {
         if n > next.attempt_count {
             next.attempts.push(Attempt {

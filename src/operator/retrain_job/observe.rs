@@ -46,7 +46,7 @@ pub async fn observe(ctx: &RetrainJobs, rtj: &RetrainJob, ns: &str, uid: &str) -
             .into_iter()
             .filter(|j| j.owner_references().iter().any(|o| o.uid == uid))
             .filter_map(|j| {
-                let n: i32 = j.labels().get(job::LABEL_ATTEMPT)?.parse().ok()?;
+                let n = attempt_of(&j)?;
                 Some((n, j))
             })
             .collect();
@@ -111,13 +111,13 @@ async fn attempt_pods(ctx: &RetrainJobs, rtj: &RetrainJob, ns: &str, index: i32)
 /// The pods of the earliest attempt after `recorded` (none when every attempt's pods are
 /// recorded).
 pub fn unrecorded_attempt(pods: Vec<Pod>, recorded: i32) -> Vec<Pod> {
-    let first = pods.iter().filter_map(pod_attempt).filter(|n| *n > recorded).min();
-    pods.into_iter().filter(|p| first.is_some() && pod_attempt(p) == first).collect()
+    let first = pods.iter().filter_map(attempt_of).filter(|n| *n > recorded).min();
+    pods.into_iter().filter(|p| first.is_some() && attempt_of(p) == first).collect()
 }
 
-/// The attempt a trainer pod belongs to, by its label.
-pub fn pod_attempt(pod: &Pod) -> Option<i32> {
-    pod.labels().get(job::LABEL_ATTEMPT)?.parse().ok()
+/// The attempt a trainer Job or pod belongs to, by its label.
+pub fn attempt_of(obj: &impl ResourceExt) -> Option<i32> {
+    obj.labels().get(job::LABEL_ATTEMPT)?.parse().ok()
 }
 
 /// The RetrainJob's pods with a label besides its own, leaving out those of an earlier

@@ -13,7 +13,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 
 use super::context::{RetrainError, reading, writing};
-use super::job::{LABEL_ATTEMPT, LABEL_RETRAIN_JOB, RESULT_FINALIZER};
+use super::job::{LABEL_RETRAIN_JOB, RESULT_FINALIZER};
 use crate::api::retrain_job::{RetrainJob, RetrainPhase};
 use crate::operator::skeleton::{Reconciler, Shared};
 
@@ -41,7 +41,7 @@ pub fn releasable(pod: &Pod, rtj: Option<&RetrainJob>) -> bool {
     if pod.labels().contains_key(super::job::LABEL_EVALUATION) {
         return status.evaluation.as_ref().is_some_and(|e| e.passed.is_some());
     }
-    let attempt: Option<i32> = pod.labels().get(LABEL_ATTEMPT).and_then(|a| a.parse().ok());
+    let attempt = super::observe::attempt_of(pod);
     attempt.is_some_and(|n| status.attempts.iter().any(|a| a.index == n && a.outcome.is_some()))
 }
 
@@ -118,6 +118,7 @@ impl Reconciler for TrainerPods {
 
 #[cfg(test)]
 mod tests {
+    use super::super::job::LABEL_ATTEMPT;
     use super::*;
     use serde_json::json;
 
